@@ -1,0 +1,104 @@
+"""Flower ClientApp entry: turns Flower messages into FSLSageClient calls and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients import FSLSageClient
+from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.data import load_dataset_cached, load_partition
+from fsl_sage_flwr.models import build_split_model, required_input_shape
+from fsl_sage_flwr.wire import (
+    ARRAYS_KEY,
+    AUX_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    SMASHED_KEY,
+    WARMUP_ACTION,
+    smashed_arrays_record,
+)
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Run one FSL-SAGE local round (see ``fsl_sage_flwr.wire`` for the records)."""
+    client, settings = _build_client(context)
+    parameters, config = _request_to_numpy(msg.content, settings)
+    weights, num_examples, metrics = client.fit(parameters, config)
+    n_client = len(weights) - 3
+    z, y, sizes = weights[n_client:]
+    reply = RecordDict(
+        {
+            ARRAYS_KEY: ArrayRecord(
+                dict(zip(client.split.client.state_dict(), map(torch.from_numpy, weights[:n_client])))
+            ),
+            SMASHED_KEY: smashed_arrays_record(z, y, sizes),
+            METRICS_KEY: MetricRecord({**metrics, "num-examples": num_examples}),
+        }
+    )
+    return Message(content=reply, reply_to=msg)
+
+
+@app.train(WARMUP_ACTION)
+def warmup(msg: Message, context: Context) -> Message:
+    """Return one batch of activations of the initial client model (no training)."""
+    client, settings = _build_client(context)
+    parameters, config = _request_to_numpy(msg.content, settings)
+    z, y = client.warmup_batch(parameters, config)
+    reply = RecordDict(
+        {
+            SMASHED_KEY: smashed_arrays_record(z, y, np.asarray([len(y)], dtype=np.int64)),
+            METRICS_KEY: MetricRecord(
+                {"partition-id": client.partition_id, "num-examples": len(client.y)}
+            ),
+        }
+    )
+    return Message(content=reply, reply_to=msg)
+
+
+def _build_client(context: Context) -> tuple[FSLSageClient, RunSettings]:
+    settings = RunSettings.from_run_config(context.run_config)
+    torch.set_num_threads(settings.client_threads)
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    data_args = {
+        "data_dir": settings.data_dir or None,
+        "input_shape": required_input_shape(settings.model),
+        "train_subset": settings.train_subset or None,
+        "seed": settings.seed,
+    }
+    trainset = load_partition(
+        settings.dataset,
+        partition_id,
+        num_partitions,
+        partitioning=settings.partitioning,
+        alpha=settings.alpha,
+        **data_args,
+    )
+    split = build_split_model(
+        settings.model,
+        num_classes=load_dataset_cached(settings.dataset, **data_args).num_classes,
+        input_shape=tuple(trainset.images.shape[1:]),
+        aux_variant=settings.aux_variant,
+    )
+    return FSLSageClient(split, trainset, partition_id, context.state), settings
+
+
+def _request_to_numpy(
+    content: RecordDict, settings: RunSettings
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Flatten a request into the NumPyClient's parameter list and config dict."""
+    parameters = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
+    aux = content.array_records.get(AUX_KEY)
+    if aux is not None:
+        parameters += aux.to_numpy_ndarrays()
+    config: dict[str, Any] = {**settings.to_config(), **dict(content.config_records[CONFIG_KEY])}
+    config["aux-included"] = aux is not None
+    return parameters, config

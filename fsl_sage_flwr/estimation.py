@@ -1,0 +1,129 @@
+"""Cut-layer gradient estimation with the auxiliary model, and the client step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@contextmanager
+def preserved_buffers(module: nn.Module) -> Iterator[None]:
+    """Restore every buffer of ``module`` (BatchNorm statistics) on exit.
+
+    FSL-SAGE computes gradients in train mode (batch statistics) but must not let
+    those passes move running statistics: stale activations would corrupt the
+    server's, and the client must not train its auxiliary model at all.
+    """
+    saved = {name: buf.detach().clone() for name, buf in module.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buf in module.named_buffers():
+                buf.copy_(saved[name])
+
+
+def input_gradient(
+    head: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """Return ``d/dz L(head(z), y)`` for the cross-entropy (NLL of log-softmax).
+
+    Parameters
+    ----------
+    head : nn.Module
+        The auxiliary or the server-side model, mapping ``z`` to logits.
+    z : torch.Tensor
+        Cut-layer activations.
+    y : torch.Tensor
+        Labels.
+    reduction : str
+        ``"mean"`` (the client's batch-mean convention) or ``"sum"`` (per-sample
+        gradients, independent of the batch size, used for alignment targets).
+    create_graph : bool
+        Keep the graph for a second backward pass (alignment's double backprop).
+
+    Returns
+    -------
+    torch.Tensor
+        Gradient with the shape of ``z``.
+    """
+    if not create_graph:
+        z = z.detach()
+    if not z.requires_grad:
+        z = z.requires_grad_(True)
+    loss = F.cross_entropy(head(z), y, reduction=reduction)
+    (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
+    return grad
+
+
+def estimate_cut_gradient(
+    aux: nn.Module, z: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Estimate the server's cut-layer gradient with the auxiliary model.
+
+    Implements ``g_hat(z) = d/dz L(a(z; x_a), y)`` with the batch-mean loss (Nair
+    et al., ICML 2025, Eq. 4). The auxiliary model stays untouched: no parameter
+    gradient is kept and its BatchNorm statistics are restored.
+    """
+    requires = [p.requires_grad for p in aux.parameters()]
+    for p in aux.parameters():
+        p.requires_grad_(False)
+    try:
+        with preserved_buffers(aux):
+            aux.train()
+            return input_gradient(aux, z, y, reduction="mean")
+    finally:
+        for p, flag in zip(aux.parameters(), requires):
+            p.requires_grad_(flag)
+
+
+def client_step(
+    client: nn.Module,
+    aux: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """Run one FSL-SAGE client step and return the detached activations ``z``.
+
+    The client forward pass gives ``z``; the auxiliary model's input gradient
+    stands in for the server's, and is backpropagated through the client model
+    only. No second-order graph is built here.
+    """
+    client.train()
+    optimizer.zero_grad(set_to_none=True)
+    z = client(x)
+    grad = estimate_cut_gradient(aux, z, y)
+    z.backward(grad)
+    optimizer.step()
+    return z.detach()
+
+
+def server_step(
+    server: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    z: torch.Tensor,
+    y: torch.Tensor,
+) -> float:
+    """Run one optimizer step of the server-side model on uploaded ``(z, y)``.
+
+    Returns
+    -------
+    float
+        The batch-mean training loss before the step.
+    """
+    server.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(server(z), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())

@@ -1,0 +1,60 @@
+"""Small training utilities shared by every algorithm: batching, seeding, evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def derive_seed(*parts: int | str) -> int:
+    """Return a stable 63-bit seed from ``parts`` (seed, round, partition, ...).
+
+    Python's ``hash`` is salted per process, so a digest keeps seeds equal across
+    the server, the clients and separate runs.
+    """
+    text = "/".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+
+
+def minibatches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield shuffled minibatches, skipping a last batch of one sample.
+
+    BatchNorm in train mode cannot normalise a single sample, so a trailing batch
+    of size one is dropped.
+    """
+    order = torch.randperm(x.shape[0], generator=generator)
+    for start in range(0, x.shape[0], batch_size):
+        idx = order[start : start + batch_size]
+        if idx.shape[0] < 2:
+            continue
+        yield x[idx], y[idx]
+
+
+def make_adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Return the paper's optimizer: Adam with weight decay (Nair et al., ICML 2025)."""
+    return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> tuple[float, float]:
+    """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` in eval mode."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    n = max(int(x.shape[0]), 1)
+    return loss_sum / n, correct / n

@@ -1,0 +1,1 @@
+"""Simulations of fsl-sage-flwr: `flwr run` wrappers, in-process runs and comparisons."""

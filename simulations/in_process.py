@@ -1,0 +1,150 @@
+"""An in-process Flower Grid: the real ServerApp and ClientApp, without Ray or a SuperLink.
+
+Meant for tests and quick experiments. Every message goes through the ClientApp
+exactly as in a deployment, including serialisation of the records to bytes, but
+the nodes run one after another in this process.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+
+class InProcessGrid(Grid):
+    """Deliver messages to ClientApp instances running in this process.
+
+    Parameters
+    ----------
+    client_app : ClientApp
+        The app every node runs.
+    num_nodes : int
+        Number of virtual nodes; node i gets ``partition-id`` i.
+    run_config : Mapping[str, Any]
+        The run config every node sees.
+    node_id_seed : int
+        Seeds the random node ids, which differ between runs as in Flower.
+    shuffle_replies : bool
+        Return replies in a random order, as a real SuperLink may.
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: Mapping[str, Any],
+        *,
+        node_id_seed: int = 0,
+        shuffle_replies: bool = True,
+    ) -> None:
+        rng = random.Random(node_id_seed)
+        self._client_app = client_app
+        self._rng = rng
+        self._shuffle = shuffle_replies
+        self._run = Run.create_empty(run_id=1)
+        self._contexts = {}
+        for partition_id in range(num_nodes):
+            node_id = rng.getrandbits(63)
+            self._contexts[node_id] = Context(
+                run_id=1,
+                node_id=node_id,
+                node_config={"partition-id": partition_id, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+        self._replies: dict[str, Message] = {}
+        # Messages built by the strategy read the run id from the task identity.
+        TaskIdentity.run_id = 1
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 0
+
+    def set_run(self, run: Run) -> None:
+        """Use ``run`` as the current run."""
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        """Return the current run."""
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Create a message to ``dst_node_id``."""
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Return the ids of all virtual nodes."""
+        return list(self._contexts)
+
+    def context_of(self, partition_id: int) -> Context:
+        """Return the Context of the node holding ``partition_id``."""
+        return next(c for c in self._contexts.values() if c.node_config["partition-id"] == partition_id)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Run each message through its node's ClientApp and keep the reply."""
+        ids = []
+        for message in messages:
+            # The SuperLink assigns message ids; Metadata exposes no setter for it.
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            # A round trip through bytes: what a node receives is a copy.
+            delivered = _copy_content(message)
+            context = self._contexts[message.metadata.dst_node_id]
+            try:
+                reply = self._client_app(delivered, context)
+                reply = _copy_content(reply)
+            except Exception as err:  # a node failure becomes an error reply, as in Flower
+                reply = Message(error=Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=delivered)
+            self._replies[message.metadata.message_id] = reply
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Return the replies to ``message_ids``."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push messages and return their replies, shuffled if so configured."""
+        replies = list(self.pull_messages(self.push_messages(messages)))
+        if self._shuffle:
+            self._rng.shuffle(replies)
+        return replies
+
+
+def run_in_process(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    run_config: Mapping[str, Any],
+    num_nodes: int,
+    *,
+    node_id_seed: int = 0,
+) -> InProcessGrid:
+    """Run ``server_app`` against ``num_nodes`` in-process nodes; return the grid."""
+    grid = InProcessGrid(client_app, num_nodes, run_config, node_id_seed=node_id_seed)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    server_app(grid, context)
+    return grid
+
+
+def _copy_content(message: Message) -> Message:
+    """Give the receiver its own records; arrays are immutable ``.npy`` bytes."""
+    if not message.has_content():
+        return message
+    content = message.content
+    message.content = RecordDict(
+        {key: type(record)(dict(record)) for key, record in content.items()}
+    )
+    return message

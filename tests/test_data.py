@@ -1,0 +1,625 @@
+"""Tests for fsl_sage_flwr.data: loaders, normalisation, reshaping and partitioning."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shlex
+from pathlib import Path
+from typing import ClassVar
+
+import datasets
+import flwr_datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsl_sage_flwr import data
+from fsl_sage_flwr.data import (
+    DATASETS,
+    ArrayDataset,
+    DatasetNotFoundError,
+    RawSplits,
+    adapt_images,
+    load_array_pickle,
+    load_dataset,
+    load_dataset_cached,
+    load_partition,
+    partition_indices,
+    read_idx,
+    register_dataset,
+)
+
+# The project's shared data folder sits beside the repository (also in CI's copy).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+DIGITS_TRAIN, DIGITS_TEST = 1437, 360
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as an IDX file, gzip-compressed if the name ends in .gz."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+
+
+def _write_fake_mnist(folder: Path, n_train: int = 20, n_test: int = 10) -> None:
+    """Four tiny IDX files in the MNIST layout (2 images per class)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def _write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_key: bytes) -> None:
+    """Write a batch file like CIFAR's python version: a pickled dict with bytes keys."""
+    batch = {b"data": images.reshape(len(images), -1), label_key: labels, b"batch_label": b"x"}
+    with path.open("wb") as f:
+        pickle.dump(batch, f)
+
+
+def _fake_cifar_folder(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Write a tiny CIFAR layout under ``root``; return its (train, test) uint8 NCHW images."""
+    rng = np.random.default_rng(1)
+    if name == "cifar10":
+        folder, test_name, key = root / "cifar-10-batches-py", "test_batch", b"labels"
+        train_names = [f"data_batch_{i}" for i in range(1, 6)]
+    else:
+        folder, test_name, key = root / "cifar-100-python", "test", b"fine_labels"
+        train_names = ["train"]
+    folder.mkdir(parents=True)
+    train_chunks = []
+    for file_name in train_names:
+        chunk = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+        _write_cifar_batch(folder / file_name, chunk, [0, 1, 2, 3], key)
+        train_chunks.append(chunk)
+    test = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    _write_cifar_batch(folder / test_name, test, [3, 2, 1], key)
+    return np.concatenate(train_chunks), test
+
+
+class _FakeFederatedDataset:
+    """Stands in for flwr_datasets.FederatedDataset: serves tiny in-memory splits."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, *, dataset: str, partitioners: dict, **kwargs) -> None:
+        self.dataset = dataset
+        _FakeFederatedDataset.calls.append(dataset)
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        n = 6 if split == "train" else 2
+        label_column = "fine_label" if self.dataset.endswith("100") else "label"
+        images = [Image.fromarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8)) for i in range(n)]
+        return datasets.Dataset.from_dict({"img": images, label_column: list(range(n))})
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_shapes_and_dtypes(digits):
+    # Prepare / Execute: loaded by the module fixture.
+    # Assert
+    assert digits.train.images.shape == (DIGITS_TRAIN, 1, 8, 8)
+    assert digits.test.images.shape == (DIGITS_TEST, 1, 8, 8)
+    assert digits.train.images.dtype == np.float32 and digits.test.images.dtype == np.float32
+    assert digits.train.labels.dtype == np.int64 and digits.test.labels.dtype == np.int64
+    assert digits.num_classes == 10 and digits.input_shape == (1, 8, 8)
+    assert set(np.unique(digits.test.labels)) == set(range(10))
+
+
+def test_digits_train_split_is_normalised(digits):
+    # Prepare / Execute: loaded by the module fixture.
+    # Assert: one channel, so the train split has mean 0 and std 1 overall.
+    assert abs(float(digits.train.images.mean())) < 1e-4
+    assert abs(float(digits.train.images.std()) - 1.0) < 1e-3
+
+
+def test_digits_test_split_is_the_same_for_every_seed():
+    # Prepare / Execute: two runs with different seeds (and seeded train subsets).
+    run_a = load_dataset("digits", train_subset=500, seed=0)
+    run_b = load_dataset("digits", train_subset=500, seed=1)
+
+    # Assert: the test sets are identical and full, the train subsets differ.
+    np.testing.assert_array_equal(run_a.test.images, run_b.test.images)
+    np.testing.assert_array_equal(run_a.test.labels, run_b.test.labels)
+    assert len(run_a.test) == DIGITS_TEST
+    assert not np.array_equal(run_a.train.images, run_b.train.images)
+
+
+def test_train_subset_is_stratified_and_seeded(digits):
+    # Prepare
+    full_share = np.bincount(digits.train.labels) / len(digits.train)
+
+    # Execute
+    subset = load_dataset("digits", train_subset=200, seed=3)
+    again = load_dataset("digits", train_subset=200, seed=3)
+
+    # Assert: exact size, each class within one sample of its proportional quota.
+    assert len(subset.train) == 200
+    counts = np.bincount(subset.train.labels, minlength=10)
+    assert np.all(np.abs(counts - 200 * full_share) < 1.0)
+    np.testing.assert_array_equal(subset.train.images, again.train.images)
+    assert len(subset.test) == DIGITS_TEST
+
+
+def test_train_subset_not_smaller_than_train_keeps_everything(digits):
+    # Execute
+    splits = load_dataset("digits", train_subset=10_000)
+
+    # Assert
+    np.testing.assert_array_equal(splits.train.images, digits.train.images)
+
+
+def test_load_dataset_pads_digits_to_three_channels_32(digits):
+    # Execute
+    splits = load_dataset("digits", input_shape=(3, 32, 32))
+
+    # Assert: 12 px of normalised zeros around the unchanged normalised image.
+    assert splits.train.images.shape == (DIGITS_TRAIN, 3, 32, 32)
+    assert splits.input_shape == (3, 32, 32)
+    np.testing.assert_array_equal(
+        splits.train.images[:, :, 12:20, 12:20], np.repeat(digits.train.images, 3, axis=1)
+    )
+    border = splits.train.images.copy()
+    border[:, :, 12:20, 12:20] = 0
+    assert not border.any()
+
+
+def test_unknown_dataset_lists_registered_names():
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"registered: .*cifar10.*digits.*fashion-mnist.*mnist"):
+        load_dataset("imagenet")
+
+
+def test_registered_loader_is_used_by_load_dataset(monkeypatch):
+    # Prepare: a private registry so the real one is untouched.
+    monkeypatch.setattr(data, "DATASETS", dict(DATASETS))
+    images = np.linspace(0, 1, 4 * 2 * 2 * 2, dtype=np.float32).reshape(4, 2, 2, 2)
+
+    @register_dataset("toy")
+    def _toy(data_dir):
+        return RawSplits(images, np.array([0, 1, 0, 1]), images[:2], np.array([0, 1]), 2)
+
+    # Execute
+    splits = load_dataset("toy")
+
+    # Assert
+    assert splits.input_shape == (2, 2, 2) and splits.num_classes == 2
+    np.testing.assert_allclose(splits.train.images.mean(axis=(0, 2, 3)), 0, atol=1e-6)
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset("toy")(_toy)
+
+
+# --------------------------------------------------------------------------- IDX / MNIST
+
+
+@pytest.mark.parametrize("file_name", ["tiny-idx3-ubyte", "tiny-idx3-ubyte.gz"])
+def test_read_idx_round_trip(tmp_path, file_name):
+    # Prepare
+    array = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
+    _write_idx(tmp_path / file_name, array)
+
+    # Execute
+    loaded = read_idx(tmp_path / file_name)
+
+    # Assert
+    assert loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded, array)
+
+
+def test_read_idx_reads_big_endian_ints(tmp_path):
+    # Prepare: type byte 0x0C = int32, stored big-endian.
+    values = np.array([1, -2, 70000], dtype=">i4")
+    (tmp_path / "ints").write_bytes(
+        bytes([0, 0, 0x0C, 1]) + np.array([3], ">u4").tobytes() + values.tobytes()
+    )
+
+    # Execute / Assert
+    np.testing.assert_array_equal(read_idx(tmp_path / "ints"), [1, -2, 70000])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes([1, 2, 8, 1]) + np.array([1], ">u4").tobytes() + b"\x00", "magic"),
+        (bytes([0, 0, 8, 2]) + np.array([4, 4], ">u4").tobytes() + b"\x00" * 3, "payload"),
+        (bytes([0, 0, 8, 3]) + b"\x00", "header"),
+    ],
+    ids=["bad-magic", "truncated-payload", "truncated-header"],
+)
+def test_read_idx_rejects_malformed_file_naming_it(tmp_path, content, message):
+    # Prepare
+    path = tmp_path / "broken-idx1-ubyte"
+    path.write_bytes(content)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=message) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_mnist_loads_from_a_folder_named_after_it(tmp_path):
+    # Prepare: data_dir/mnist holds a mix of .gz and plain IDX files.
+    _write_fake_mnist(tmp_path / "mnist")
+
+    # Execute
+    splits = load_dataset("mnist", data_dir=str(tmp_path), input_shape=(3, 32, 32))
+
+    # Assert: 28x28 padded by 2 px on every side.
+    assert splits.train.images.shape == (20, 3, 32, 32)
+    assert splits.test.images.shape == (10, 3, 32, 32)
+    np.testing.assert_array_equal(splits.train.labels, np.arange(20) % 10)
+    border = splits.train.images.copy()
+    border[:, :, 2:30, 2:30] = 0
+    assert not border.any()
+    assert splits.train.images[:, :, 2:30, 2:30].std() > 0.5
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_missing_idx_dataset_lists_every_place_and_how_to_get_it(tmp_path, monkeypatch, name):
+    # Prepare: an empty data dir and an empty stand-in for /usr/share/datasets.
+    system_root = tmp_path / "system"
+    monkeypatch.setattr(data, "SYSTEM_DATASET_ROOT", system_root)
+    data_dir = tmp_path / "empty"
+    data_dir.mkdir()
+
+    # Execute
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset(name, data_dir=str(data_dir))
+
+    # Assert
+    message = str(info.value)
+    for place in (data_dir, data_dir / name, system_root / name):
+        assert f"- {place}\n" in message
+    assert "train-images-idx3-ubyte" in message and "data-dir" in message
+    assert isinstance(info.value, FileNotFoundError)
+    if name == "fashion-mnist":
+        assert "dataset-fashion-mnist" in message
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_real_idx_files_when_present(name):
+    # Prepare
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"no copy of {name} at {folder}")
+
+    # Execute
+    splits = load_dataset(name, data_dir=str(folder))
+
+    # Assert
+    assert splits.train.images.shape == (60_000, 1, 28, 28)
+    assert splits.test.images.shape == (10_000, 1, 28, 28)
+    np.testing.assert_array_equal(np.unique(splits.train.labels), np.arange(10))
+    assert abs(float(splits.train.images.mean())) < 1e-3
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_python_version_layout(tmp_path, name):
+    # Prepare
+    train_raw, test_raw = _fake_cifar_folder(tmp_path, name)
+    train01, test01 = train_raw / 255.0, test_raw / 255.0
+    mean = train01.mean(axis=(0, 2, 3), keepdims=True)
+    std = train01.std(axis=(0, 2, 3), keepdims=True)
+
+    # Execute
+    splits = load_dataset(name, data_dir=str(tmp_path))
+
+    # Assert: channel-first pixels, normalised with the train statistics in both splits.
+    assert splits.input_shape == (3, 32, 32)
+    assert splits.num_classes == (10 if name == "cifar10" else 100)
+    np.testing.assert_allclose(splits.train.images, (train01 - mean) / std, atol=1e-4)
+    np.testing.assert_allclose(splits.test.images, (test01 - mean) / std, atol=1e-4)
+    np.testing.assert_array_equal(splits.test.labels, [3, 2, 1])
+
+
+@pytest.mark.parametrize(
+    ("name", "hub_id"), [("cifar10", "uoft-cs/cifar10"), ("cifar100", "uoft-cs/cifar100")]
+)
+def test_cifar_falls_back_to_the_hub(tmp_path, monkeypatch, name, hub_id):
+    # Prepare: no local files; the hub is a fake, so no network is touched.
+    monkeypatch.setattr(flwr_datasets, "FederatedDataset", _FakeFederatedDataset)
+    monkeypatch.setattr(_FakeFederatedDataset, "calls", [])
+
+    # Execute
+    splits = load_dataset(name, data_dir=str(tmp_path))
+
+    # Assert: HWC hub images became CHW; labels came from the right column.
+    assert _FakeFederatedDataset.calls == [hub_id]
+    assert splits.train.images.shape == (6, 3, 32, 32)
+    assert splits.test.images.shape == (2, 3, 32, 32)
+    np.testing.assert_array_equal(splits.train.labels, np.arange(6))
+    assert np.all(np.diff(splits.train.images[:, 0, 0, 0]) > 0)
+
+
+def test_cifar_hub_failure_says_where_it_looked(tmp_path, monkeypatch):
+    # Prepare: a hub that is unreachable.
+    def offline(**kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(flwr_datasets, "FederatedDataset", offline)
+
+    # Execute
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+
+    # Assert
+    message = str(info.value)
+    for place in (tmp_path, tmp_path / "cifar-10-batches-py"):
+        assert f"- {place}\n" in message
+    assert "uoft-cs/cifar10" in message and "no network" in message
+    assert "data-dir" in message and "python version" in message
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_array_pickle_loads_numpy_arrays(tmp_path, protocol):
+    # Prepare
+    content = {b"data": np.arange(12, dtype=np.uint8).reshape(3, 4), b"labels": [1, 2, 3]}
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
+
+    # Execute
+    loaded = load_array_pickle(path)
+
+    # Assert
+    np.testing.assert_array_equal(loaded[b"data"], content[b"data"])
+    assert loaded[b"labels"] == [1, 2, 3]
+
+
+def test_array_pickle_reads_python2_style_batches(tmp_path):
+    # Prepare: the opcodes Python 2 wrote for {"data": uint8 array [[1, 2, 3]], "labels": [7]}
+    # (byte strings as SHORT_BINSTRING, the array via numpy.core), as in the CIFAR files.
+    path = tmp_path / "py2_batch"
+    path.write_bytes(
+        b"\x80\x02}q\x00(U\x04dataq\x01cnumpy.core.multiarray\n_reconstruct\nq\x02"
+        b"cnumpy\nndarray\nq\x03K\x00\x85U\x01b\x87Rq\x04(K\x01K\x01K\x03\x86"
+        b"cnumpy\ndtype\nq\x05U\x02u1K\x00K\x01\x87Rq\x06(K\x03U\x01|NNN"
+        b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x03\x01\x02\x03tb"
+        b"U\x06labelsq\x07]q\x08K\x07au."
+    )
+
+    # Execute
+    loaded = load_array_pickle(path)
+
+    # Assert: keys come back as bytes, like b"data" in the real batches.
+    np.testing.assert_array_equal(loaded[b"data"], np.array([[1, 2, 3]], dtype=np.uint8))
+    assert loaded[b"labels"] == [7]
+
+
+class _RunsAShellCommand:
+    """Pickles to a call of os.system, like a tampered dataset file would."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_array_pickle_rejects_os_system_without_running_it(tmp_path):
+    # Prepare: a CIFAR batch whose pickle would create a marker file when loaded.
+    marker = tmp_path / "ran"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    evil = {b"data": _RunsAShellCommand(f"touch {shlex.quote(str(marker))}"), b"labels": []}
+    for file_name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / file_name).write_bytes(pickle.dumps(evil))
+
+    # Execute / Assert: refused by the direct loader and by load_dataset.
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        load_array_pickle(folder / "test_batch")
+    with pytest.raises(pickle.UnpicklingError, match="data_batch_1"):
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- adapt_images
+
+
+def test_adapt_images_pads_centrally_and_repeats_the_channel():
+    # Prepare
+    images = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 1, 28, 28) + 1
+
+    # Execute
+    adapted = adapt_images(images, (3, 32, 32))
+
+    # Assert: 2 px of zeros on each side, the same image in every channel.
+    assert adapted.shape == (2, 3, 32, 32) and adapted.dtype == np.float32
+    for channel in range(3):
+        np.testing.assert_array_equal(adapted[:, channel, 2:30, 2:30], images[:, 0])
+    assert np.count_nonzero(adapted) == 3 * images.size
+
+
+def test_adapt_images_puts_odd_padding_at_bottom_right():
+    # Prepare
+    images = np.ones((1, 1, 5, 5), dtype=np.float32)
+
+    # Execute
+    adapted = adapt_images(images, (1, 8, 8))
+
+    # Assert: (8 - 5) // 2 = 1 row/column before, 2 after.
+    assert adapted[0, 0, 1:6, 1:6].all() and np.count_nonzero(adapted) == 25
+
+
+def test_adapt_images_is_identity_for_the_right_shape():
+    # Prepare
+    images = np.zeros((2, 3, 32, 32), dtype=np.float32)
+
+    # Execute / Assert
+    assert adapt_images(images, (3, 32, 32)) is images
+
+
+@pytest.mark.parametrize(
+    ("shape", "target", "message"),
+    [
+        ((1, 1, 40, 40), (3, 32, 32), "shrink"),
+        ((1, 2, 8, 8), (3, 32, 32), "channels"),
+        ((1, 3, 8, 8), (1, 32, 32), "channels"),
+        ((8, 8), (1, 32, 32), "N, C, H, W"),
+        ((1, 1, 8, 8), (32, 32), "three positive"),
+    ],
+)
+def test_adapt_images_rejects_impossible_conversions(shape, target, message):
+    # Prepare
+    images = np.zeros(shape, dtype=np.float32)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=message):
+        adapt_images(images, target)
+
+
+# --------------------------------------------------------------------------- partitioning
+
+
+def _assert_disjoint_cover(parts: list[np.ndarray], n: int) -> None:
+    merged = np.concatenate(parts)
+    assert len(merged) == n and len(np.unique(merged)) == n
+
+
+@pytest.mark.parametrize(("partitioning", "alpha"), [("iid", 1.0), ("dirichlet", 0.5)])
+def test_partitions_are_deterministic_disjoint_and_cover(digits, partitioning, alpha):
+    # Prepare
+    labels = digits.train.labels
+
+    # Execute
+    first = partition_indices(labels, 7, partitioning=partitioning, alpha=alpha, seed=5)
+    again = partition_indices(labels, 7, partitioning=partitioning, alpha=alpha, seed=5)
+    other = partition_indices(labels, 7, partitioning=partitioning, alpha=alpha, seed=6)
+
+    # Assert
+    assert len(first) == 7
+    _assert_disjoint_cover(first, len(labels))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    assert all(p.dtype == np.int64 and np.all(np.diff(p) > 0) for p in first)
+
+
+def test_iid_partitions_have_near_equal_sizes_and_mixed_labels(digits):
+    # Execute
+    parts = partition_indices(digits.train.labels, 10, seed=0)
+
+    # Assert: sizes differ by at most one; shuffled first, so every client sees every class.
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(len(np.unique(digits.train.labels[p])) == 10 for p in parts)
+
+
+def _mean_label_skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:
+    """Mean total-variation distance between each partition's and the global label mix."""
+    overall = np.bincount(labels, minlength=10) / len(labels)
+    return float(
+        np.mean(
+            [
+                0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p) - overall).sum()
+                for p in parts
+            ]
+        )
+    )
+
+
+def test_small_alpha_dirichlet_skews_labels_more_than_iid(digits):
+    # Prepare
+    labels = digits.train.labels
+
+    # Execute
+    iid = partition_indices(labels, 5, partitioning="iid", seed=0)
+    skewed = partition_indices(labels, 5, partitioning="dirichlet", alpha=0.1, seed=0)
+
+    # Assert
+    assert _mean_label_skew(labels, iid) < 0.15
+    assert _mean_label_skew(labels, skewed) > 0.4
+
+
+def test_tiny_alpha_on_digits_still_gives_every_client_data(digits):
+    # Execute: alpha 0.01 over 10 clients often fails Flower's first draws.
+    parts = partition_indices(digits.train.labels, 10, partitioning="dirichlet", alpha=0.01, seed=0)
+
+    # Assert
+    _assert_disjoint_cover(parts, DIGITS_TRAIN)
+    assert min(len(p) for p in parts) >= 10
+
+
+@pytest.mark.parametrize(
+    ("num_partitions", "partitioning", "alpha", "message"),
+    [
+        (0, "iid", 1.0, "num_partitions"),
+        (DIGITS_TRAIN + 1, "iid", 1.0, "num_partitions"),
+        (4, "pathological", 1.0, "unknown partitioning.*iid, dirichlet"),
+        (4, "dirichlet", 0.0, "alpha"),
+        (4, "dirichlet", -1.0, "alpha"),
+    ],
+)
+def test_partition_indices_rejects_bad_arguments(
+    digits, num_partitions, partitioning, alpha, message
+):
+    # Execute / Assert
+    with pytest.raises(ValueError, match=message):
+        partition_indices(
+            digits.train.labels, num_partitions, partitioning=partitioning, alpha=alpha
+        )
+
+
+def test_load_partition_returns_the_partition_samples(digits):
+    # Prepare
+    expected = partition_indices(
+        digits.train.labels, 4, partitioning="dirichlet", alpha=1.0, seed=2
+    )
+
+    # Execute
+    clients = [
+        load_partition("digits", pid, 4, partitioning="dirichlet", alpha=1.0, seed=2)
+        for pid in range(4)
+    ]
+
+    # Assert
+    assert [len(c) for c in clients] == [len(p) for p in expected]
+    assert sum(len(c) for c in clients) == DIGITS_TRAIN
+    for client, indices in zip(clients, expected, strict=True):
+        assert isinstance(client, ArrayDataset)
+        np.testing.assert_array_equal(client.images, digits.train.images[indices])
+        np.testing.assert_array_equal(client.labels, digits.train.labels[indices])
+
+
+def test_load_partition_with_subset_and_shape(digits):
+    # Execute
+    client = load_partition(
+        "digits",
+        1,
+        5,
+        partitioning="iid",
+        alpha=1.0,
+        seed=0,
+        input_shape=[3, 32, 32],
+        train_subset=100,
+    )
+
+    # Assert: a fifth of the 100-image subset, adapted to the model's input.
+    assert client.images.shape == (20, 3, 32, 32)
+
+
+def test_load_partition_rejects_an_out_of_range_id():
+    # Execute / Assert
+    with pytest.raises(ValueError, match="partition_id"):
+        load_partition("digits", 4, 4, partitioning="iid", alpha=1.0, seed=0)
+
+
+def test_load_dataset_cached_shares_one_entry_for_equivalent_arguments():
+    # Execute: the same request spelled as a run config and as code would.
+    from_config = load_dataset_cached("digits", data_dir="", input_shape=[1, 8, 8], seed=4)
+    from_code = load_dataset_cached("digits", data_dir=None, input_shape=(1, 8, 8), seed=4)
+
+    # Assert: one load, not two copies; a different seed is a different entry.
+    assert from_config is from_code
+    assert load_dataset_cached("digits", input_shape=(1, 8, 8), seed=5) is not from_code

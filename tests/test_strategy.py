@@ -1,0 +1,192 @@
+"""Tests of the FSL-SAGE strategy: warm-up, aggregation, validation, alignment."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fsl_sage_flwr.estimation import server_step
+from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.wire import smashed_arrays_record
+from strategies import FSLSage, FSLSageServerConfig
+from tests.conftest import ScriptedGrid, reply_from
+
+NODES = {101: 0, 202: 1}  # node id -> partition id
+
+
+def _strategy(align_interval: int = 2) -> tuple[FSLSage, object]:
+    torch.manual_seed(0)
+    split = build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8))
+    strategy = FSLSage(
+        client_model=split.client,
+        server_model=split.server,
+        aux_factory=lambda: build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8)).aux,
+        cut_shape=split.cut_shape,
+        num_classes=10,
+        config=FSLSageServerConfig(align_interval=align_interval, align_epochs=3, align_batch_size=64),
+        min_train_nodes=1,
+        min_available_nodes=2,
+    )
+    return strategy, split
+
+
+def _smashed(partition: int, n: int = 8, batches: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(partition)
+    z = rng.normal(size=(n * batches, 16, 2, 2)).astype(np.float32)
+    y = rng.integers(0, 10, size=n * batches).astype(np.int64)
+    return z, y, np.full(batches, n, dtype=np.int64)
+
+
+def _train_reply(node_id: int, weights: ArrayRecord, num_examples: int) -> RecordDict:
+    return RecordDict(
+        {
+            "arrays": weights,
+            "smashed": smashed_arrays_record(*_smashed(NODES[node_id])),
+            "metrics": MetricRecord({"num-examples": num_examples, "partition-id": NODES[node_id]}),
+        }
+    )
+
+
+def _warm(strategy: FSLSage, split) -> None:
+    def respond(msg):
+        node = msg.metadata.dst_node_id
+        z, y, _ = _smashed(NODES[node], n=8, batches=1)
+        content = RecordDict(
+            {
+                "smashed": smashed_arrays_record(z, y, np.asarray([8], np.int64)),
+                "metrics": MetricRecord({"num-examples": 50, "partition-id": NODES[node]}),
+            }
+        )
+        return reply_from(node, content, "train.warmup")
+
+    strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()), ConfigRecord(), 0)
+
+
+def _scaled_weights(split, factor: float) -> ArrayRecord:
+    return ArrayRecord({k: (torch.ones_like(v) * factor if v.is_floating_point() else v) for k, v in split.client.state_dict().items()})
+
+
+def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
+    # Prepare
+    strategy, split = _strategy()
+    # Execute
+    _warm(strategy, split)
+    messages = list(strategy.configure_train(1, ArrayRecord(split.client.state_dict()), ConfigRecord(), ScriptedGrid(list(NODES), None)))
+    # Assert: both nodes get the client model and a distinct aux model
+    assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODES)
+    auxes = [m.content.array_records["aux"] for m in messages]
+    first = next(iter(auxes[0].keys()))
+    assert not np.array_equal(auxes[0][first].numpy(), auxes[1][first].numpy())
+    assert all(len(strategy._slots[n].buffer) == 8 for n in NODES)
+
+
+def test_aggregation_is_fedavg_weighted_by_sample_counts():
+    # Prepare
+    strategy, split = _strategy()
+    _warm(strategy, split)
+    replies = [
+        reply_from(101, _train_reply(101, _scaled_weights(split, 1.0), num_examples=20)),
+        reply_from(202, _train_reply(202, _scaled_weights(split, 5.0), num_examples=60)),
+    ]
+    # Execute
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    # Assert: (1 * 20 + 5 * 60) / 80 = 4, dtypes kept
+    state = arrays.to_torch_state_dict()
+    torch.testing.assert_close(state["0.weight"], torch.full_like(state["0.weight"], 4.0))
+    assert state["1.num_batches_tracked"].dtype == torch.int64
+    assert metrics["num-examples"] == 80
+
+
+def test_server_model_trains_on_uploads_in_partition_order_and_is_not_averaged():
+    # Prepare: the expected server = sequential steps on partition 0's then 1's batches
+    strategy, split = _strategy(align_interval=100)
+    _warm(strategy, split)
+    expected = copy.deepcopy(strategy.server_model)
+    expected_opt = torch.optim.Adam(expected.parameters(), lr=1e-3, weight_decay=1e-4)
+    expected_opt.load_state_dict(copy.deepcopy(strategy.server_optimizer.state_dict()))
+    for partition in (0, 1):
+        z, y, sizes = _smashed(partition)
+        for zb, yb in zip(np.split(z, np.cumsum(sizes)[:-1]), np.split(y, np.cumsum(sizes)[:-1])):
+            server_step(expected, expected_opt, torch.from_numpy(zb), torch.from_numpy(yb))
+    replies = [  # arrival order reversed on purpose
+        reply_from(202, _train_reply(202, _scaled_weights(split, 5.0), 30)),
+        reply_from(101, _train_reply(101, _scaled_weights(split, 1.0), 20)),
+    ]
+    # Execute
+    strategy.aggregate_train(1, replies)
+    # Assert
+    for (name, got), want in zip(strategy.server_model.state_dict().items(), expected.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=name)
+
+
+def test_aux_models_are_aligned_per_client_and_never_averaged():
+    # Prepare
+    strategy, split = _strategy(align_interval=1)
+    _warm(strategy, split)
+    before = {n: copy.deepcopy(strategy._slots[n].aux.state_dict()) for n in NODES}
+    replies = [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES]
+    # Execute
+    strategy.aggregate_train(1, replies)
+    # Assert: each aux moved, and the two stay different
+    after = {n: strategy._slots[n].aux.state_dict() for n in NODES}
+    for n in NODES:
+        assert not torch.equal(after[n]["0.weight"], before[n]["0.weight"])
+    assert not torch.equal(after[101]["0.weight"], after[202]["0.weight"])
+    assert all(strategy._slots[n].aux_pending for n in NODES)
+
+
+def _break(kind: str, content: RecordDict) -> RecordDict:
+    if kind == "missing-arrays":
+        del content["arrays"]
+    elif kind == "wrong-shape":
+        state = content["arrays"].to_torch_state_dict()
+        state["0.weight"] = torch.zeros(3, 3)
+        content["arrays"] = ArrayRecord(state)
+    elif kind == "wrong-dtype":
+        z, y, sizes = _smashed(1)
+        content["smashed"] = smashed_arrays_record(z.astype(np.float64), y, sizes)
+    elif kind == "nan":
+        z, y, sizes = _smashed(1)
+        z[0, 0, 0, 0] = np.nan
+        content["smashed"] = smashed_arrays_record(z, y, sizes)
+    elif kind == "missing-smashed":
+        del content["smashed"]
+    elif kind == "label-out-of-range":
+        z, y, sizes = _smashed(1)
+        y[0] = 99
+        content["smashed"] = smashed_arrays_record(z, y, sizes)
+    elif kind == "too-many-samples":
+        z, y, _ = _smashed(1, n=40, batches=1)
+        content["smashed"] = smashed_arrays_record(z, y, np.asarray([40], np.int64))
+    return content
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["missing-arrays", "wrong-shape", "wrong-dtype", "nan", "missing-smashed", "label-out-of-range", "too-many-samples"],
+)
+def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, caplog):
+    # Prepare: two identical strategies; one sees an extra malformed reply
+    clean, split = _strategy(align_interval=1)
+    dirty, _ = _strategy(align_interval=1)
+    _warm(clean, split)
+    _warm(dirty, split)
+    good = reply_from(101, _train_reply(101, _scaled_weights(split, 1.0), 20))
+    bad = reply_from(202, _break(kind, _train_reply(202, _scaled_weights(split, 5.0), 30)))
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        dirty_arrays, _ = dirty.aggregate_train(1, [bad, good])
+    clean_arrays, _ = clean.aggregate_train(1, [good])
+    # Assert: one log line names the node; aggregate, server model and buffers as without it
+    dropped = [r for r in caplog.records if "dropped reply from node 202" in r.getMessage()]
+    assert len(dropped) == 1 and "partition 1" in dropped[0].getMessage()
+    for name, value in clean_arrays.to_torch_state_dict().items():
+        torch.testing.assert_close(dirty_arrays.to_torch_state_dict()[name], value)
+    for (name, got), want in zip(dirty.server_model.state_dict().items(), clean.server_model.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=name)
+    assert len(dirty._slots[202].buffer) == len(clean._slots[202].buffer) == 8
