@@ -1,0 +1,263 @@
+"""Run the app through `flwr run` on a private local SuperLink, and fail loudly.
+
+``flwr run . --stream`` exits 0 even when the run failed, and leaves its local
+SuperLink running. This wrapper gives each call its own Flower home folder and
+ports, waits for the run to end, checks that it finished ``completed`` and that
+its results file holds the last round, stops the SuperLink, and exits non-zero
+otherwise.
+
+Usage::
+
+    python -m simulations.flwr_run [--num-supernodes 10] [--output-dir outputs]
+                                   [--run-config "num-server-rounds=30 dataset='mnist'"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsl_sage_flwr.results import ResultsWriter, read_results
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+class FlwrRunError(RuntimeError):
+    """A `flwr run` that did not finish completed with a full results file."""
+
+
+@dataclass(frozen=True)
+class FlwrRunOutcome:
+    """What one finished run left behind."""
+
+    status: str
+    results_path: Path
+    rows: list[dict[str, Any]]
+    wall_seconds: float
+    log: str
+
+
+def run_app(
+    run_config: Mapping[str, Any],
+    *,
+    num_supernodes: int = 10,
+    cpus_per_client: float = 1.0,
+    timeout: float = 3600.0,
+    project_dir: Path = PROJECT_DIR,
+    install_dependencies: bool = False,
+    echo: bool = True,
+) -> FlwrRunOutcome:
+    """Run the app once through ``flwr run --stream`` and check how it ended.
+
+    Parameters
+    ----------
+    run_config : Mapping[str, Any]
+        Run-config overrides; must include ``output-dir`` (absolute) and ``run-name``.
+    num_supernodes : int
+        Simulated SuperNodes (clients).
+    cpus_per_client : float
+        Ray CPUs per ClientApp; 1 runs two clients at once on two cores.
+    timeout : float
+        Seconds before the run is abandoned.
+    project_dir : Path
+        The Flower app project.
+    install_dependencies : bool
+        Let the SuperLink run its per-run ``uv sync``; off by default, so the run
+        uses the packages of this environment.
+    echo : bool
+        Stream Flower's output to this process's stdout.
+
+    Raises
+    ------
+    FlwrRunError
+        If the run failed, timed out, or wrote no result for its last round.
+    """
+    results_path = Path(run_config["output-dir"]) / str(run_config["run-name"]) / ResultsWriter.FILE_NAME
+    home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
+    env = _flower_env(home, install_dependencies)
+    command = [
+        _flwr(), "run", str(project_dir), "--stream",
+        "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+    ]
+    for key, value in run_config.items():
+        command += ["--run-config", f"{key}={_toml_value(value)}"]
+    start = time.monotonic()
+    try:
+        log = _stream(command, env, timeout, echo)
+        status = _run_status(env)
+    finally:
+        _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+    wall = time.monotonic() - start
+    if status != "finished:completed":
+        raise FlwrRunError(f"run ended '{status}'; Flower logs are in {home / 'local-superlink'}")
+    rows = read_results(results_path) if results_path.exists() else []
+    last = int(run_config.get("num-server-rounds", 0))
+    if not rows or rows[-1].get("round") != last or "accuracy" not in rows[-1]:
+        raise FlwrRunError(f"{results_path} lacks the accuracy of round {last}")
+    return FlwrRunOutcome(status, results_path, rows, wall, log)
+
+
+def _flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(home)
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(_free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(_free_port())
+    # `flwr run` starts `flower-superlink` from PATH: use this environment's.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if not install_dependencies:
+        env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    return env
+
+
+def _flwr() -> str:
+    candidate = Path(sys.executable).parent / "flwr"
+    return str(candidate) if candidate.exists() else "flwr"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _stream(command: list[str], env: dict[str, str], timeout: float, echo: bool) -> str:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise FlwrRunError(f"flwr run exceeded {timeout:.0f} s")
+    return "".join(lines)
+
+
+def _run_status(env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    try:
+        runs = json.loads(out.stdout)["runs"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise FlwrRunError(f"cannot read `flwr ls`: {out.stdout[-500:]} {out.stderr[-500:]}") from err
+    if len(runs) != 1:
+        raise FlwrRunError(f"expected one run on this SuperLink, found {len(runs)}")
+    return str(runs[0]["status"])
+
+
+def _stop_superlink(control_port: str) -> None:
+    """Stop the SuperLink that `flwr run` started on ``control_port``, with its children."""
+    marker = f"127.0.0.1:{control_port}"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in cmdline]
+        if any(w.endswith("flower-superlink") for w in words) and marker in words:
+            _terminate_group(int(proc.name))
+
+
+def _terminate_group(pid: int) -> None:
+    try:
+        group = os.getpgid(pid)
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """Parse ``"key=value key2='text'"`` as `flwr run --run-config` does (TOML values)."""
+    import tomllib
+
+    result: dict[str, Any] = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"run-config item '{item}' is not key=value")
+        result[key] = tomllib.loads(f"v = {value}")["v"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: one FSL-SAGE run, checked; prints where results are."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-supernodes", type=int, default=10)
+    parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    parser.add_argument("--output-dir", default="outputs")
+    parser.add_argument("--run-name", default="")
+    parser.add_argument("--run-config", default="", help="extra run-config overrides")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+
+    overrides = parse_run_config(args.run_config)
+    overrides.setdefault("min-available-nodes", args.num_supernodes)
+    overrides["output-dir"] = str(Path(args.output_dir).resolve())
+    overrides["run-name"] = args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{overrides.get('algorithm', 'fsl-sage')}"
+    overrides.setdefault("num-server-rounds", _default_rounds())
+    try:
+        outcome = run_app(
+            overrides,
+            num_supernodes=args.num_supernodes,
+            cpus_per_client=args.cpus_per_client,
+            timeout=args.timeout,
+        )
+    except FlwrRunError as err:
+        print(f"FAILED: {err}", file=sys.stderr)
+        return 1
+    last = outcome.rows[-1]
+    print(
+        f"\nrun {outcome.status} in {outcome.wall_seconds:.0f} s: round {last['round']} "
+        f"test accuracy {last['accuracy']:.4f}, {last['cumulative_bytes'] / MIB:.1f} MiB sent\n"
+        f"results: {outcome.results_path}"
+    )
+    return 0
+
+
+def _default_rounds() -> int:
+    import tomllib
+
+    config = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())
+    return int(config["tool"]["flwr"]["app"]["config"]["num-server-rounds"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`flwr run` end to end: the checked wrapper, and a plain run as a Flower user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.flwr_run import PROJECT_DIR, FlwrRunError, _flower_env, _flwr, _stop_superlink, run_app
+
+SHORT = {"num-server-rounds": 2, "align-epochs": 2, "align-interval": 1}
+
+
+def _superlink_running(control_port: str) -> bool:
+    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*127.0.0.1:{control_port}"], capture_output=True)
+    return out.returncode == 0
+
+
+def test_wrapper_runs_to_completion_and_checks_the_results(tmp_path):
+    # Execute: 3 simulated SuperNodes through Ray
+    outcome = run_app(
+        {**SHORT, "min-available-nodes": 3, "output-dir": str(tmp_path), "run-name": "w"},
+        num_supernodes=3,
+        timeout=300,
+        echo=False,
+    )
+    # Assert
+    assert outcome.status == "finished:completed"
+    assert [r["round"] for r in outcome.rows] == [0, 1, 2]
+    assert outcome.results_path == tmp_path / "w" / "results.jsonl"
+
+
+def test_wrapper_fails_loudly_when_the_run_fails(tmp_path):
+    # Prepare: a dataset that does not exist makes the ServerApp raise
+    config = {**SHORT, "dataset": "mnist", "data-dir": str(tmp_path / "none"), "output-dir": str(tmp_path), "run-name": "f"}
+    # Execute / Assert
+    with pytest.raises(FlwrRunError, match="failed"):
+        run_app(config, num_supernodes=2, timeout=300, echo=False)
+
+
+def test_plain_flwr_run_with_a_fresh_home_installs_no_torch(tmp_path):
+    # Prepare: what a Flower user types, with a fresh Flower home; the SuperLink's
+    # per-run `uv sync` stays on (it must not pull a CUDA build of torch).
+    env = _flower_env(tmp_path / "flwr-home", install_dependencies=True)
+    overrides = {**SHORT, "output-dir": str(tmp_path), "run-name": "plain"}
+    command = [_flwr(), "run", ".", "--stream"]
+    for key, value in overrides.items():
+        command += ["--run-config", f"{key}={json.dumps(value)}"]
+    # Execute
+    try:
+        proc = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=600)
+        runs = json.loads(subprocess.run([_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True).stdout)["runs"]
+    finally:
+        _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+    # Assert: completed; uv installed the app's dependencies, none of them torch or CUDA
+    log = proc.stdout + proc.stderr
+    assert runs[0]["status"] == "finished:completed", log[-3000:]
+    installed = next(line for line in log.splitlines() if "Installed: [" in line)
+    assert "flwr-datasets" in installed
+    assert "torch" not in installed and "nvidia" not in installed
+    rows = [json.loads(l) for l in (tmp_path / "plain" / "results.jsonl").read_text().splitlines()]
+    assert rows[-1]["round"] == 2
+    assert not _superlink_running(env["FLWR_LOCAL_CONTROL_API_PORT"])
