@@ -1,5 +1,7 @@
 """Flower clients of fsl-sage-flwr."""
 
+from clients.cse_fsl import CSEFSLClient
+from clients.fedavg import FedAvgClient
 from clients.fsl_sage import FSLSageClient
 
-__all__ = ["FSLSageClient"]
+__all__ = ["CSEFSLClient", "FedAvgClient", "FSLSageClient"]

@@ -1,4 +1,8 @@
-"""Flower ClientApp entry: turns Flower messages into FSLSageClient calls and back."""
+"""Flower ClientApp entry: turns Flower messages into NumPyClient calls and back.
+
+The only place that translates between Flower records and the clients' flat
+array lists; the records themselves are specified in ``fsl_sage_flwr.wire``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import FSLSageClient
+from fsl_sage_flwr.algorithms import build_split, get_algorithm
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset_cached, load_partition
-from fsl_sage_flwr.models import build_split_model, required_input_shape
+from fsl_sage_flwr.models import required_input_shape
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
     AUX_KEY,
@@ -28,46 +33,43 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Run one FSL-SAGE local round (see ``fsl_sage_flwr.wire`` for the records)."""
+    """Run one local round of the run's algorithm and reply with its records."""
     client, settings = _build_client(context)
     parameters, config = _request_to_numpy(msg.content, settings)
-    weights, num_examples, metrics = client.fit(parameters, config)
-    n_client = len(weights) - 3
-    z, y, sizes = weights[n_client:]
+    arrays, num_examples, metrics = client.fit(parameters, config)
+    keys = list(client.shared_model.state_dict())
     reply = RecordDict(
         {
-            ARRAYS_KEY: ArrayRecord(
-                dict(zip(client.split.client.state_dict(), map(torch.from_numpy, weights[:n_client])))
-            ),
-            SMASHED_KEY: smashed_arrays_record(z, y, sizes),
+            ARRAYS_KEY: ArrayRecord({k: torch.from_numpy(a) for k, a in zip(keys, arrays)}),
             METRICS_KEY: MetricRecord({**metrics, "num-examples": num_examples}),
         }
     )
+    if client.uploads_smashed:
+        reply[SMASHED_KEY] = smashed_arrays_record(*arrays[len(keys) :])
     return Message(content=reply, reply_to=msg)
 
 
 @app.train(WARMUP_ACTION)
 def warmup(msg: Message, context: Context) -> Message:
-    """Return one batch of activations of the initial client model (no training)."""
+    """FSL-SAGE warm-up: one batch of activations of the initial client model."""
     client, settings = _build_client(context)
+    if not isinstance(client, FSLSageClient):
+        raise ValueError(f"warm-up is part of fsl-sage, not of '{settings.algorithm}'")
     parameters, config = _request_to_numpy(msg.content, settings)
     z, y = client.warmup_batch(parameters, config)
     reply = RecordDict(
         {
             SMASHED_KEY: smashed_arrays_record(z, y, np.asarray([len(y)], dtype=np.int64)),
-            METRICS_KEY: MetricRecord(
-                {"partition-id": client.partition_id, "num-examples": len(client.y)}
-            ),
+            METRICS_KEY: MetricRecord({"partition-id": client.partition_id, "num-examples": len(client.y)}),
         }
     )
     return Message(content=reply, reply_to=msg)
 
 
-def _build_client(context: Context) -> tuple[FSLSageClient, RunSettings]:
+def _build_client(context: Context) -> tuple[Any, RunSettings]:
     settings = RunSettings.from_run_config(context.run_config)
     torch.set_num_threads(settings.client_threads)
     partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
     data_args = {
         "data_dir": settings.data_dir or None,
         "input_shape": required_input_shape(settings.model),
@@ -77,24 +79,18 @@ def _build_client(context: Context) -> tuple[FSLSageClient, RunSettings]:
     trainset = load_partition(
         settings.dataset,
         partition_id,
-        num_partitions,
+        int(context.node_config["num-partitions"]),
         partitioning=settings.partitioning,
         alpha=settings.alpha,
         **data_args,
     )
-    split = build_split_model(
-        settings.model,
-        num_classes=load_dataset_cached(settings.dataset, **data_args).num_classes,
-        input_shape=tuple(trainset.images.shape[1:]),
-        aux_variant=settings.aux_variant,
-    )
-    return FSLSageClient(split, trainset, partition_id, context.state), settings
+    split = build_split(settings, load_dataset_cached(settings.dataset, **data_args))
+    client_class = get_algorithm(settings.algorithm).client_class
+    return client_class(split, trainset, partition_id, context.state), settings
 
 
-def _request_to_numpy(
-    content: RecordDict, settings: RunSettings
-) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Flatten a request into the NumPyClient's parameter list and config dict."""
+def _request_to_numpy(content: RecordDict, settings: RunSettings) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Flatten a request into a NumPyClient's parameter list and config dict."""
     parameters = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
     aux = content.array_records.get(AUX_KEY)
     if aux is not None:

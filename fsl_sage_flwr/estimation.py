@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fsl_sage_flwr.memory import PeakMemoryMeter
 
 
 @contextmanager
@@ -92,6 +94,7 @@ def client_step(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
+    meter: PeakMemoryMeter | None = None,
 ) -> torch.Tensor:
     """Run one FSL-SAGE client step and return the detached activations ``z``.
 
@@ -101,10 +104,52 @@ def client_step(
     """
     client.train()
     optimizer.zero_grad(set_to_none=True)
-    z = client(x)
-    grad = estimate_cut_gradient(aux, z, y)
-    z.backward(grad)
+    with meter.recording() if meter else nullcontext():
+        z = client(x)
+        grad = estimate_cut_gradient(aux, z, y)
+    return _finish_step(z, grad, optimizer, meter)
+
+
+def cross_entropy_step(
+    model: nn.Module,
+    head: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    meter: PeakMemoryMeter | None = None,
+) -> torch.Tensor:
+    """One supervised step of ``head(model(x))`` on cross-entropy; return ``model(x)``.
+
+    With a head this is the CSE-FSL client step (client model plus its local
+    auxiliary classifier, Mu and Shen); without one, ``model`` is a full model
+    (the FedAvg baseline).
+    """
+    model.train()
+    if head is not None:
+        head.train()
+    optimizer.zero_grad(set_to_none=True)
+    with meter.recording() if meter else nullcontext():
+        z = model(x)
+        loss = F.cross_entropy(head(z) if head is not None else z, y)
+    return _finish_step(z, loss, optimizer, meter)
+
+
+def _finish_step(
+    z: torch.Tensor,
+    grad_or_loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    meter: PeakMemoryMeter | None,
+) -> torch.Tensor:
+    """Backward (from a cut gradient or a scalar loss), step, and sample memory."""
+    if meter:
+        meter.sample(optimizer, with_activations=True)
+    if grad_or_loss.dim() == 0:
+        grad_or_loss.backward()
+    else:
+        z.backward(grad_or_loss)
     optimizer.step()
+    if meter:
+        meter.sample(optimizer, with_activations=False)
     return z.detach()
 
 

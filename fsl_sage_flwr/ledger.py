@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 
 def record_nbytes(content: RecordDict) -> int:
@@ -36,25 +39,23 @@ class LedgerEntry:
 class ByteLedger:
     """Record every client's communication, per round, as array bytes.
 
-    Counts the client model, the auxiliary model, activations and labels alike,
-    which the reference implementation does not (it leaves labels out).
+    Counts client models, auxiliary models, activations, gradients and labels
+    alike (the reference implementation leaves labels out). Bytes are booked to
+    ``current_round``, which the run advances after each round's evaluation.
     """
 
     def __init__(self) -> None:
+        self.current_round = 0
         self._up: dict[tuple[int, int], int] = defaultdict(int)
         self._down: dict[tuple[int, int], int] = defaultdict(int)
 
-    def add_down(self, server_round: int, client: int, content: RecordDict) -> int:
-        """Count a message sent to ``client``; return its bytes."""
-        nbytes = record_nbytes(content)
-        self._down[(server_round, client)] += nbytes
-        return nbytes
+    def add_down(self, client: int, nbytes: int) -> None:
+        """Book ``nbytes`` sent to ``client`` in the current round."""
+        self._down[(self.current_round, client)] += nbytes
 
-    def add_up(self, server_round: int, client: int, content: RecordDict) -> int:
-        """Count a reply received from ``client``; return its bytes."""
-        nbytes = record_nbytes(content)
-        self._up[(server_round, client)] += nbytes
-        return nbytes
+    def add_up(self, client: int, nbytes: int) -> None:
+        """Book ``nbytes`` received from ``client`` in the current round."""
+        self._up[(self.current_round, client)] += nbytes
 
     def entries(self) -> list[LedgerEntry]:
         """Return one entry per (round, client), sorted."""
@@ -69,9 +70,73 @@ class ByteLedger:
 
     def cumulative_bytes(self, through_round: int | None = None) -> int:
         """Return all bytes up and down, up to and including ``through_round``."""
-        def counted(r: int) -> bool:
-            return through_round is None or r <= through_round
+        last = math.inf if through_round is None else through_round
+        return sum(v for (r, _), v in (*self._up.items(), *self._down.items()) if r <= last)
 
-        return sum(v for (r, _), v in self._up.items() if counted(r)) + sum(
-            v for (r, _), v in self._down.items() if counted(r)
-        )
+
+class MeteredGrid(Grid):
+    """A Grid that books the array bytes of every message it carries.
+
+    Wrapping the transport, rather than each strategy, meters every algorithm
+    the same way, Flower's own FedAvg included: what is counted is what was
+    sent. A message is booked to its destination node, a reply to its source.
+    """
+
+    def __init__(self, grid: Grid, ledger: ByteLedger | None = None) -> None:
+        self.inner = grid
+        self.ledger = ledger if ledger is not None else ByteLedger()
+
+    def set_run(self, run: Run) -> None:
+        """Delegate to the wrapped grid."""
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """Delegate to the wrapped grid."""
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Delegate to the wrapped grid."""
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Delegate to the wrapped grid."""
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Book and push messages."""
+        messages = list(messages)
+        self._book_sent(messages)
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull replies and book them."""
+        replies = list(self.inner.pull_messages(message_ids))
+        self._book_received(replies)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Book messages, send them, book and return the replies."""
+        messages = list(messages)
+        self._book_sent(messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self._book_received(replies)
+        return replies
+
+    def _book_sent(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.ledger.add_down(message.metadata.dst_node_id, record_nbytes(message.content))
+
+    def _book_received(self, replies: list[Message]) -> None:
+        for reply in replies:
+            if reply.has_content():
+                self.ledger.add_up(reply.metadata.src_node_id, record_nbytes(reply.content))

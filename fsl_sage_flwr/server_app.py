@@ -1,23 +1,24 @@
-"""Flower ServerApp entry: builds the FSL-SAGE strategy from the run config and runs it."""
+"""Flower ServerApp entry: builds the run's algorithm from the run config and runs it."""
 
 from __future__ import annotations
 
 import random
 import time
 from logging import INFO
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fsl_sage_flwr.algorithms import get_algorithm
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.models import build_split_model, required_input_shape
+from fsl_sage_flwr.ledger import MeteredGrid
+from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
+from fsl_sage_flwr.models import required_input_shape
 from fsl_sage_flwr.results import ResultsWriter, resolve_output_dir
 from fsl_sage_flwr.training import derive_seed
-from strategies import FSLSage, FSLSageServerConfig
 
 MIB = 1024 * 1024
 
@@ -26,9 +27,10 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run FSL-SAGE for ``num-server-rounds`` rounds and save results and models."""
+    """Run the selected algorithm for ``num-server-rounds`` rounds; save results and models."""
     settings = RunSettings.from_run_config(context.run_config)
-    random.seed(settings.seed)
+    algorithm = get_algorithm(settings.algorithm)
+    random.seed(settings.seed)  # Flower's FedAvg samples nodes with `random`
     torch.manual_seed(derive_seed(settings.seed, "server-init"))
     data = load_dataset(
         settings.dataset,
@@ -37,56 +39,18 @@ def main(grid: Grid, context: Context) -> None:
         train_subset=settings.train_subset or None,
         seed=settings.seed,
     )
-    split = build_split_model(
-        settings.model,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        aux_variant=settings.aux_variant,
-    )
-    initial_arrays = ArrayRecord(split.client.state_dict())
-
-    def new_aux() -> torch.nn.Module:
-        return build_split_model(
-            settings.model,
-            num_classes=data.num_classes,
-            input_shape=data.input_shape,
-            aux_variant=settings.aux_variant,
-        ).aux
-
-    strategy = FSLSage(
-        client_model=split.client,
-        server_model=split.server,
-        aux_factory=new_aux,
-        cut_shape=split.cut_shape,
-        num_classes=data.num_classes,
-        config=FSLSageServerConfig(
-            align_interval=settings.align_interval,
-            buffer_size=settings.buffer_size,
-            align_epochs=settings.align_epochs,
-            align_batch_size=settings.align_batch_size,
-            align_lr=settings.align_lr,
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            local_epochs=settings.local_epochs,
-            max_train_examples=len(data.train),
-            seed=settings.seed,
-        ),
-        testset=data.test,
-        fraction_train=settings.fraction_train,
-        min_train_nodes=settings.min_train_nodes,
-        min_available_nodes=settings.min_available_nodes,
-    )
+    tap = TrainMetricsTap()
+    setup = algorithm.build_server(settings, data, tap)
+    metered = MeteredGrid(grid)
     folder = resolve_output_dir(settings.output_dir, settings.run_name, settings.algorithm)
-    log(INFO, "results go to %s", folder)
+    log(INFO, "%s: results go to %s", algorithm.description, folder)
     writer = ResultsWriter(folder)
     clock = {"last": time.monotonic()}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        metrics = strategy.evaluate_global(server_round, arrays)
-        if metrics is None:
-            return None
-        up, down = strategy.ledger.round_totals(server_round)
-        cumulative = strategy.ledger.cumulative_bytes(server_round)
+        metrics = setup.evaluate(server_round, arrays)
+        ledger = metered.ledger
+        up, down = ledger.round_totals(server_round)
         now = time.monotonic()
         row = {
             "algorithm": settings.algorithm,
@@ -95,33 +59,33 @@ def main(grid: Grid, context: Context) -> None:
             "loss": metrics["loss"],
             "bytes_up": up,
             "bytes_down": down,
-            "cumulative_bytes": cumulative,
+            "cumulative_bytes": ledger.cumulative_bytes(server_round),
             "round_seconds": now - clock["last"],
+            "client_peak_memory_bytes": int(tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
+            "server_memory_bytes": setup.server_memory_bytes(),
         }
         clock["last"] = now
         writer.write(row)
+        # Bytes after this evaluation belong to the next round.
+        ledger.current_round = server_round + 1
         log(
             INFO,
             "round %d: test accuracy %.4f, loss %.4f, %.2f MiB sent so far",
             server_round,
-            metrics["accuracy"],
-            metrics["loss"],
-            cumulative / MIB,
+            row["accuracy"],
+            row["loss"],
+            row["cumulative_bytes"] / MIB,
         )
         return metrics
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial_arrays,
+    result = setup.strategy.start(
+        grid=metered,
+        initial_arrays=setup.initial_arrays,
         num_rounds=settings.num_server_rounds,
         train_config=ConfigRecord({"seed": settings.seed}),
         evaluate_fn=evaluate,
     )
-    final_arrays = result.arrays if result.arrays is not None else initial_arrays
-    _save_models(folder, final_arrays, split.server.state_dict())
+    final_arrays = result.arrays if result.arrays is not None else setup.initial_arrays
+    for name, state in setup.final_models(final_arrays).items():
+        torch.save(state, folder / f"{name}.pt")
     log(INFO, "final models and %s saved in %s", ResultsWriter.FILE_NAME, folder)
-
-
-def _save_models(folder: Path, client_arrays: ArrayRecord, server_state: dict) -> None:
-    torch.save(client_arrays.to_torch_state_dict(), folder / "client_model.pt")
-    torch.save(server_state, folder / "server_model.pt")

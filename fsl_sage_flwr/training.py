@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,37 @@ def minibatches(
         if idx.shape[0] < 2:
             continue
         yield x[idx], y[idx]
+
+
+def run_local_epochs(
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    upload_interval: int | None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+    """Run ``epochs`` of ``step`` over minibatches; keep ``(z, y)`` every q-th step.
+
+    The step counter runs across epochs and step k is kept when ``k mod q == 0``
+    (Nair et al., ICML 2025, Alg. 1). ``upload_interval=None`` keeps nothing.
+
+    Returns
+    -------
+    tuple
+        The kept ``(z, y)`` batches in step order, and the number of steps.
+    """
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    steps = 0
+    for _ in range(epochs):
+        for xb, yb in minibatches(x, y, batch_size, generator):
+            z = step(xb, yb)
+            if upload_interval is not None and steps % upload_interval == 0:
+                kept.append((z, yb))
+            steps += 1
+    return kept, steps
 
 
 def make_adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:

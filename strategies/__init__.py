@@ -1,5 +1,6 @@
 """Flower strategies of fsl-sage-flwr."""
 
-from strategies.fsl_sage import FSLSage, FSLSageServerConfig
+from strategies.fsl_sage import AlignmentSettings, FSLSage
+from strategies.split_fedavg import ServerTraining, SplitFedAvg
 
-__all__ = ["FSLSage", "FSLSageServerConfig"]
+__all__ = ["AlignmentSettings", "FSLSage", "ServerTraining", "SplitFedAvg"]

@@ -1,9 +1,10 @@
 """Tests of the byte ledger."""
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fsl_sage_flwr.ledger import ByteLedger, record_nbytes
+from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
+from tests.conftest import ScriptedGrid, reply_from
 from fsl_sage_flwr.wire import smashed_arrays_record
 
 
@@ -30,14 +31,31 @@ def test_record_nbytes_is_the_sum_of_array_nbytes():
 def test_ledger_totals_per_round_and_cumulative():
     # Prepare
     ledger = ByteLedger()
-    small, large = _content(1), _content(10)
-    # Execute
-    ledger.add_down(1, 0, small)
-    ledger.add_up(1, 0, large)
-    ledger.add_up(1, 1, small)
-    ledger.add_down(2, 1, large)
+    # Execute: round 1 then round 2
+    ledger.current_round = 1
+    ledger.add_down(0, 10)
+    ledger.add_up(0, 300)
+    ledger.add_up(1, 20)
+    ledger.current_round = 2
+    ledger.add_down(1, 4000)
     # Assert
-    assert ledger.round_totals(1) == (record_nbytes(large) + record_nbytes(small), record_nbytes(small))
-    assert ledger.cumulative_bytes(1) == record_nbytes(large) + 2 * record_nbytes(small)
-    assert ledger.cumulative_bytes() == 2 * record_nbytes(large) + 2 * record_nbytes(small)
-    assert [(e.round, e.client) for e in ledger.entries()] == [(1, 0), (1, 1), (2, 1)]
+    assert ledger.round_totals(1) == (320, 10)
+    assert ledger.cumulative_bytes(1) == 330
+    assert ledger.cumulative_bytes() == 4330
+    assert [(e.round, e.client, e.up, e.down) for e in ledger.entries()] == [(1, 0, 300, 10), (1, 1, 20, 0), (2, 1, 0, 4000)]
+
+
+def test_metered_grid_books_every_message_and_reply_by_node():
+    # Prepare: a grid whose nodes echo a bigger reply
+    def respond(msg):
+        return reply_from(msg.metadata.dst_node_id, _content(5))
+
+    grid = MeteredGrid(ScriptedGrid([7, 8], respond))
+    messages = [Message(content=_content(1), dst_node_id=n, message_type="train") for n in (7, 8)]
+    # Execute
+    replies = grid.send_and_receive(messages)
+    # Assert: the ledger equals the arrays' nbytes of what crossed
+    sent = sum(record_nbytes(m.content) for m in messages)
+    received = sum(record_nbytes(r.content) for r in replies)
+    assert grid.ledger.round_totals(0) == (received, sent)
+    assert {e.client for e in grid.ledger.entries()} == {7, 8}

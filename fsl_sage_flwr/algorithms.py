@@ -1,0 +1,164 @@
+"""Registry of algorithms: how each one's server and client are built from the run config.
+
+With the two app entry modules, this is where the core meets ``strategies`` and
+``clients``: one ServerApp and one ClientApp serve every algorithm listed here,
+selected by the run-config key ``algorithm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.client import NumPyClient
+from flwr.serverapp.strategy import FedAvg, Strategy
+from torch import nn
+
+from clients import CSEFSLClient, FedAvgClient, FSLSageClient
+from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.data import DatasetSplits
+from fsl_sage_flwr.metrics import TrainMetricsTap
+from fsl_sage_flwr.models import SplitModel, build_full_model, build_split_model
+from fsl_sage_flwr.training import evaluate_classifier
+from strategies import AlignmentSettings, FSLSage, ServerTraining
+from strategies.cse_fsl import CSEFSL
+from strategies.split_fedavg import SplitFedAvg, module_bytes
+
+
+@dataclass
+class ServerSetup:
+    """What the ServerApp needs to run one algorithm."""
+
+    strategy: Strategy
+    initial_arrays: ArrayRecord
+    evaluate: Callable[[int, ArrayRecord], MetricRecord | None]
+    server_memory_bytes: Callable[[], int]
+    final_models: Callable[[ArrayRecord], dict[str, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registered algorithm: its server builder and its client class."""
+
+    name: str
+    description: str
+    build_server: Callable[[RunSettings, DatasetSplits, TrainMetricsTap], ServerSetup]
+    client_class: type[NumPyClient]
+
+
+def build_split(settings: RunSettings, data: DatasetSplits) -> SplitModel:
+    """Build the run's split model for ``data``."""
+    return build_split_model(
+        settings.model, num_classes=data.num_classes, input_shape=data.input_shape, aux_variant=settings.aux_variant
+    )
+
+
+def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel, tap: TrainMetricsTap) -> dict:
+    return {
+        "client_model": split.client,
+        "server_model": split.server,
+        "cut_shape": split.cut_shape,
+        "num_classes": data.num_classes,
+        "training": ServerTraining(
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            local_epochs=settings.local_epochs,
+            max_train_examples=len(data.train),
+        ),
+        "testset": data.test,
+        "fraction_train": settings.fraction_train,
+        "min_train_nodes": settings.min_train_nodes,
+        "min_available_nodes": settings.min_available_nodes,
+        "train_metrics_aggr_fn": tap,
+    }
+
+
+def _split_setup(strategy: SplitFedAvg, split: SplitModel) -> ServerSetup:
+    def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
+        strategy.shared_model.load_state_dict(arrays.to_torch_state_dict())
+        return {"client_model": split.client.state_dict(), "server_model": split.server.state_dict()}
+
+    return ServerSetup(
+        strategy=strategy,
+        initial_arrays=ArrayRecord(strategy.shared_model.state_dict()),
+        evaluate=strategy.evaluate_global,
+        server_memory_bytes=strategy.server_memory_bytes,
+        final_models=final_models,
+    )
+
+
+def _fsl_sage_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+    split = build_split(settings, data)
+    strategy = FSLSage(
+        shared_model=split.client,
+        aux_factory=lambda: build_split(settings, data).aux,
+        alignment=AlignmentSettings(
+            interval=settings.align_interval,
+            buffer_size=settings.buffer_size,
+            epochs=settings.align_epochs,
+            batch_size=settings.align_batch_size,
+            lr=settings.align_lr,
+            weight_decay=settings.weight_decay,
+            seed=settings.seed,
+        ),
+        **_split_kwargs(settings, data, split, tap),
+    )
+    return _split_setup(strategy, split)
+
+
+def _cse_fsl_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+    split = build_split(settings, data)
+    shared = nn.ModuleDict({"client": split.client, "aux": split.aux})
+    strategy = CSEFSL(shared_model=shared, **_split_kwargs(settings, data, split, tap))
+    return _split_setup(strategy, split)
+
+
+def _fedavg_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+    full = build_full_model(build_split(settings, data))
+    # Flower's own FedAvg, unmodified: only the client side is ours.
+    strategy = FedAvg(
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=0.0,
+        min_train_nodes=settings.min_train_nodes,
+        min_evaluate_nodes=0,
+        min_available_nodes=settings.min_available_nodes,
+        train_metrics_aggr_fn=tap,
+    )
+    x, y = torch.from_numpy(data.test.images), torch.from_numpy(data.test.labels)
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        full.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate_classifier(full, x, y)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
+        full.load_state_dict(arrays.to_torch_state_dict())
+        return {"full_model": full.state_dict()}
+
+    return ServerSetup(
+        strategy=strategy,
+        initial_arrays=ArrayRecord(full.state_dict()),
+        evaluate=evaluate,
+        server_memory_bytes=lambda: module_bytes(full),
+        final_models=final_models,
+    )
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm("fsl-sage", "FSL-SAGE (Nair et al., ICML 2025)", _fsl_sage_server, FSLSageClient),
+        Algorithm("cse-fsl", "CSE-FSL (Mu and Shen)", _cse_fsl_server, CSEFSLClient),
+        Algorithm("fedavg", "Flower's FedAvg on the full model", _fedavg_server, FedAvgClient),
+    )
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """Return the registered algorithm ``name`` or raise a ValueError listing them."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{name}'; registered: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
