@@ -3,5 +3,6 @@
 from clients.cse_fsl import CSEFSLClient
 from clients.fedavg import FedAvgClient
 from clients.fsl_sage import FSLSageClient
+from clients.splitfed import SplitFedClient
 
-__all__ = ["CSEFSLClient", "FedAvgClient", "FSLSageClient"]
+__all__ = ["CSEFSLClient", "FedAvgClient", "FSLSageClient", "SplitFedClient"]

@@ -17,7 +17,7 @@ from flwr.client import NumPyClient
 from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
-from clients import CSEFSLClient, FedAvgClient, FSLSageClient
+from clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import DatasetSplits
 from fsl_sage_flwr.metrics import TrainMetricsTap
@@ -26,6 +26,7 @@ from fsl_sage_flwr.training import evaluate_classifier
 from strategies import AlignmentSettings, FSLSage, ServerTraining
 from strategies.cse_fsl import CSEFSL
 from strategies.split_fedavg import SplitFedAvg, module_bytes
+from strategies.splitfed import SplitFed
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Algorithm:
     name: str
     description: str
     build_server: Callable[[RunSettings, DatasetSplits, TrainMetricsTap], ServerSetup]
-    client_class: type[NumPyClient]
+    client_class: type[NumPyClient] | type[SplitFedClient]
 
 
 def build_split(settings: RunSettings, data: DatasetSplits) -> SplitModel:
@@ -147,12 +148,35 @@ def _fedavg_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetrics
     )
 
 
+def _splitfed_server(mode: str) -> Callable[[RunSettings, DatasetSplits, TrainMetricsTap], ServerSetup]:
+    def build(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+        split = build_split(settings, data)
+        kwargs = _split_kwargs(settings, data, split, tap)
+        strategy = SplitFed(mode=mode, batch_size=settings.batch_size, **kwargs)
+
+        def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
+            split.client.load_state_dict(arrays.to_torch_state_dict())
+            return {"client_model": split.client.state_dict(), "server_model": split.server.state_dict()}
+
+        return ServerSetup(
+            strategy=strategy,
+            initial_arrays=ArrayRecord(split.client.state_dict()),
+            evaluate=strategy.evaluate_global,
+            server_memory_bytes=strategy.server_memory_bytes,
+            final_models=final_models,
+        )
+
+    return build
+
+
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
         Algorithm("fsl-sage", "FSL-SAGE (Nair et al., ICML 2025)", _fsl_sage_server, FSLSageClient),
         Algorithm("cse-fsl", "CSE-FSL (Mu and Shen)", _cse_fsl_server, CSEFSLClient),
         Algorithm("fedavg", "Flower's FedAvg on the full model", _fedavg_server, FedAvgClient),
+        Algorithm("splitfed-ms", "SplitFed-MS (SFL-V1)", _splitfed_server("ms"), SplitFedClient),
+        Algorithm("splitfed-ss", "SplitFed-SS (SFL-V2)", _splitfed_server("ss"), SplitFedClient),
     )
 }
 

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import FSLSageClient
+from clients import FSLSageClient, SplitFedClient
 from fsl_sage_flwr.algorithms import build_split, get_algorithm
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset_cached, load_partition
@@ -23,7 +23,9 @@ from fsl_sage_flwr.wire import (
     AUX_KEY,
     CONFIG_KEY,
     METRICS_KEY,
+    GRAD_KEY,
     SMASHED_KEY,
+    SPLIT_STEP_ACTION,
     WARMUP_ACTION,
     smashed_arrays_record,
 )
@@ -63,6 +65,28 @@ def warmup(msg: Message, context: Context) -> Message:
             METRICS_KEY: MetricRecord({"partition-id": client.partition_id, "num-examples": len(client.y)}),
         }
     )
+    return Message(content=reply, reply_to=msg)
+
+
+@app.train(SPLIT_STEP_ACTION)
+def split_step(msg: Message, context: Context) -> Message:
+    """SplitFed: apply the previous batch's gradient, send the next batch's activations."""
+    client, settings = _build_client(context)
+    if not isinstance(client, SplitFedClient):
+        raise ValueError(f"per-batch steps are part of SplitFed, not of '{settings.algorithm}'")
+    config = {**settings.to_config(), **dict(msg.content.config_records[CONFIG_KEY])}
+    model = msg.content.array_records.get(ARRAYS_KEY)
+    grad = msg.content.array_records.get(GRAD_KEY)
+    state, smashed, metrics = client.step(
+        config,
+        model.to_numpy_ndarrays() if model is not None else None,
+        grad["grad"].numpy() if grad is not None else None,
+    )
+    reply = RecordDict({METRICS_KEY: MetricRecord(metrics)})
+    if state is not None:
+        reply[ARRAYS_KEY] = ArrayRecord(state)
+    else:
+        reply[SMASHED_KEY] = smashed_arrays_record(*smashed)
     return Message(content=reply, reply_to=msg)
 
 

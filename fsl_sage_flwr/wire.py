@@ -18,6 +18,14 @@ Reply, client to server:
 - ``"metrics"`` (MetricRecord): ``num-examples`` (local training samples, the
   FedAvg weight), ``partition-id``, and ``train-loss``.
 
+SplitFed exchanges (message type ``train.splitstep``), one pair per batch: the
+request carries ``config`` (``server-round``, ``step``), at step 0 the client
+model in ``"arrays"``, after it the cut-layer gradient of the previous batch in
+``"grad"`` (``grad`` float32 ``(b, *cut_shape)``). The reply carries the next
+batch in ``"smashed"`` and ``partition-id``, ``num-examples`` and
+``num-batches`` in ``"metrics"``; the reply to the last gradient carries the
+trained client model in ``"arrays"`` instead.
+
 Only numpy arrays and scalars travel; Flower serialises arrays as ``.npy`` without
 pickle. Every size is checked against what the server expects before use.
 """
@@ -37,7 +45,9 @@ AUX_KEY = "aux"
 CONFIG_KEY = "config"
 SMASHED_KEY = "smashed"
 METRICS_KEY = "metrics"
+GRAD_KEY = "grad"
 WARMUP_ACTION = "warmup"
+SPLIT_STEP_ACTION = "splitstep"
 
 
 class MalformedReplyError(ValueError):

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ def run_app(
     project_dir: Path = PROJECT_DIR,
     install_dependencies: bool = False,
     echo: bool = True,
+    on_line: Callable[[str], None] | None = None,
 ) -> FlwrRunOutcome:
     """Run the app once through ``flwr run --stream`` and check how it ended.
 
@@ -78,6 +79,8 @@ def run_app(
         uses the packages of this environment.
     echo : bool
         Stream Flower's output to this process's stdout.
+    on_line : Callable[[str], None], optional
+        Called with every output line (e.g. to show progress).
 
     Raises
     ------
@@ -95,7 +98,7 @@ def run_app(
         command += ["--run-config", f"{key}={_toml_value(value)}"]
     start = time.monotonic()
     try:
-        log = _stream(command, env, timeout, echo)
+        log = _stream(command, env, timeout, echo, on_line)
         status = _run_status(env)
     finally:
         _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
@@ -140,7 +143,9 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def _stream(command: list[str], env: dict[str, str], timeout: float, echo: bool) -> str:
+def _stream(
+    command: list[str], env: dict[str, str], timeout: float, echo: bool, on_line: Callable[[str], None] | None
+) -> str:
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     with subprocess.Popen(
@@ -152,6 +157,8 @@ def _stream(command: list[str], env: dict[str, str], timeout: float, echo: bool)
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
+            if on_line is not None:
+                on_line(line)
             if time.monotonic() > deadline:
                 proc.kill()
                 raise FlwrRunError(f"flwr run exceeded {timeout:.0f} s")

@@ -1,0 +1,115 @@
+"""The SplitFed client: one Flower message pair per batch with the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from clients.common import load_optimizer_state, pack_uploads, save_optimizer_state
+from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.estimation import preserved_buffers
+from fsl_sage_flwr.memory import PeakMemoryMeter
+from fsl_sage_flwr.models import SplitModel
+from fsl_sage_flwr.training import derive_seed, make_adam, minibatches
+
+MODEL_STATE_KEY = "splitfed.client"
+OPTIMIZER_STATE_KEY = "splitfed.client-optimizer"
+PEAK_STATE_KEY = "splitfed.peak"
+
+
+class SplitFedClient:
+    """Client side of SplitFed (SFL-V1 and SFL-V2): forward now, backward when the gradient comes.
+
+    A client's autograd graph cannot outlive a message, so when the gradient of
+    batch k arrives the client recomputes batch k's forward pass (its weights have
+    not changed since) with BatchNorm statistics frozen, so that they move once per
+    batch, as in centralised training. Weights and optimizer state live in
+    Flower's ``Context.state`` between messages.
+
+    Parameters
+    ----------
+    split : SplitModel
+        Freshly built models; the client part is used.
+    trainset : ArrayDataset
+        This client's partition.
+    partition_id : int
+        Reported with every reply.
+    state : RecordDict
+        Flower's per-node ``Context.state``.
+    """
+
+    def __init__(self, split: SplitModel, trainset: ArrayDataset, partition_id: int, state: RecordDict) -> None:
+        self.split = split
+        self.shared_model = split.client
+        self.x = torch.from_numpy(trainset.images)
+        self.y = torch.from_numpy(trainset.labels)
+        self.partition_id = partition_id
+        self.state = state
+
+    def step(
+        self, config: dict[str, Any], model: list[np.ndarray] | None, grad: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray] | None, list[np.ndarray] | None, dict[str, Any]]:
+        """Apply the gradient of batch ``step - 1`` if given, then forward batch ``step``.
+
+        Returns
+        -------
+        tuple
+            ``(client state dict, None, metrics)`` after the last batch, else
+            ``(None, [z, y, batch_sizes], metrics)`` for batch ``step``.
+        """
+        step = int(config["step"])
+        batches = self._batches(config)
+        optimizer = self._restore(model, config)
+        meter = PeakMemoryMeter([self.split.client])
+        meter.peak_bytes = int(self.state[PEAK_STATE_KEY]["bytes"]) if step and PEAK_STATE_KEY in self.state else 0
+        if grad is not None:
+            if not 1 <= step <= len(batches):
+                raise ValueError(f"gradient for batch {step - 1}, but the round has {len(batches)} batches")
+            xb, _ = batches[step - 1]
+            self.split.client.train()
+            optimizer.zero_grad(set_to_none=True)
+            with preserved_buffers(self.split.client), meter.recording():
+                z = self.split.client(xb)  # same weights as at step - 1: same graph
+            meter.sample(optimizer, with_activations=True)
+            z.backward(torch.from_numpy(grad))
+            optimizer.step()
+            meter.sample(optimizer, with_activations=False)
+        metrics: dict[str, Any] = {"partition-id": self.partition_id, "num-batches": len(batches), "num-examples": len(self.y)}
+        if step == len(batches):
+            metrics["peak-memory-bytes"] = meter.peak_bytes
+            return self.split.client.state_dict(), None, metrics
+        xb, yb = batches[step]
+        with torch.no_grad():
+            self.split.client.train()
+            z = self.split.client(xb)  # BatchNorm statistics move here, once per batch
+        self._save(optimizer, meter.peak_bytes)
+        return None, pack_uploads([(z, yb)], self.split.cut_shape), metrics
+
+    def _batches(self, config: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        seed = derive_seed(config["seed"], config["server-round"], self.partition_id, "batches")
+        batches = []
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(int(config["local-epochs"])):
+            batches.extend(minibatches(self.x, self.y, int(config["batch-size"]), generator))
+        return batches
+
+    def _restore(self, model: list[np.ndarray] | None, config: dict[str, Any]) -> torch.optim.Optimizer:
+        if model is not None:
+            keys = list(self.split.client.state_dict())
+            self.split.client.load_state_dict({k: torch.from_numpy(a) for k, a in zip(keys, model)})
+            self.state.pop(OPTIMIZER_STATE_KEY, None)
+        elif MODEL_STATE_KEY in self.state:
+            self.split.client.load_state_dict(self.state[MODEL_STATE_KEY].to_torch_state_dict())
+        else:
+            raise ValueError("no client model yet: step 0 of a round carries it")
+        optimizer = make_adam(self.split.client, float(config["lr"]), float(config["weight-decay"]))
+        load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
+        return optimizer
+
+    def _save(self, optimizer: torch.optim.Optimizer, peak: int) -> None:
+        self.state[MODEL_STATE_KEY] = ArrayRecord(self.split.client.state_dict())
+        save_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
+        self.state[PEAK_STATE_KEY] = ConfigRecord({"bytes": peak})

@@ -1,0 +1,279 @@
+"""SplitFed baselines: per-batch activations up and cut-layer gradients down, through Flower messages."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
+from torch import nn
+
+from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.training import evaluate_classifier, make_adam
+from fsl_sage_flwr.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    GRAD_KEY,
+    METRICS_KEY,
+    SMASHED_KEY,
+    SPLIT_STEP_ACTION,
+    MalformedReplyError,
+    check_model_record,
+    parse_smashed,
+    reply_metric,
+    state_dict_spec,
+    to_array,
+)
+from strategies.split_fedavg import WEIGHT_KEY, ServerTraining, module_bytes, optimizer_bytes
+
+
+@dataclass
+class _Session:
+    """One node's progress through a round of per-batch exchanges."""
+
+    node_id: int
+    partition_id: int = -1
+    num_batches: int = -1
+    num_examples: int = 0
+    model: nn.Module | None = None  # SplitFed-MS: this node's server-side copy
+    optimizer: torch.optim.Optimizer | None = None
+    grad: np.ndarray | None = None
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    message_pairs: int = 0
+    failed: bool = False
+
+
+class SplitFed(FedAvg):
+    """SplitFed (Thapa et al., AAAI 2022), the split-learning baselines of Nair et al., ICML 2025.
+
+    Every local batch is a real Flower round trip: the client sends its cut-layer
+    activations and labels, the server runs its part and returns the true
+    cut-layer gradient, and the client backpropagates it. All sampled clients
+    work in lock-step, one message pair per batch each, plus the last pair that
+    returns the trained client model. Client models are averaged by FedAvg.
+
+    ``mode="ms"`` (SplitFed-MS, SFL-V1): one server-side copy per client, averaged
+    each round weighted by sample counts. As in SFL-V1 a separate fed server does
+    that averaging, so each copy travels up and down once per round; those bytes
+    are booked on the grid's ledger when it has one. ``mode="ss"`` (SplitFed-SS,
+    SFL-V2): one server-side model, updated client after client (in partition-id
+    order) on every batch.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        client_model: nn.Module,
+        server_model: nn.Module,
+        cut_shape: tuple[int, ...],
+        num_classes: int,
+        training: ServerTraining,
+        batch_size: int,
+        testset: ArrayDataset | None = None,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 2,
+        min_available_nodes: int = 2,
+        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+    ) -> None:
+        if mode not in ("ms", "ss"):
+            raise ValueError(f"SplitFed mode must be 'ms' or 'ss', got {mode!r}")
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=0.0,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=0,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=WEIGHT_KEY,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+        )
+        self.mode = mode
+        self.client_model = client_model
+        self.server_model = server_model
+        self.cut_shape = tuple(cut_shape)
+        self.num_classes = num_classes
+        self.training = training
+        self.batch_size = batch_size
+        self.testset = testset
+        self.server_optimizer = make_adam(server_model, training.lr, training.weight_decay)
+        self._client_spec = state_dict_spec(client_model.state_dict())
+        self._sessions: dict[int, _Session] = {}
+        self._timeout = 3600.0
+        self._grid: Grid | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Run the round's per-batch exchanges; return the closing messages.
+
+        Each closing message carries a node's last gradient; Flower's round loop
+        sends them and hands the replies, the trained client models, to
+        ``aggregate_train``.
+        """
+        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes))
+        self._sessions = {n: self._new_session(n) for n in sorted(node_ids)}
+        self._grid = grid
+        base = {**dict(config), "server-round": server_round}
+        active = list(self._sessions.values())
+        closing: list[Message] = []
+        step = 0
+        while active:
+            messages = [self._step_message(s, step, base, arrays if step == 0 else None) for s in active]
+            replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=self._timeout)}
+            for session in active:
+                session.message_pairs += 1
+                self._handle_step_reply(session, replies.get(session.node_id), step)
+            ordered = sorted((s for s in active if not s.failed), key=lambda s: s.partition_id)
+            for session in ordered:
+                self._server_step(session)
+            step += 1
+            still = []
+            for session in ordered:
+                if step == session.num_batches:  # its last gradient goes with the closing message
+                    closing.append(self._step_message(session, step, base, None))
+                    session.message_pairs += 1
+                else:
+                    still.append(session)
+            active = still
+        log(INFO, "splitfed-%s: %d batches exchanged per client at most", self.mode, step)
+        return closing
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the client models (and, for SplitFed-MS, the server-side copies)."""
+        accepted: list[tuple[_Session, RecordDict]] = []
+        for msg in replies:
+            session = self._sessions.get(msg.metadata.src_node_id)
+            try:
+                if session is None:
+                    raise MalformedReplyError("reply from a node outside this round")
+                if msg.has_error():
+                    raise MalformedReplyError(f"error reply: {msg.error.reason}")
+                if ARRAYS_KEY not in msg.content.array_records:
+                    raise MalformedReplyError("closing reply lacks the client model arrays")
+                check_model_record(msg.content.array_records[ARRAYS_KEY], self._client_spec)
+                accepted.append((session, msg.content))
+            except MalformedReplyError as err:
+                log(WARNING, "dropped reply from node %d: %s", msg.metadata.src_node_id, err)
+        if not accepted:
+            return None, None
+        accepted.sort(key=lambda item: item[0].partition_id)
+        if self.mode == "ms":
+            self._average_server_copies([s for s, _ in accepted])
+            self._book_fed_server_exchange([s for s, _ in accepted])
+        contents = [c for _, c in accepted]
+        for (session, content) in accepted:
+            content.metric_records[METRICS_KEY]["message-pairs"] = session.message_pairs
+        averaged = aggregate_arrayrecords(contents, WEIGHT_KEY)
+        arrays = ArrayRecord(
+            {name: to_array(averaged[name].numpy().astype(spec.dtype)) for name, spec in self._client_spec.items()}
+        )
+        return arrays, self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation: the server evaluates (``evaluate_global``)."""
+        return []
+
+    def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate the server model on top of the averaged client model."""
+        if self.testset is None:
+            return None
+        self.client_model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate_classifier(
+            nn.Sequential(self.client_model, self.server_model),
+            torch.from_numpy(self.testset.images),
+            torch.from_numpy(self.testset.labels),
+        )
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    def server_memory_bytes(self) -> int:
+        """Bytes of server-side models and optimizer state (one copy per client for MS)."""
+        copies = len(self._sessions) if self.mode == "ms" else 1
+        return copies * (module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer))
+
+    # ----------------------------------------------------------------- helpers
+    def _new_session(self, node_id: int) -> _Session:
+        session = _Session(node_id)
+        if self.mode == "ms":
+            session.model = copy.deepcopy(self.server_model)
+            session.optimizer = make_adam(session.model, self.training.lr, self.training.weight_decay)
+        return session
+
+    def _step_message(self, session: _Session, step: int, base: dict, arrays: ArrayRecord | None) -> Message:
+        content = RecordDict({CONFIG_KEY: ConfigRecord({**base, "step": step})})
+        if arrays is not None:
+            content[ARRAYS_KEY] = arrays
+        if session.grad is not None:
+            content[GRAD_KEY] = ArrayRecord({"grad": to_array(session.grad)})
+            session.grad = None
+        return Message(content=content, dst_node_id=session.node_id, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP_ACTION}")
+
+    def _handle_step_reply(self, session: _Session, msg: Message | None, step: int) -> None:
+        try:
+            if msg is None or msg.has_error():
+                raise MalformedReplyError(msg.error.reason if msg is not None else "no reply")
+            content = msg.content
+            partition_id = int(reply_metric(content, "partition-id"))
+            num_batches = int(reply_metric(content, "num-batches"))
+            if step == 0:
+                session.partition_id, session.num_batches = partition_id, num_batches
+                session.num_examples = int(reply_metric(content, WEIGHT_KEY))
+            elif (partition_id, num_batches) != (session.partition_id, session.num_batches):
+                raise MalformedReplyError("partition-id or num-batches changed within the round")
+            if not 1 <= num_batches <= self.training.max_train_examples:
+                raise MalformedReplyError(f"num-batches {num_batches} out of range")
+            if SMASHED_KEY not in content.array_records:
+                raise MalformedReplyError("step reply lacks the smashed activations")
+            upload = parse_smashed(
+                content.array_records[SMASHED_KEY],
+                cut_shape=self.cut_shape,
+                num_classes=self.num_classes,
+                max_samples=self.batch_size,
+            )
+            session.pending = upload.batches[0]
+        except MalformedReplyError as err:
+            log(WARNING, "node %d leaves round: %s", session.node_id, err)
+            session.failed = True
+
+    def _server_step(self, session: _Session) -> None:
+        z, y = session.pending
+        model = session.model if self.mode == "ms" else self.server_model
+        optimizer = session.optimizer if self.mode == "ms" else self.server_optimizer
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        z = z.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(z), y)
+        loss.backward()
+        optimizer.step()
+        session.grad = z.grad.numpy().astype(np.float32)
+
+    def _book_fed_server_exchange(self, sessions: list[_Session]) -> None:
+        """Book each server-side copy going to the fed server and back (SFL-V1)."""
+        ledger = getattr(self._grid, "ledger", None)
+        if ledger is None:
+            return
+        nbytes = module_bytes(self.server_model)
+        for session in sessions:
+            ledger.add_up(session.node_id, nbytes)
+            ledger.add_down(session.node_id, nbytes)
+
+    def _average_server_copies(self, sessions: list[_Session]) -> None:
+        total = float(sum(s.num_examples for s in sessions))
+        averaged = {}
+        for name, value in self.server_model.state_dict().items():
+            stacked = sum(s.model.state_dict()[name].double() * (s.num_examples / total) for s in sessions)
+            averaged[name] = stacked.to(value.dtype)
+        self.server_model.load_state_dict(averaged)
