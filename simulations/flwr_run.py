@@ -87,6 +87,7 @@ def run_app(
     FlwrRunError
         If the run failed, timed out, or wrote no result for its last round.
     """
+    run_config = _absolute_paths(run_config)
     results_path = Path(run_config["output-dir"]) / str(run_config["run-name"]) / ResultsWriter.FILE_NAME
     home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
     env = _flower_env(home, install_dependencies)
@@ -110,6 +111,19 @@ def run_app(
     if not rows or rows[-1].get("round") != last or "accuracy" not in rows[-1]:
         raise FlwrRunError(f"{results_path} lacks the accuracy of round {last}")
     return FlwrRunOutcome(status, results_path, rows, wall, log)
+
+
+def _absolute_paths(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve relative folders against this process's working folder.
+
+    The ServerApp runs in the SuperLink's working folder from Flower's installed
+    copy of the app, so a relative path would be read from somewhere else.
+    """
+    resolved = dict(run_config)
+    for key in ("data-dir", "output-dir"):
+        if resolved.get(key):
+            resolved[key] = str(Path(str(resolved[key])).expanduser().resolve())
+    return resolved
 
 
 def _flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:

@@ -79,6 +79,7 @@ class FSLSage(SplitFedAvg):
         self._slots: dict[int, _ClientSlot] = {}
         self._aux_in_flight: set[int] = set()
         self._timeout = 3600.0
+        self._num_rounds: int | None = None
 
     def start(
         self,
@@ -92,6 +93,7 @@ class FSLSage(SplitFedAvg):
     ) -> Result:
         """Run the warm-up exchange, then Flower's round loop (see FedAvg.start)."""
         self._timeout = timeout
+        self._num_rounds = num_rounds
         self.warm_up(grid, initial_arrays, train_config or ConfigRecord())
         return super().start(
             grid,
@@ -176,7 +178,9 @@ class FSLSage(SplitFedAvg):
         for reply in accepted:
             if reply.node_id in self._aux_in_flight:
                 self._slots[reply.node_id].aux_pending = False
-        if server_round % self.alignment.interval == 0:
+        # An aux aligned after the last round would reach no client.
+        last_round = self._num_rounds is not None and server_round >= self._num_rounds
+        if server_round % self.alignment.interval == 0 and not last_round:
             for slot in sorted(self._slots.values(), key=lambda s: s.partition_id):
                 if slot.buffer_changed:
                     self._align(slot, server_round)
