@@ -1,0 +1,128 @@
+"""Tests of the baselines: CSE-FSL, Flower's FedAvg, SplitFed-MS and SplitFed-SS."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fsl_sage_flwr.algorithms import get_algorithm
+from fsl_sage_flwr.client_app import _build_client
+from fsl_sage_flwr.client_app import app as client_app
+from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.data import load_dataset
+from fsl_sage_flwr.ledger import MeteredGrid, record_nbytes
+from fsl_sage_flwr.metrics import TrainMetricsTap
+from fsl_sage_flwr.results import read_results
+from fsl_sage_flwr.server_app import app as server_app
+from simulations.compare import build_run_configs
+from simulations.in_process import InProcessGrid, run_in_process
+from tests.test_end_to_end import app_config
+
+
+@pytest.mark.parametrize("algorithm", ["cse-fsl", "fedavg", "splitfed-ms", "splitfed-ss"])
+def test_each_baseline_reaches_80_percent_on_digits(tmp_path, algorithm):
+    # Prepare: 4 clients, 6 rounds, the same digits partition as FSL-SAGE's test
+    config = app_config(tmp_path, algorithm=algorithm, num_server_rounds=6, min_available_nodes=4)
+    # Execute
+    run_in_process(server_app, client_app, config, num_nodes=4)
+    # Assert
+    rows = read_results(tmp_path / "run" / "results.jsonl")
+    assert rows[-1]["round"] == 6
+    assert rows[-1]["accuracy"] >= 0.80, rows[-1]
+
+
+def test_fedavg_in_the_comparison_is_flowers_own_class(tmp_path):
+    # Prepare
+    settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg"))
+    data = load_dataset("digits")
+    # Execute
+    setup = get_algorithm("fedavg").build_server(settings, data, TrainMetricsTap())
+    # Assert: exactly flwr's class, not a subclass or a copy
+    assert type(setup.strategy) is FedAvg
+
+
+class RecordingGrid(InProcessGrid):
+    """An in-process grid that keeps every message and reply it carries."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent, self.received = [], []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.sent.extend(messages)
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.received.extend(replies)
+        return replies
+
+
+@pytest.mark.parametrize("algorithm", ["splitfed-ms", "splitfed-ss"])
+def test_splitfed_exchanges_one_message_pair_per_batch_and_books_their_bytes(tmp_path, algorithm):
+    # Prepare: 3 clients, batch 32, one round
+    config = app_config(tmp_path, algorithm=algorithm, num_server_rounds=1, batch_size=32, min_available_nodes=3)
+    settings = RunSettings.from_run_config(config)
+    data = load_dataset("digits")
+    setup = get_algorithm(algorithm).build_server(settings, data, TrainMetricsTap())
+    recording = RecordingGrid(client_app, 3, config)
+    metered = MeteredGrid(recording)
+    # Execute
+    setup.strategy.start(metered, setup.initial_arrays, num_rounds=1, train_config=ConfigRecord({"seed": 0}))
+    # Assert: per node, one pair per local batch plus the closing pair that returns the model
+    batches = {}
+    for partition in range(3):
+        n = len(_build_client(recording.context_of(partition))[0].y)
+        batches[recording.context_of(partition).node_id] = n // 32 + (1 if n % 32 >= 2 else 0)
+    pairs = Counter(m.metadata.dst_node_id for m in recording.sent)
+    replies = Counter(r.metadata.src_node_id for r in recording.received)
+    assert pairs == replies == Counter({node: k + 1 for node, k in batches.items()})
+    # Assert: the ledger equals the nbytes of all arrays carried (plus, for MS, the
+    # server-side copies going to the fed server and back)
+    carried = sum(record_nbytes(m.content) for m in recording.sent + recording.received)
+    server_copies = 0
+    if algorithm == "splitfed-ms":
+        server_copies = 3 * 2 * sum(t.nbytes for t in setup.strategy.server_model.state_dict().values())
+    assert metered.ledger.cumulative_bytes() == carried + server_copies
+    # Assert: every uploaded activation got its gradient back, labels travelled too
+    smashed = [r.content.array_records["smashed"] for r in recording.received if "smashed" in r.content.array_records]
+    grads = [m.content.array_records["grad"] for m in recording.sent if "grad" in m.content.array_records]
+    assert sum(s["z"].shape[0] for s in smashed) == sum(g["grad"].shape[0] for g in grads)
+    assert sum(s["y"].shape[0] for s in smashed) == sum(batches.values()) * 32 - sum(
+        32 - n % 32 for n in (len(_build_client(recording.context_of(p))[0].y) for p in range(3)) if n % 32 >= 2
+    )
+
+
+def test_same_seed_same_partition_across_strategies(tmp_path):
+    # Prepare: the comparison's run configs
+    options = {
+        "strategies": "fsl-sage,cse-fsl,fedavg,splitfed-ms,splitfed-ss",
+        "run_config": "batch-size=16",
+        "dataset": "digits",
+        "model": "cnn",
+        "rounds": 2,
+        "alpha": 0.5,
+        "partitioning": "dirichlet",
+        "seed": 3,
+        "clients": 4,
+    }
+    configs = build_run_configs(options, tmp_path)
+    # Assert: the configs differ only in the algorithm and the run name
+    stripped = [{k: v for k, v in c.items() if k not in ("algorithm", "run-name")} for c in configs.values()]
+    assert all(s == stripped[0] for s in stripped)
+    # Execute: each strategy's client 2 loads its data
+    base = app_config(tmp_path, **{k.replace("-", "_"): v for k, v in stripped[0].items() if k != "output-dir"})
+    images = []
+    for name in configs:
+        context = Context(
+            run_id=1, node_id=5, node_config={"partition-id": 2, "num-partitions": 4},
+            state=RecordDict(), run_config={**base, "algorithm": name},
+        )
+        client, _ = _build_client(context)
+        images.append((client.x.numpy(), client.y.numpy()))
+    # Assert: identical samples for every strategy
+    for x, y in images[1:]:
+        np.testing.assert_array_equal(x, images[0][0])
+        np.testing.assert_array_equal(y, images[0][1])
