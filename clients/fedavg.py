@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cached_property
 
-import numpy as np
 import torch
-from flwr.client import NumPyClient
+from torch import nn
 
-from clients.common import load_numpy, state_to_numpy
-from fsl_sage_flwr.data import ArrayDataset
+from clients.local_training import LocalTrainingClient
 from fsl_sage_flwr.estimation import cross_entropy_step
 from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.models import SplitModel, build_full_model
-from fsl_sage_flwr.training import derive_seed, make_adam, run_local_epochs
+from fsl_sage_flwr.models import build_full_model
 
 
-class FedAvgClient(NumPyClient):
+class FedAvgClient(LocalTrainingClient):
     """Train the full model locally for Flower's own FedAvg (McMahan et al., 2017).
 
     The same split network as the split algorithms, joined back together
@@ -26,35 +23,13 @@ class FedAvgClient(NumPyClient):
 
     uploads_smashed = False
 
-    def __init__(self, split: SplitModel, trainset: ArrayDataset, partition_id: int, state: Any) -> None:
-        self.split = split
-        self.shared_model = build_full_model(split)
-        self.x = torch.from_numpy(trainset.images)
-        self.y = torch.from_numpy(trainset.labels)
-        self.partition_id = partition_id
+    @cached_property
+    def shared_model(self) -> nn.Module:
+        """Client and server parts joined: the whole network."""
+        return build_full_model(self.split)
 
-    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
-        """Return the full model's state dict as a flat list."""
-        return state_to_numpy(self.shared_model)
-
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        """Run the local epochs on the full model; return its weights."""
-        load_numpy(self.shared_model, parameters)
-        server_round = int(config["server-round"])
-        torch.manual_seed(derive_seed(config["seed"], server_round, self.partition_id, "client"))
-        generator = torch.Generator().manual_seed(derive_seed(config["seed"], server_round, self.partition_id, "batches"))
-        optimizer = make_adam(self.shared_model, float(config["lr"]), float(config["weight-decay"]))
-        meter = PeakMemoryMeter([self.shared_model])
-        _, steps = run_local_epochs(
-            lambda xb, yb: cross_entropy_step(self.shared_model, None, optimizer, xb, yb, meter),
-            self.x,
-            self.y,
-            epochs=int(config["local-epochs"]),
-            batch_size=int(config["batch-size"]),
-            generator=generator,
-            upload_interval=None,
-        )
-        metrics = {"partition-id": self.partition_id, "local-steps": steps, "peak-memory-bytes": meter.peak_bytes}
-        return self.get_parameters({}), len(self.y), metrics
+    def step(
+        self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, meter: PeakMemoryMeter
+    ) -> torch.Tensor:
+        """Cross-entropy of the full model."""
+        return cross_entropy_step(self.shared_model, None, optimizer, x, y, meter)

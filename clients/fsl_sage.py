@@ -6,91 +6,74 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
-from flwr.client import NumPyClient
+from flwr.app import ArrayRecord
+from torch import nn
 
-from clients.common import load_numpy, load_optimizer_state, pack_uploads, save_optimizer_state, state_to_numpy
-from fsl_sage_flwr.data import ArrayDataset
+from clients.common import load_numpy, load_optimizer_state, save_optimizer_state
+from clients.local_training import LocalTrainingClient
 from fsl_sage_flwr.estimation import client_step, preserved_buffers
 from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.models import SplitModel
-from fsl_sage_flwr.training import derive_seed, make_adam, minibatches, run_local_epochs
+from fsl_sage_flwr.training import derive_seed, minibatches
 
 AUX_STATE_KEY = "fsl-sage.aux"
 OPTIMIZER_STATE_KEY = "fsl-sage.client-optimizer"
 
 
-class FSLSageClient(NumPyClient):
+class FSLSageClient(LocalTrainingClient):
     """Train the client-side model with cut-layer gradients from the auxiliary model.
 
     Implements the client side of FSL-SAGE (Nair et al., ICML 2025, Alg. 1): every
     local step backpropagates the auxiliary model's input gradient through the
     client model, and every q-th step keeps ``(z, y)`` for upload. The auxiliary
-    model is never trained here; the server aligns it and sends it down.
+    model is never trained here; the server aligns it and sends it down. It lives
+    in Flower's ``Context.state`` between rounds, with the optimizer state when
+    ``keep-optimizer-state`` is set.
 
     The flat parameter list of ``fit`` is the client model's state dict in order,
     followed by the auxiliary model's when ``config["aux-included"]`` is true. It
     returns the client model's state dict in order, then ``z``, ``y`` and the
     upload batch sizes (``fsl_sage_flwr.wire`` gives the records around them).
-
-    Parameters
-    ----------
-    split : SplitModel
-        Freshly built models; the client and aux parts are used.
-    trainset : ArrayDataset
-        This client's partition.
-    partition_id : int
-        Reported to the server, which orders replies by it.
-    state : RecordDict
-        Flower's per-node ``Context.state``: holds the auxiliary model (and the
-        optimizer state when kept) across rounds.
     """
 
-    uploads_smashed = True
-
-    def __init__(self, split: SplitModel, trainset: ArrayDataset, partition_id: int, state: RecordDict) -> None:
-        self.split = split
-        self.x = torch.from_numpy(trainset.images)
-        self.y = torch.from_numpy(trainset.labels)
-        self.partition_id = partition_id
-        self.state = state
-
     @property
-    def shared_model(self) -> torch.nn.Module:
-        """The module whose state travels in the ``arrays`` record."""
+    def shared_model(self) -> nn.Module:
+        """The client-side model: the only model averaged."""
         return self.split.client
 
-    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
-        """Return the client model's state dict as a flat list of arrays."""
-        return state_to_numpy(self.split.client)
+    @property
+    def held_models(self) -> list[nn.Module]:
+        """Client model and auxiliary model."""
+        return [self.split.client, self.split.aux]
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        """Run the local epochs with estimated gradients; return weights and uploads."""
-        self._load_parameters(parameters, bool(config.get("aux-included", False)))
-        server_round = int(config["server-round"])
-        torch.manual_seed(derive_seed(config["seed"], server_round, self.partition_id, "client"))
-        generator = torch.Generator().manual_seed(derive_seed(config["seed"], server_round, self.partition_id, "batches"))
-        optimizer = make_adam(self.split.client, float(config["lr"]), float(config["weight-decay"]))
-        keep_state = bool(config.get("keep-optimizer-state", False))
-        if keep_state:
+    def step(
+        self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, meter: PeakMemoryMeter
+    ) -> torch.Tensor:
+        """Backpropagate the auxiliary model's cut-layer gradient estimate."""
+        return client_step(self.split.client, self.split.aux, optimizer, x, y, meter)
+
+    def load_parameters(self, parameters: list[np.ndarray], config: dict[str, Any]) -> None:
+        """Load the client model, and the aux when sent (else the one kept in state)."""
+        n_client = len(self.split.client.state_dict())
+        load_numpy(self.split.client, parameters[:n_client])
+        if config.get("aux-included", False):
+            load_numpy(self.split.aux, parameters[n_client:])
+            self.state[AUX_STATE_KEY] = ArrayRecord(self.split.aux.state_dict())
+        elif AUX_STATE_KEY in self.state:
+            if len(parameters) != n_client:
+                raise ValueError(f"expected {n_client} arrays, got {len(parameters)}")
+            self.split.aux.load_state_dict(self.state[AUX_STATE_KEY].to_torch_state_dict())
+        else:
+            raise ValueError("no auxiliary model yet: the server sends one with the first round")
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
+        """Restore the client optimizer's state when it is kept across rounds."""
+        if config.get("keep-optimizer-state", False):
             load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
-        meter = PeakMemoryMeter([self.split.client, self.split.aux])
 
-        uploads, steps = run_local_epochs(
-            lambda xb, yb: client_step(self.split.client, self.split.aux, optimizer, xb, yb, meter),
-            self.x,
-            self.y,
-            epochs=int(config["local-epochs"]),
-            batch_size=int(config["batch-size"]),
-            generator=generator,
-            upload_interval=int(config["upload-interval"]),
-        )
-        if keep_state:
+    def finish_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
+        """Keep the client optimizer's state when configured."""
+        if config.get("keep-optimizer-state", False):
             save_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
-        metrics = {"partition-id": self.partition_id, "local-steps": steps, "peak-memory-bytes": meter.peak_bytes}
-        return self.get_parameters({}) + pack_uploads(uploads, self.split.cut_shape), len(self.y), metrics
 
     def warmup_batch(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Return one batch of activations of the initial model, without training.
@@ -105,14 +88,3 @@ class FSLSageClient(NumPyClient):
             self.split.client.train()
             z = self.split.client(xb)
         return z.numpy().astype(np.float32), yb.numpy().astype(np.int64)
-
-    def _load_parameters(self, parameters: list[np.ndarray], aux_included: bool) -> None:
-        n_client = len(self.split.client.state_dict())
-        load_numpy(self.split.client, parameters[:n_client])
-        if aux_included:
-            load_numpy(self.split.aux, parameters[n_client:])
-            self.state[AUX_STATE_KEY] = ArrayRecord(self.split.aux.state_dict())
-        elif AUX_STATE_KEY in self.state:
-            self.split.aux.load_state_dict(self.state[AUX_STATE_KEY].to_torch_state_dict())
-        else:
-            raise ValueError("no auxiliary model yet: the server sends one with the first round")

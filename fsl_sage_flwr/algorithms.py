@@ -151,20 +151,8 @@ def _fedavg_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetrics
 def _splitfed_server(mode: str) -> Callable[[RunSettings, DatasetSplits, TrainMetricsTap], ServerSetup]:
     def build(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
         split = build_split(settings, data)
-        kwargs = _split_kwargs(settings, data, split, tap)
-        strategy = SplitFed(mode=mode, batch_size=settings.batch_size, **kwargs)
-
-        def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
-            split.client.load_state_dict(arrays.to_torch_state_dict())
-            return {"client_model": split.client.state_dict(), "server_model": split.server.state_dict()}
-
-        return ServerSetup(
-            strategy=strategy,
-            initial_arrays=ArrayRecord(split.client.state_dict()),
-            evaluate=strategy.evaluate_global,
-            server_memory_bytes=strategy.server_memory_bytes,
-            final_models=final_models,
-        )
+        strategy = SplitFed(mode=mode, batch_size=settings.batch_size, **_split_kwargs(settings, data, split, tap))
+        return _split_setup(strategy, split)
 
     return build
 

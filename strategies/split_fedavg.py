@@ -121,7 +121,7 @@ class SplitFedAvg(FedAvg):
         self.training = training
         self.testset = testset
         self.server_optimizer = make_adam(server_model, training.lr, training.weight_decay)
-        self._shared_spec = state_dict_spec(shared_model.state_dict())
+        self.shared_spec = state_dict_spec(shared_model.state_dict())
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -147,7 +147,7 @@ class SplitFedAvg(FedAvg):
             self.train_server_on(reply)
         self.after_server_training(server_round, accepted)
         metrics = self.train_metrics_aggr_fn([contents[i] for i in order], WEIGHT_KEY)
-        return self._average(accepted), metrics
+        return self.average_shared(accepted), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -195,7 +195,7 @@ class SplitFedAvg(FedAvg):
         arrays = None
         if expect_model:
             arrays = content.array_records[ARRAYS_KEY]
-            check_model_record(arrays, self._shared_spec)
+            check_model_record(arrays, self.shared_spec)
         epochs = self.training.local_epochs if expect_model else 1
         upload = parse_smashed(
             content.array_records[SMASHED_KEY],
@@ -219,7 +219,8 @@ class SplitFedAvg(FedAvg):
         """Extra words about a node for log lines (subclasses know partitions)."""
         return ""
 
-    def _average(self, accepted: list[ParsedReply]) -> ArrayRecord:
+    def average_shared(self, accepted: list[ParsedReply]) -> ArrayRecord:
+        """FedAvg of the accepted replies' arrays, weighted by sample counts."""
         records = [
             RecordDict({ARRAYS_KEY: r.arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: r.num_examples})})
             for r in accepted
@@ -227,7 +228,7 @@ class SplitFedAvg(FedAvg):
         averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
         # Averaging turns integer BatchNorm counters into floats; restore dtypes.
         return ArrayRecord(
-            {name: to_array(averaged[name].numpy().astype(spec.dtype)) for name, spec in self._shared_spec.items()}
+            {name: to_array(averaged[name].numpy().astype(spec.dtype)) for name, spec in self.shared_spec.items()}
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
 
@@ -13,12 +13,10 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import nn
 
-from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.training import evaluate_classifier, make_adam
+from fsl_sage_flwr.training import make_adam
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -27,13 +25,13 @@ from fsl_sage_flwr.wire import (
     SMASHED_KEY,
     SPLIT_STEP_ACTION,
     MalformedReplyError,
+    SmashedUpload,
     check_model_record,
     parse_smashed,
     reply_metric,
-    state_dict_spec,
     to_array,
 )
-from strategies.split_fedavg import WEIGHT_KEY, ServerTraining, module_bytes, optimizer_bytes
+from strategies.split_fedavg import WEIGHT_KEY, ParsedReply, SplitFedAvg, module_bytes, optimizer_bytes
 
 
 @dataclass
@@ -52,7 +50,7 @@ class _Session:
     failed: bool = False
 
 
-class SplitFed(FedAvg):
+class SplitFed(SplitFedAvg):
     """SplitFed (Thapa et al., AAAI 2022), the split-learning baselines of Nair et al., ICML 2025.
 
     Every local batch is a real Flower round trip: the client sends its cut-layer
@@ -69,43 +67,12 @@ class SplitFed(FedAvg):
     order) on every batch.
     """
 
-    def __init__(
-        self,
-        *,
-        mode: str,
-        client_model: nn.Module,
-        server_model: nn.Module,
-        cut_shape: tuple[int, ...],
-        num_classes: int,
-        training: ServerTraining,
-        batch_size: int,
-        testset: ArrayDataset | None = None,
-        fraction_train: float = 1.0,
-        min_train_nodes: int = 2,
-        min_available_nodes: int = 2,
-        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-    ) -> None:
+    def __init__(self, *, mode: str, batch_size: int, **kwargs) -> None:
         if mode not in ("ms", "ss"):
             raise ValueError(f"SplitFed mode must be 'ms' or 'ss', got {mode!r}")
-        super().__init__(
-            fraction_train=fraction_train,
-            fraction_evaluate=0.0,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=0,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=WEIGHT_KEY,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-        )
+        super().__init__(shared_model=kwargs["client_model"], **kwargs)
         self.mode = mode
-        self.client_model = client_model
-        self.server_model = server_model
-        self.cut_shape = tuple(cut_shape)
-        self.num_classes = num_classes
-        self.training = training
         self.batch_size = batch_size
-        self.testset = testset
-        self.server_optimizer = make_adam(server_model, training.lr, training.weight_decay)
-        self._client_spec = state_dict_spec(client_model.state_dict())
         self._sessions: dict[int, _Session] = {}
         self._timeout = 3600.0
         self._grid: Grid | None = None
@@ -152,52 +119,24 @@ class SplitFed(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the client models (and, for SplitFed-MS, the server-side copies)."""
-        accepted: list[tuple[_Session, RecordDict]] = []
+        accepted: list[tuple[ParsedReply, RecordDict]] = []
         for msg in replies:
-            session = self._sessions.get(msg.metadata.src_node_id)
             try:
-                if session is None:
-                    raise MalformedReplyError("reply from a node outside this round")
-                if msg.has_error():
-                    raise MalformedReplyError(f"error reply: {msg.error.reason}")
-                if ARRAYS_KEY not in msg.content.array_records:
-                    raise MalformedReplyError("closing reply lacks the client model arrays")
-                check_model_record(msg.content.array_records[ARRAYS_KEY], self._client_spec)
-                accepted.append((session, msg.content))
+                accepted.append((self._parse_closing(msg), msg.content))
             except MalformedReplyError as err:
-                log(WARNING, "dropped reply from node %d: %s", msg.metadata.src_node_id, err)
+                self.log_dropped(msg, err)
         if not accepted:
             return None, None
         accepted.sort(key=lambda item: item[0].partition_id)
+        sessions = [self._sessions[reply.node_id] for reply, _ in accepted]
         if self.mode == "ms":
-            self._average_server_copies([s for s, _ in accepted])
-            self._book_fed_server_exchange([s for s, _ in accepted])
-        contents = [c for _, c in accepted]
-        for (session, content) in accepted:
+            self._average_server_copies(sessions)
+            self._book_fed_server_exchange(sessions)
+        contents = [content for _, content in accepted]
+        for session, content in zip(sessions, contents):
             content.metric_records[METRICS_KEY]["message-pairs"] = session.message_pairs
-        averaged = aggregate_arrayrecords(contents, WEIGHT_KEY)
-        arrays = ArrayRecord(
-            {name: to_array(averaged[name].numpy().astype(spec.dtype)) for name, spec in self._client_spec.items()}
-        )
-        return arrays, self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """No federated evaluation: the server evaluates (``evaluate_global``)."""
-        return []
-
-    def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Evaluate the server model on top of the averaged client model."""
-        if self.testset is None:
-            return None
-        self.client_model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate_classifier(
-            nn.Sequential(self.client_model, self.server_model),
-            torch.from_numpy(self.testset.images),
-            torch.from_numpy(self.testset.labels),
-        )
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
+        return self.average_shared([reply for reply, _ in accepted]), metrics
 
     def server_memory_bytes(self) -> int:
         """Bytes of server-side models and optimizer state (one copy per client for MS)."""
@@ -205,6 +144,18 @@ class SplitFed(FedAvg):
         return copies * (module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer))
 
     # ----------------------------------------------------------------- helpers
+    def _parse_closing(self, msg: Message) -> ParsedReply:
+        session = self._sessions.get(msg.metadata.src_node_id)
+        if session is None or session.failed:
+            raise MalformedReplyError("closing reply from a node outside this round")
+        if msg.has_error():
+            raise MalformedReplyError(f"error reply: {msg.error.reason}")
+        if set(msg.content.array_records) != {ARRAYS_KEY}:
+            raise MalformedReplyError("closing reply must carry exactly the client model arrays")
+        arrays = msg.content.array_records[ARRAYS_KEY]
+        check_model_record(arrays, self.shared_spec)
+        return ParsedReply(session.node_id, session.partition_id, session.num_examples, arrays, SmashedUpload([]))
+
     def _new_session(self, node_id: int) -> _Session:
         session = _Session(node_id)
         if self.mode == "ms":
