@@ -9,14 +9,13 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from clients.common import load_numpy, load_optimizer_state, save_optimizer_state
+from clients.common import load_numpy
 from clients.local_training import LocalTrainingClient
 from fsl_sage_flwr.estimation import client_step, preserved_buffers
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.training import derive_seed, minibatches
 
 AUX_STATE_KEY = "fsl-sage.aux"
-OPTIMIZER_STATE_KEY = "fsl-sage.client-optimizer"
 
 
 class FSLSageClient(LocalTrainingClient):
@@ -64,16 +63,6 @@ class FSLSageClient(LocalTrainingClient):
             self.split.aux.load_state_dict(self.state[AUX_STATE_KEY].to_torch_state_dict())
         else:
             raise ValueError("no auxiliary model yet: the server sends one with the first round")
-
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
-        """Restore the client optimizer's state when it is kept across rounds."""
-        if config.get("keep-optimizer-state", False):
-            load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
-
-    def finish_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
-        """Keep the client optimizer's state when configured."""
-        if config.get("keep-optimizer-state", False):
-            save_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
 
     def warmup_batch(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Return one batch of activations of the initial model, without training.

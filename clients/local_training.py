@@ -10,11 +10,13 @@ from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from torch import nn
 
-from clients.common import load_numpy, pack_uploads, state_to_numpy
+from clients.common import load_numpy, load_optimizer_state, pack_uploads, save_optimizer_state, state_to_numpy
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.models import SplitModel
 from fsl_sage_flwr.training import derive_seed, make_adam, run_local_epochs
+
+OPTIMIZER_STATE_KEY = "client-optimizer"
 
 
 class LocalTrainingClient(NumPyClient):
@@ -72,10 +74,14 @@ class LocalTrainingClient(NumPyClient):
         load_numpy(self.shared_model, parameters)
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
-        """Hook before the local epochs (e.g. restore kept optimizer state)."""
+        """Restore the optimizer's state when ``keep-optimizer-state`` is set."""
+        if config.get("keep-optimizer-state", False):
+            load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
 
     def finish_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
-        """Hook after the local epochs (e.g. keep the optimizer state)."""
+        """Keep the optimizer's state in ``Context.state`` when configured."""
+        if config.get("keep-optimizer-state", False):
+            save_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """Return ``shared_model``'s state dict as a flat list."""

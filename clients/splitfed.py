@@ -100,7 +100,8 @@ class SplitFedClient:
         if model is not None:
             keys = list(self.split.client.state_dict())
             self.split.client.load_state_dict({k: torch.from_numpy(a) for k, a in zip(keys, model)})
-            self.state.pop(OPTIMIZER_STATE_KEY, None)
+            if not config.get("keep-optimizer-state", False):
+                self.state.pop(OPTIMIZER_STATE_KEY, None)  # a fresh optimizer every round
         elif MODEL_STATE_KEY in self.state:
             self.split.client.load_state_dict(self.state[MODEL_STATE_KEY].to_torch_state_dict())
         else:

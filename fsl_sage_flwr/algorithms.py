@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
@@ -67,6 +66,8 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
             lr=settings.lr,
             weight_decay=settings.weight_decay,
             local_epochs=settings.local_epochs,
+            batch_size=settings.batch_size,
+            upload_interval=settings.upload_interval,
             max_train_examples=len(data.train),
         ),
         "testset": data.test,

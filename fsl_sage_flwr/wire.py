@@ -15,8 +15,9 @@ Reply, client to server:
 - ``"smashed"`` (ArrayRecord): ``z`` float32 ``(n, *cut_shape)``, the activations
   kept every q-th step; ``y`` int64 ``(n,)``, their labels; ``batch-sizes`` int64
   ``(k,)``, how ``n`` splits into the k uploaded batches, in upload order.
-- ``"metrics"`` (MetricRecord): ``num-examples`` (local training samples, the
-  FedAvg weight), ``partition-id``, and ``train-loss``.
+- ``"metrics"`` (MetricRecord, finite scalars only): ``num-examples`` (local
+  training samples, the FedAvg weight), ``partition-id``, ``local-steps`` and
+  ``peak-memory-bytes`` (see ``fsl_sage_flwr.memory``).
 
 SplitFed exchanges (message type ``train.splitstep``), one pair per batch: the
 request carries ``config`` (``server-round``, ``step``), at step 0 the client
@@ -47,6 +48,8 @@ SMASHED_KEY = "smashed"
 METRICS_KEY = "metrics"
 GRAD_KEY = "grad"
 WARMUP_ACTION = "warmup"
+# Room for the .npy header in front of an array's raw bytes.
+_NPY_HEADER_BYTES = 4096
 SPLIT_STEP_ACTION = "splitstep"
 
 
@@ -92,11 +95,30 @@ def check_model_record(record: ArrayRecord, spec: Mapping[str, ArraySpec]) -> No
             f"unexpected {extra[:3]})"
         )
     for name, expected in spec.items():
-        array = record[name]
-        _check_array_header(name, array.shape, array.dtype, expected)
-        values = array.numpy()
+        values = load_array(name, record[name], expected)
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             raise MalformedReplyError(f"model array '{name}' holds NaN or inf")
+
+
+def load_array(name: str, array: Array, expected: ArraySpec) -> np.ndarray:
+    """Deserialise one received array after checking it is what ``expected`` says.
+
+    The declared shape and dtype are checked first and the raw size is bounded,
+    so nothing large or foreign is decoded; the decoded array is checked again,
+    since Flower does not tie an array's bytes to its declared header.
+    """
+    _check_array_header(name, tuple(array.shape), str(array.dtype), expected)
+    if array.stype != "numpy.ndarray":
+        raise MalformedReplyError(f"array '{name}' is not a numpy array ({array.stype})")
+    limit = math.prod(expected.shape) * np.dtype(expected.dtype).itemsize + _NPY_HEADER_BYTES
+    if len(array.data) > limit:
+        raise MalformedReplyError(f"array '{name}' carries {len(array.data)} bytes, more than {limit}")
+    try:
+        values = array.numpy()
+    except Exception as err:  # any decoding failure is the sender's fault
+        raise MalformedReplyError(f"array '{name}' does not decode: {type(err).__name__}") from err
+    _check_array_header(f"{name} (decoded)", values.shape, str(values.dtype), expected)
+    return values
 
 
 def parse_smashed(
@@ -105,6 +127,7 @@ def parse_smashed(
     cut_shape: tuple[int, ...],
     num_classes: int,
     max_samples: int,
+    max_batch: int | None = None,
 ) -> SmashedUpload:
     """Validate a reply's ``smashed`` record and split it into uploaded batches.
 
@@ -117,30 +140,37 @@ def parse_smashed(
     num_classes : int
         Labels must lie in ``[0, num_classes)``.
     max_samples : int
-        Upper bound on uploaded samples (what the client's data and q allow).
+        Upper bound on uploaded samples (what the client's data, B, E and q allow).
+    max_batch : int, optional
+        Upper bound on one batch's size (the batch size B).
 
     Raises
     ------
     MalformedReplyError
-        On a missing array, a wrong shape or dtype, a size over the bound,
-        inconsistent batch sizes, a label out of range, or NaN/inf.
+        On a missing or extra array, a wrong shape or dtype, a size over a
+        bound, a batch of fewer than two samples, inconsistent batch sizes, a
+        label out of range, or NaN/inf.
     """
-    for key in ("z", "y", "batch-sizes"):
-        if key not in record:
-            raise MalformedReplyError(f"smashed record lacks array '{key}'")
-    z_arr, y_arr, sizes_arr = record["z"], record["y"], record["batch-sizes"]
+    if set(record.keys()) != {"z", "y", "batch-sizes"}:
+        raise MalformedReplyError(f"smashed record holds {sorted(record.keys())}, expected z, y, batch-sizes")
+    z_arr = record["z"]
     if len(z_arr.shape) < 1:
         raise MalformedReplyError("smashed 'z' is a scalar")
     n = int(z_arr.shape[0])
     if n > max_samples:
         raise MalformedReplyError(f"uploads {n} samples, more than the bound {max_samples}")
-    _check_array_header("z", z_arr.shape, z_arr.dtype, ArraySpec((n, *cut_shape), "float32"))
-    _check_array_header("y", y_arr.shape, y_arr.dtype, ArraySpec((n,), "int64"))
-    if len(sizes_arr.shape) != 1 or sizes_arr.dtype != "int64" or math.prod(sizes_arr.shape) > n + 1:
-        raise MalformedReplyError("smashed 'batch-sizes' must be a short int64 vector")
-    z, y, sizes = z_arr.numpy(), y_arr.numpy(), sizes_arr.numpy()
-    if np.any(sizes < 1) or int(sizes.sum()) != n:
-        raise MalformedReplyError(f"batch sizes {sizes.tolist()[:5]} do not add up to {n} samples")
+    num_batches = int(record["batch-sizes"].shape[0]) if len(record["batch-sizes"].shape) == 1 else -1
+    if not 0 <= num_batches <= max(n // 2, 0):
+        raise MalformedReplyError("smashed 'batch-sizes' must be a vector of at most n / 2 sizes")
+    z = load_array("z", z_arr, ArraySpec((n, *cut_shape), "float32"))
+    y = load_array("y", record["y"], ArraySpec((n,), "int64"))
+    sizes = load_array("batch-sizes", record["batch-sizes"], ArraySpec((num_batches,), "int64"))
+    largest = max_batch if max_batch is not None else n
+    # Bounding each size before summing rules out int64 overflow in the sum.
+    if np.any(sizes < 2) or np.any(sizes > largest) or int(sizes.sum()) != n:
+        raise MalformedReplyError(
+            f"batch sizes {sizes.tolist()[:5]} must each be in [2, {largest}] and add up to {n}"
+        )
     if not np.all(np.isfinite(z)):
         raise MalformedReplyError("smashed 'z' holds NaN or inf")
     if n and (y.min() < 0 or y.max() >= num_classes):
@@ -167,6 +197,17 @@ def reply_metric(content: RecordDict, key: str) -> int | float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise MalformedReplyError(f"metric '{key}' is not a finite number")
     return value
+
+
+def check_metrics(content: RecordDict) -> None:
+    """Require exactly one ``metrics`` record of finite scalars and no config record."""
+    if set(content.metric_records) != {METRICS_KEY} or content.config_records:
+        raise MalformedReplyError(
+            f"reply carries metric records {sorted(content.metric_records)} and config records "
+            f"{sorted(content.config_records)}; expected only '{METRICS_KEY}'"
+        )
+    for key in content.metric_records[METRICS_KEY]:
+        reply_metric(content, key)
 
 
 def to_array(values: np.ndarray) -> Array:

@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -125,7 +125,12 @@ class FSLSage(SplitFedAvg):
                 parsed.append(self.parse_reply(msg, expect_model=False))
             except MalformedReplyError as err:
                 self.log_dropped(msg, err)
+        taken = {slot.partition_id for slot in self._slots.values()}
         for reply in sorted(parsed, key=lambda r: r.partition_id):
+            if reply.partition_id in taken:
+                log(WARNING, "dropped warm-up reply from node %d: partition %d is taken", reply.node_id, reply.partition_id)
+                continue
+            taken.add(reply.partition_id)
             slot = self._new_slot(reply.partition_id)
             self._slots[reply.node_id] = slot
             self.train_server_on(reply)
@@ -136,7 +141,7 @@ class FSLSage(SplitFedAvg):
     ) -> Iterable[Message]:
         """Send the client model, and a node's aux when it was re-aligned, to sampled nodes."""
         self.warm_up(grid, arrays, config)  # nodes that joined late
-        node_ids = self._sample(server_round)
+        node_ids = self._sample(server_round, set(grid.get_node_ids()))
         log(INFO, "configure_train: sampled %d of %d nodes", len(node_ids), len(self._slots))
         config = ConfigRecord({**dict(config), "server-round": server_round})
         messages = []
@@ -166,9 +171,7 @@ class FSLSage(SplitFedAvg):
     def train_server_on(self, reply: ParsedReply) -> None:
         """Train the server model on a reply's uploads and buffer them."""
         super().train_server_on(reply)
-        slot = self._slots.get(reply.node_id)
-        if slot is None:  # warm-up registers the slot just after parsing
-            return
+        slot = self._slots[reply.node_id]
         for z, y in reply.upload.batches:
             slot.buffer.append(z, y)
         slot.buffer_changed = slot.buffer_changed or bool(reply.upload.batches)
@@ -205,9 +208,9 @@ class FSLSage(SplitFedAvg):
             time.sleep(1.0)
         return node_ids
 
-    def _sample(self, server_round: int) -> list[int]:
+    def _sample(self, server_round: int, connected: set[int]) -> list[int]:
         """Seeded sampling over partition ids, which stay fixed while node ids do not."""
-        by_partition = sorted(self._slots, key=lambda n: self._slots[n].partition_id)
+        by_partition = sorted((n for n in self._slots if n in connected), key=lambda n: self._slots[n].partition_id)
         wanted = max(int(len(by_partition) * self.fraction_train), self.min_train_nodes)
         rng = random.Random(derive_seed(self.alignment.seed, server_round, "sample"))
         chosen = set(rng.sample(by_partition, min(len(by_partition), wanted)))

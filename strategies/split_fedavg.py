@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import WARNING
 
+import math
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -24,6 +26,7 @@ from fsl_sage_flwr.wire import (
     SMASHED_KEY,
     MalformedReplyError,
     SmashedUpload,
+    check_metrics,
     check_model_record,
     parse_smashed,
     reply_metric,
@@ -41,7 +44,14 @@ class ServerTraining:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     local_epochs: int = 1
+    batch_size: int = 256
+    upload_interval: int = 5
     max_train_examples: int = 1_000_000
+
+    def max_uploaded(self, num_examples: int) -> int:
+        """The most samples a client of ``num_examples`` can upload in one round."""
+        steps = self.local_epochs * math.ceil(num_examples / self.batch_size)
+        return math.ceil(steps / self.upload_interval) * self.batch_size
 
 
 @dataclass
@@ -143,11 +153,13 @@ class SplitFedAvg(FedAvg):
             return None, None
         order = sorted(range(len(accepted)), key=lambda i: accepted[i].partition_id)
         accepted = [accepted[i] for i in order]
+        # Everything that can fail runs before the server state changes.
+        metrics = self.train_metrics_aggr_fn([contents[i] for i in order], WEIGHT_KEY)
+        arrays = self.average_shared(accepted)
         for reply in accepted:
             self.train_server_on(reply)
         self.after_server_training(server_round, accepted)
-        metrics = self.train_metrics_aggr_fn([contents[i] for i in order], WEIGHT_KEY)
-        return self.average_shared(accepted), metrics
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -182,6 +194,7 @@ class SplitFedAvg(FedAvg):
         if msg.has_error():
             raise MalformedReplyError(f"error reply: {msg.error.reason}")
         content = msg.content
+        check_metrics(content)
         partition_id = int(reply_metric(content, "partition-id"))
         num_examples = int(reply_metric(content, WEIGHT_KEY))
         if not 1 <= num_examples <= self.training.max_train_examples:
@@ -196,12 +209,14 @@ class SplitFedAvg(FedAvg):
         if expect_model:
             arrays = content.array_records[ARRAYS_KEY]
             check_model_record(arrays, self.shared_spec)
-        epochs = self.training.local_epochs if expect_model else 1
+        # A training reply holds every q-th of its steps; a warm-up reply one batch.
+        bound = self.training.max_uploaded(num_examples) if expect_model else self.training.batch_size
         upload = parse_smashed(
             content.array_records[SMASHED_KEY],
             cut_shape=self.cut_shape,
             num_classes=self.num_classes,
-            max_samples=num_examples * epochs,
+            max_samples=bound,
+            max_batch=self.training.batch_size,
         )
         return ParsedReply(msg.metadata.src_node_id, partition_id, num_examples, arrays, upload)
 
@@ -226,10 +241,16 @@ class SplitFedAvg(FedAvg):
             for r in accepted
         ]
         averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
-        # Averaging turns integer BatchNorm counters into floats; restore dtypes.
+        # Averaging turns integer BatchNorm counters into floats; round them back.
         return ArrayRecord(
-            {name: to_array(averaged[name].numpy().astype(spec.dtype)) for name, spec in self.shared_spec.items()}
+            {name: to_array(_restore_dtype(averaged[name].numpy(), spec.dtype)) for name, spec in self.shared_spec.items()}
         )
+
+
+def _restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    if np.dtype(dtype).kind in "iu":
+        values = np.rint(values)
+    return values.astype(dtype)
 
 
 def module_bytes(module: nn.Module) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -26,6 +27,7 @@ from fsl_sage_flwr.wire import (
     SPLIT_STEP_ACTION,
     MalformedReplyError,
     SmashedUpload,
+    check_metrics,
     check_model_record,
     parse_smashed,
     reply_metric,
@@ -63,8 +65,9 @@ class SplitFed(SplitFedAvg):
     each round weighted by sample counts. As in SFL-V1 a separate fed server does
     that averaging, so each copy travels up and down once per round; those bytes
     are booked on the grid's ledger when it has one. ``mode="ss"`` (SplitFed-SS,
-    SFL-V2): one server-side model, updated client after client (in partition-id
-    order) on every batch.
+    SFL-V2): one server-side model; at every batch step it is updated on each
+    client's batch in turn, in partition-id order. The server-side copies of
+    SplitFed-MS start each round with fresh Adam state.
     """
 
     def __init__(self, *, mode: str, batch_size: int, **kwargs) -> None:
@@ -74,8 +77,8 @@ class SplitFed(SplitFedAvg):
         self.mode = mode
         self.batch_size = batch_size
         self._sessions: dict[int, _Session] = {}
-        self._timeout = 3600.0
         self._grid: Grid | None = None
+        self.step_timeout = 3600.0  # seconds to wait for one batch step's replies
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -96,7 +99,7 @@ class SplitFed(SplitFedAvg):
         step = 0
         while active:
             messages = [self._step_message(s, step, base, arrays if step == 0 else None) for s in active]
-            replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=self._timeout)}
+            replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=self.step_timeout)}
             for session in active:
                 session.message_pairs += 1
                 self._handle_step_reply(session, replies.get(session.node_id), step)
@@ -129,19 +132,25 @@ class SplitFed(SplitFedAvg):
             return None, None
         accepted.sort(key=lambda item: item[0].partition_id)
         sessions = [self._sessions[reply.node_id] for reply, _ in accepted]
-        if self.mode == "ms":
-            self._average_server_copies(sessions)
-            self._book_fed_server_exchange(sessions)
         contents = [content for _, content in accepted]
         for session, content in zip(sessions, contents):
             content.metric_records[METRICS_KEY]["message-pairs"] = session.message_pairs
+        # Everything that can fail runs before the server state changes.
         metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
-        return self.average_shared([reply for reply, _ in accepted]), metrics
+        arrays = self.average_shared([reply for reply, _ in accepted])
+        if self.mode == "ms":
+            self._average_server_copies(sessions)
+            self._book_fed_server_exchange(sessions)
+        return arrays, metrics
 
     def server_memory_bytes(self) -> int:
         """Bytes of server-side models and optimizer state (one copy per client for MS)."""
-        copies = len(self._sessions) if self.mode == "ms" else 1
-        return copies * (module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer))
+        if self.mode == "ss":
+            return super().server_memory_bytes()
+        copies = [s for s in self._sessions.values() if s.model is not None]
+        return module_bytes(self.server_model) + sum(
+            module_bytes(s.model) + optimizer_bytes(s.optimizer) for s in copies
+        )
 
     # ----------------------------------------------------------------- helpers
     def _parse_closing(self, msg: Message) -> ParsedReply:
@@ -152,6 +161,7 @@ class SplitFed(SplitFedAvg):
             raise MalformedReplyError(f"error reply: {msg.error.reason}")
         if set(msg.content.array_records) != {ARRAYS_KEY}:
             raise MalformedReplyError("closing reply must carry exactly the client model arrays")
+        check_metrics(msg.content)
         arrays = msg.content.array_records[ARRAYS_KEY]
         check_model_record(arrays, self.shared_spec)
         return ParsedReply(session.node_id, session.partition_id, session.num_examples, arrays, SmashedUpload([]))
@@ -177,23 +187,30 @@ class SplitFed(SplitFedAvg):
             if msg is None or msg.has_error():
                 raise MalformedReplyError(msg.error.reason if msg is not None else "no reply")
             content = msg.content
+            check_metrics(content)
             partition_id = int(reply_metric(content, "partition-id"))
             num_batches = int(reply_metric(content, "num-batches"))
+            num_examples = int(reply_metric(content, WEIGHT_KEY))
+            if not 1 <= num_examples <= self.training.max_train_examples:
+                raise MalformedReplyError(f"num-examples {num_examples} out of range")
+            most = self.training.local_epochs * math.ceil(num_examples / self.batch_size)
+            if not 1 <= num_batches <= most:
+                raise MalformedReplyError(f"num-batches {num_batches} outside [1, {most}]")
             if step == 0:
-                session.partition_id, session.num_batches = partition_id, num_batches
-                session.num_examples = int(reply_metric(content, WEIGHT_KEY))
-            elif (partition_id, num_batches) != (session.partition_id, session.num_batches):
-                raise MalformedReplyError("partition-id or num-batches changed within the round")
-            if not 1 <= num_batches <= self.training.max_train_examples:
-                raise MalformedReplyError(f"num-batches {num_batches} out of range")
-            if SMASHED_KEY not in content.array_records:
-                raise MalformedReplyError("step reply lacks the smashed activations")
+                session.partition_id, session.num_batches, session.num_examples = partition_id, num_batches, num_examples
+            elif (partition_id, num_batches, num_examples) != (session.partition_id, session.num_batches, session.num_examples):
+                raise MalformedReplyError("partition-id, num-batches or num-examples changed within the round")
+            if set(content.array_records) != {SMASHED_KEY}:
+                raise MalformedReplyError("a step reply carries exactly the smashed activations")
             upload = parse_smashed(
                 content.array_records[SMASHED_KEY],
                 cut_shape=self.cut_shape,
                 num_classes=self.num_classes,
                 max_samples=self.batch_size,
+                max_batch=self.batch_size,
             )
+            if len(upload.batches) != 1:
+                raise MalformedReplyError("a step reply carries exactly one batch")
             session.pending = upload.batches[0]
         except MalformedReplyError as err:
             log(WARNING, "node %d leaves round: %s", session.node_id, err)

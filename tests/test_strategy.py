@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fsl_sage_flwr.estimation import server_step
 from fsl_sage_flwr.models import build_split_model
@@ -28,7 +28,7 @@ def _strategy(align_interval: int = 2) -> tuple[FSLSage, object]:
         server_model=split.server,
         aux_factory=lambda: build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8)).aux,
         alignment=AlignmentSettings(interval=align_interval, epochs=3, batch_size=64),
-        training=ServerTraining(),
+        training=ServerTraining(batch_size=8, upload_interval=1),
         cut_shape=split.cut_shape,
         num_classes=10,
         min_train_nodes=1,
@@ -74,17 +74,36 @@ def _scaled_weights(split, factor: float) -> ArrayRecord:
 
 
 def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
-    # Prepare
+    # Prepare: what each node's aux would be without alignment
     strategy, split = _strategy()
+    unaligned = {pid: strategy._new_slot(pid).aux.state_dict() for pid in NODES.values()}
     # Execute
     _warm(strategy, split)
-    messages = list(strategy.configure_train(1, ArrayRecord(split.client.state_dict()), ConfigRecord(), ScriptedGrid(list(NODES), None)))
-    # Assert: both nodes get the client model and a distinct aux model
+    grid = ScriptedGrid(list(NODES), None)
+    messages = list(strategy.configure_train(1, ArrayRecord(split.client.state_dict()), ConfigRecord(), grid))
+    # Assert: each node gets the client model and its own aligned aux
     assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODES)
-    auxes = [m.content.array_records["aux"] for m in messages]
-    first = next(iter(auxes[0].keys()))
-    assert not np.array_equal(auxes[0][first].numpy(), auxes[1][first].numpy())
+    for message in messages:
+        node = message.metadata.dst_node_id
+        sent = message.content.array_records["aux"].to_torch_state_dict()
+        for name, value in strategy._slots[node].aux.state_dict().items():
+            torch.testing.assert_close(sent[name], value)
+        assert not torch.equal(sent["0.weight"], unaligned[NODES[node]]["0.weight"])
     assert all(len(strategy._slots[n].buffer) == 8 for n in NODES)
+
+
+def test_aux_travels_again_only_after_it_changed():
+    # Prepare: round 1 delivered both auxes; no alignment until round 2
+    strategy, split = _strategy(align_interval=2)
+    _warm(strategy, split)
+    grid = ScriptedGrid(list(NODES), None)
+    arrays = ArrayRecord(split.client.state_dict())
+    list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    # Execute
+    messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
+    # Assert
+    assert all("aux" not in m.content.array_records for m in messages)
 
 
 def test_aggregation_is_fedavg_weighted_by_sample_counts():
@@ -126,19 +145,17 @@ def test_server_model_trains_on_uploads_in_partition_order_and_is_not_averaged()
 
 
 def test_aux_models_are_aligned_per_client_and_never_averaged():
-    # Prepare
+    # Prepare: an alignment round in which only node 202 replies
     strategy, split = _strategy(align_interval=1)
     _warm(strategy, split)
     before = {n: copy.deepcopy(strategy._slots[n].aux.state_dict()) for n in NODES}
-    replies = [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES]
     # Execute
-    strategy.aggregate_train(1, replies)
-    # Assert: each aux moved, and the two stay different
-    after = {n: strategy._slots[n].aux.state_dict() for n in NODES}
-    for n in NODES:
-        assert not torch.equal(after[n]["0.weight"], before[n]["0.weight"])
-    assert not torch.equal(after[101]["0.weight"], after[202]["0.weight"])
-    assert all(strategy._slots[n].aux_pending for n in NODES)
+    strategy.aggregate_train(1, [reply_from(202, _train_reply(202, _scaled_weights(split, 1.0), 20))])
+    # Assert: 202's aux was re-aligned; 101's is bit for bit what it was
+    assert not torch.equal(strategy._slots[202].aux.state_dict()["0.weight"], before[202]["0.weight"])
+    for name, value in strategy._slots[101].aux.state_dict().items():
+        assert torch.equal(value, before[101][name]), name
+    assert strategy._slots[202].aux_pending
 
 
 def _break(kind: str, content: RecordDict) -> RecordDict:
@@ -161,15 +178,32 @@ def _break(kind: str, content: RecordDict) -> RecordDict:
         z, y, sizes = _smashed(1)
         y[0] = 99
         content["smashed"] = smashed_arrays_record(z, y, sizes)
-    elif kind == "too-many-samples":
-        z, y, _ = _smashed(1, n=40, batches=1)
-        content["smashed"] = smashed_arrays_record(z, y, np.asarray([40], np.int64))
+    elif kind == "extra-metric-record":
+        content["more"] = MetricRecord({"x": 1.0})
+    elif kind == "list-metric":
+        content["metrics"]["peak-memory-bytes"] = [1, 2]
+    elif kind == "header-data-mismatch":  # declared float32 (16, 16, 2, 2), bytes of a small array
+        fake = Array(dtype="float32", shape=(16, 16, 2, 2), stype="numpy.ndarray", data=Array(np.zeros(3, np.float32)).data)
+        content["smashed"]["z"] = fake
+    elif kind == "overflowing-batch-sizes":
+        z, y, _ = _smashed(1)
+        huge = np.asarray([2**62, 2**62, 2**62, 2**62 + 16], np.int64)
+        content["smashed"] = smashed_arrays_record(z, y, huge)
+    elif kind == "one-sample-batch":
+        z, y, _ = _smashed(1)
+        content["smashed"] = smashed_arrays_record(z, y, np.asarray([1, 15], np.int64))
+    elif kind == "too-many-samples":  # 30 examples at B = 8 allow 4 batches, not 5
+        content["smashed"] = smashed_arrays_record(*_smashed(1, n=8, batches=5))
     return content
 
 
 @pytest.mark.parametrize(
     "kind",
-    ["missing-arrays", "wrong-shape", "wrong-dtype", "nan", "missing-smashed", "label-out-of-range", "too-many-samples"],
+    [
+        "missing-arrays", "wrong-shape", "wrong-dtype", "nan", "missing-smashed", "label-out-of-range",
+        "too-many-samples", "extra-metric-record", "list-metric", "header-data-mismatch",
+        "overflowing-batch-sizes", "one-sample-batch",
+    ],
 )
 def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, caplog):
     # Prepare: two identical strategies; one sees an extra malformed reply
@@ -191,3 +225,27 @@ def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, ca
     for (name, got), want in zip(dirty.server_model.state_dict().items(), clean.server_model.state_dict().values()):
         torch.testing.assert_close(got, want, msg=name)
     assert len(dirty._slots[202].buffer) == len(clean._slots[202].buffer) == 8
+
+
+def test_a_one_sample_warm_up_batch_is_dropped_not_fatal(caplog):
+    # Prepare: node 202 answers the warm-up with a single sample
+    strategy, split = _strategy()
+
+    def respond(msg):
+        node = msg.metadata.dst_node_id
+        n = 8 if node == 101 else 1
+        z, y, _ = _smashed(NODES[node], n=n, batches=1)
+        content = RecordDict(
+            {
+                "smashed": smashed_arrays_record(z, y, np.asarray([n], np.int64)),
+                "metrics": MetricRecord({"num-examples": 50, "partition-id": NODES[node]}),
+            }
+        )
+        return reply_from(node, content, "train.warmup")
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()), ConfigRecord())
+    # Assert: node 101 is registered, node 202 is not, and the log says why
+    assert set(strategy._slots) == {101}
+    assert any("dropped reply from node 202" in r.getMessage() for r in caplog.records)
