@@ -62,3 +62,18 @@ def test_plain_flwr_run_with_a_fresh_home_installs_no_torch(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "plain" / "results.jsonl").read_text().splitlines()]
     assert rows[-1]["round"] == 2
     assert not _superlink_running(env["FLWR_LOCAL_CONTROL_API_PORT"])
+
+
+def test_compare_exits_non_zero_and_names_the_failed_strategy(tmp_path, capsys):
+    # Prepare: a data folder that does not exist makes the run fail
+    from simulations.compare import main
+
+    argv = [
+        "--strategies", "fedavg", "--dataset", "mnist", "--clients", "2", "--rounds", "1",
+        "--output-dir", str(tmp_path), "--run-config", f"data-dir='{tmp_path / 'none'}'",
+    ]
+    # Execute
+    code = main(argv)
+    # Assert
+    assert code == 1
+    assert "FAILED strategies: fedavg" in capsys.readouterr().err

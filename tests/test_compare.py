@@ -1,0 +1,45 @@
+"""Tests of the comparison's summary, table and plots (pure functions, no Flower run)."""
+
+from __future__ import annotations
+
+from simulations.compare import GIB, markdown_table, summarise, write_outputs
+
+
+def _rows(accuracies: list[float], bytes_per_round: int, seconds: float = 2.0) -> list[dict]:
+    return [
+        {
+            "round": r,
+            "accuracy": a,
+            "cumulative_bytes": r * bytes_per_round,
+            "round_seconds": seconds,
+            "client_peak_memory_bytes": 1024 * 1024 * r,
+            "server_memory_bytes": 2 * 1024 * 1024,
+        }
+        for r, a in enumerate(accuracies)
+    ]
+
+
+def test_summary_finds_the_bytes_to_reach_the_target():
+    # Prepare: A reaches 0.8 at round 2, B never does
+    rows = {"a": _rows([0.1, 0.5, 0.8, 0.9], GIB // 4), "b": _rows([0.1, 0.6, 0.7, 0.75], GIB)}
+    # Execute
+    summary = {s.strategy: s for s in summarise(rows, target=0.8)}
+    # Assert
+    assert summary["a"].gib_to_target == 0.5
+    assert summary["b"].gib_to_target is None
+    assert summary["a"].best_accuracy == 0.9 and summary["b"].final_accuracy == 0.75
+    assert summary["b"].total_gib == 3.0
+    assert summary["a"].client_peak_mib == 3.0 and summary["a"].server_mib == 2.0
+
+
+def test_outputs_hold_table_csv_and_plots(tmp_path):
+    # Execute
+    rows = {"fsl-sage": _rows([0.1, 0.9], 1000), "fedavg": _rows([0.1, 0.85], 5000)}
+    summaries = write_outputs(tmp_path, rows, target=0.85, command="python -m simulations.compare")
+    # Assert
+    table = markdown_table(summaries, 0.85)
+    assert "| fsl-sage | 0.9000 |" in table and "not reached" not in table
+    assert (tmp_path / "summary.md").read_text().count("| fedavg |") == 1
+    assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("strategy,final_accuracy")
+    for name in ("accuracy_vs_rounds.png", "accuracy_vs_gib.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
