@@ -60,6 +60,7 @@ def main(grid: Grid, context: Context) -> None:
             "bytes_up": up,
             "bytes_down": down,
             "cumulative_bytes": ledger.cumulative_bytes(server_round),
+            "cumulative_gib": ledger.cumulative_bytes(server_round) / 1024**3,
             "round_seconds": now - clock["last"],
             "client_peak_memory_bytes": int(tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
             "server_memory_bytes": setup.server_memory_bytes(),
