@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,8 +228,6 @@ def _terminate_group(pid: int) -> None:
 
 def parse_run_config(text: str) -> dict[str, Any]:
     """Parse ``"key=value key2='text'"`` as `flwr run --run-config` does (TOML values)."""
-    import tomllib
-
     result: dict[str, Any] = {}
     for item in text.split():
         key, sep, value = item.partition("=")
@@ -274,8 +273,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_rounds() -> int:
-    import tomllib
-
     config = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())
     return int(config["tool"]["flwr"]["app"]["config"]["num-server-rounds"])
 
