@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from clients.common import load_optimizer_state, pack_uploads, save_optimizer_state
+from clients.common import load_numpy, load_optimizer_state, pack_uploads, save_optimizer_state
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.estimation import preserved_buffers
+from fsl_sage_flwr.estimation import apply_cut_gradient
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.models import SplitModel
 from fsl_sage_flwr.training import derive_seed, make_adam, minibatches
@@ -69,16 +69,10 @@ class SplitFedClient:
             if not 1 <= step <= len(batches):
                 raise ValueError(f"gradient for batch {step - 1}, but the round has {len(batches)} batches")
             xb, _ = batches[step - 1]
-            self.split.client.train()
-            optimizer.zero_grad(set_to_none=True)
-            with preserved_buffers(self.split.client), meter.recording():
-                z = self.split.client(xb)  # same weights as at step - 1: same graph
-            meter.sample(optimizer, with_activations=True)
-            z.backward(torch.from_numpy(grad))
-            optimizer.step()
-            meter.sample(optimizer, with_activations=False)
+            apply_cut_gradient(self.split.client, optimizer, xb, torch.from_numpy(grad), meter)
         metrics: dict[str, Any] = {"partition-id": self.partition_id, "num-batches": len(batches), "num-examples": len(self.y)}
         if step == len(batches):
+            self._save(optimizer, meter.peak_bytes)  # keep-optimizer-state reads it next round
             metrics["peak-memory-bytes"] = meter.peak_bytes
             return self.split.client.state_dict(), None, metrics
         xb, yb = batches[step]
@@ -98,8 +92,7 @@ class SplitFedClient:
 
     def _restore(self, model: list[np.ndarray] | None, config: dict[str, Any]) -> torch.optim.Optimizer:
         if model is not None:
-            keys = list(self.split.client.state_dict())
-            self.split.client.load_state_dict({k: torch.from_numpy(a) for k, a in zip(keys, model)})
+            load_numpy(self.split.client, model)
             if not config.get("keep-optimizer-state", False):
                 self.state.pop(OPTIMIZER_STATE_KEY, None)  # a fresh optimizer every round
         elif MODEL_STATE_KEY in self.state:

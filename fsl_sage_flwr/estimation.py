@@ -134,6 +134,26 @@ def cross_entropy_step(
     return _finish_step(z, loss, optimizer, meter)
 
 
+def apply_cut_gradient(
+    client: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    meter: PeakMemoryMeter | None = None,
+) -> None:
+    """Backpropagate a cut-layer gradient that arrived after its forward pass.
+
+    An autograd graph cannot outlive a message, so the forward pass of ``x`` is
+    recomputed (the weights have not changed since); BatchNorm statistics are
+    restored afterwards, so they move once per batch, in the first forward pass.
+    """
+    client.train()
+    optimizer.zero_grad(set_to_none=True)
+    with preserved_buffers(client), meter.recording() if meter else nullcontext():
+        z = client(x)
+    _finish_step(z, grad, optimizer, meter)
+
+
 def _finish_step(
     z: torch.Tensor,
     grad_or_loss: torch.Tensor,

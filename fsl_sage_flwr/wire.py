@@ -71,11 +71,6 @@ class SmashedUpload:
 
     batches: list[tuple[torch.Tensor, torch.Tensor]]
 
-    @property
-    def num_samples(self) -> int:
-        """Return the number of uploaded samples."""
-        return sum(int(y.shape[0]) for _, y in self.batches)
-
 
 def state_dict_spec(state_dict: Mapping[str, torch.Tensor]) -> dict[str, ArraySpec]:
     """Describe a model's state dict as the arrays a reply must carry."""

@@ -126,3 +126,25 @@ def test_same_seed_same_partition_across_strategies(tmp_path):
     for x, y in images[1:]:
         np.testing.assert_array_equal(x, images[0][0])
         np.testing.assert_array_equal(y, images[0][1])
+
+
+def test_splitfed_client_keeps_the_optimizer_state_of_its_last_batch(tmp_path):
+    # Prepare: a SplitFed client asked to keep its Adam state across rounds
+    config = app_config(tmp_path, algorithm="splitfed-ss", batch_size=32, keep_optimizer_state=True)
+    context = Context(
+        run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 4},
+        state=RecordDict(), run_config=config,
+    )
+    client, settings = _build_client(context)
+    base = {**settings.to_config(), "seed": 0, "server-round": 1}
+    model = [t.numpy() for t in client.split.client.state_dict().values()]
+    # Execute: a whole round of steps, feeding back zero gradients
+    step, grad, result = 0, None, None
+    while result is None:
+        client, _ = _build_client(context)
+        result, smashed, _ = client.step({**base, "step": step}, model if step == 0 else None, grad)
+        grad = None if smashed is None else np.zeros_like(smashed[0])
+        step += 1
+    # Assert: Adam counted one step per batch, the last one included
+    kept = context.state["splitfed.client-optimizer"].to_torch_state_dict()
+    assert int(kept["0.step"]) == step - 1
