@@ -1,8 +1,5 @@
-"""Flower clients of fsl-sage-flwr."""
+"""The clients of fsl-sage-flwr (canonical import: ``fsl_sage_flwr``)."""
 
-from clients.cse_fsl import CSEFSLClient
-from clients.fedavg import FedAvgClient
-from clients.fsl_sage import FSLSageClient
-from clients.splitfed import SplitFedClient
+from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
 
 __all__ = ["CSEFSLClient", "FedAvgClient", "FSLSageClient", "SplitFedClient"]

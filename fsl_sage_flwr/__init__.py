@@ -1,1 +1,29 @@
-"""fsl-sage-flwr: FSL-SAGE federated split learning (Nair et al., ICML 2025) for Flower."""
+"""FSL-SAGE federated split learning for Flower: the public API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Imported on first use, so that the core modules load without Flower's strategy
+# and client machinery (and without import cycles through this package).
+_PUBLIC = {
+    "SplitSpec": "fsl_sage_flwr.plugin",
+    "as_dataset": "fsl_sage_flwr.plugin",
+    "register_client": "fsl_sage_flwr.plugin",
+    "LocalTraining": "fsl_sage_flwr.wire",
+    "AlignmentSettings": "fsl_sage_flwr.strategies.fsl_sage",
+    "FSLSage": "fsl_sage_flwr.strategies.fsl_sage",
+    "FSLSageLegacy": "fsl_sage_flwr.strategies.legacy",
+    "FSLSageClient": "fsl_sage_flwr.clients.fsl_sage",
+    "ArrayDataset": "fsl_sage_flwr.data",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fsl_sage_flwr' has no attribute '{name}'")
+    import importlib
+
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

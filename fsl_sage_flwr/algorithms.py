@@ -16,16 +16,16 @@ from flwr.client import NumPyClient
 from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
-from clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
+from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import DatasetSplits
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.models import SplitModel, build_full_model, build_split_model
 from fsl_sage_flwr.training import evaluate_classifier
-from strategies import AlignmentSettings, FSLSage, ServerTraining
-from strategies.cse_fsl import CSEFSL
-from strategies.split_fedavg import SplitFedAvg, module_bytes
-from strategies.splitfed import SplitFed
+from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
+from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
+from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes
+from fsl_sage_flwr.strategies.splitfed import SplitFed
 
 
 @dataclass
@@ -62,14 +62,9 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
         "server_model": split.server,
         "cut_shape": split.cut_shape,
         "num_classes": data.num_classes,
-        "training": ServerTraining(
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            local_epochs=settings.local_epochs,
-            batch_size=settings.batch_size,
-            upload_interval=settings.upload_interval,
-            max_train_examples=len(data.train),
-        ),
+        "training": settings.local_training(),
+        "max_examples": len(data.train),
+        "max_rounds_without_replies": settings.max_rounds_without_replies,
         "testset": data.test,
         "fraction_train": settings.fraction_train,
         "min_train_nodes": settings.min_train_nodes,

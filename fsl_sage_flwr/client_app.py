@@ -1,32 +1,33 @@
-"""Flower ClientApp entry: turns Flower messages into NumPyClient calls and back.
+"""Flower ClientApp entry: serves the run's algorithm on this node's data.
 
-The only place that translates between Flower records and the clients' flat
-array lists; the records themselves are specified in ``fsl_sage_flwr.wire``.
+FSL-SAGE and CSE-FSL clients are NumPyClients served exactly as
+``ClientApp(client_fn=...)`` would serve them (``fsl_sage_flwr.plugin``); the
+FedAvg client answers Flower's Message-API FedAvg; SplitFed has its per-batch
+handler. The records are specified in ``fsl_sage_flwr.wire``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import FSLSageClient, SplitFedClient
 from fsl_sage_flwr.algorithms import build_split, get_algorithm
+from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset_cached, load_partition
 from fsl_sage_flwr.models import required_input_shape
+from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
-    AUX_KEY,
     CONFIG_KEY,
-    METRICS_KEY,
     GRAD_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
     SMASHED_KEY,
     SPLIT_STEP_ACTION,
-    WARMUP_ACTION,
     smashed_arrays_record,
 )
 
@@ -35,34 +36,24 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Run one local round of the run's algorithm and reply with its records."""
+    """Run one local round (or FSL-SAGE's warm-up) of the run's algorithm."""
     client, settings = _build_client(context)
-    parameters, config = _request_to_numpy(msg.content, settings)
-    arrays, num_examples, metrics = client.fit(parameters, config)
+    if isinstance(client, SplitFedClient):
+        raise ValueError(f"'{settings.algorithm}' trains through per-batch '{SPLIT_STEP_ACTION}' messages")
+    if isinstance(client, FedAvgClient):
+        return _fedavg_reply(client, msg)
+    return numpy_client_reply(client, msg)
+
+
+def _fedavg_reply(client: FedAvgClient, msg: Message) -> Message:
+    """Answer Flower's Message-API FedAvg: named arrays in, named arrays and metrics out."""
+    arrays = msg.content.array_records[ARRAYS_KEY]
+    parameters, num_examples, metrics = client.fit(arrays.to_numpy_ndarrays(), dict(msg.content.config_records[CONFIG_KEY]))
     keys = list(client.shared_model.state_dict())
     reply = RecordDict(
         {
-            ARRAYS_KEY: ArrayRecord({k: torch.from_numpy(a) for k, a in zip(keys, arrays)}),
-            METRICS_KEY: MetricRecord({**metrics, "num-examples": num_examples}),
-        }
-    )
-    if client.uploads_smashed:
-        reply[SMASHED_KEY] = smashed_arrays_record(*arrays[len(keys) :])
-    return Message(content=reply, reply_to=msg)
-
-
-@app.train(WARMUP_ACTION)
-def warmup(msg: Message, context: Context) -> Message:
-    """FSL-SAGE warm-up: one batch of activations of the initial client model."""
-    client, settings = _build_client(context)
-    if not isinstance(client, FSLSageClient):
-        raise ValueError(f"warm-up is part of fsl-sage, not of '{settings.algorithm}'")
-    parameters, config = _request_to_numpy(msg.content, settings)
-    z, y = client.warmup_batch(parameters, config)
-    reply = RecordDict(
-        {
-            SMASHED_KEY: smashed_arrays_record(z, y, np.asarray([len(y)], dtype=np.int64)),
-            METRICS_KEY: MetricRecord({"partition-id": client.partition_id, "num-examples": len(client.y)}),
+            ARRAYS_KEY: ArrayRecord({k: torch.from_numpy(a) for k, a in zip(keys, parameters)}),
+            METRICS_KEY: MetricRecord({**metrics, NUM_EXAMPLES_KEY: num_examples}),
         }
     )
     return Message(content=reply, reply_to=msg)
@@ -74,7 +65,7 @@ def split_step(msg: Message, context: Context) -> Message:
     client, settings = _build_client(context)
     if not isinstance(client, SplitFedClient):
         raise ValueError(f"per-batch steps are part of SplitFed, not of '{settings.algorithm}'")
-    config = {**settings.to_config(), **dict(msg.content.config_records[CONFIG_KEY])}
+    config = dict(msg.content.config_records[CONFIG_KEY])
     model = msg.content.array_records.get(ARRAYS_KEY)
     grad = msg.content.array_records.get(GRAD_KEY)
     state, smashed, metrics = client.step(
@@ -111,14 +102,3 @@ def _build_client(context: Context) -> tuple[Any, RunSettings]:
     split = build_split(settings, load_dataset_cached(settings.dataset, **data_args))
     client_class = get_algorithm(settings.algorithm).client_class
     return client_class(split, trainset, partition_id, context.state), settings
-
-
-def _request_to_numpy(content: RecordDict, settings: RunSettings) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Flatten a request into a NumPyClient's parameter list and config dict."""
-    parameters = content.array_records[ARRAYS_KEY].to_numpy_ndarrays()
-    aux = content.array_records.get(AUX_KEY)
-    if aux is not None:
-        parameters += aux.to_numpy_ndarrays()
-    config: dict[str, Any] = {**settings.to_config(), **dict(content.config_records[CONFIG_KEY])}
-    config["aux-included"] = aux is not None
-    return parameters, config

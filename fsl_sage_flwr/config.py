@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsl_sage_flwr.wire import LocalTraining
+
 
 def _key(name: str, help_text: str) -> Any:
     return field(metadata={"key": name, "help": help_text})
@@ -46,6 +48,9 @@ class RunSettings:
     align_lr: float = _key("align-lr", "Adam learning rate of the alignment")
     keep_optimizer_state: bool = _key("keep-optimizer-state", "keep client Adam state across rounds")
     client_threads: int = _key("client-threads", "torch threads per client")
+    max_rounds_without_replies: int = _key(
+        "max-rounds-without-replies", "stop the run after this many rounds in a row without an accepted reply"
+    )
     seed: int = _key("seed", "seed of data split, models and sampling")
     output_dir: str = _key("output-dir", "results folder; relative paths go under $HOME")
     run_name: str = _key("run-name", "results subfolder; empty = timestamp and algorithm")
@@ -70,6 +75,18 @@ class RunSettings:
         settings._check()
         return settings
 
+    def local_training(self) -> LocalTraining:
+        """The settings the strategy sends to every client each round."""
+        return LocalTraining(
+            batch_size=self.batch_size,
+            local_epochs=self.local_epochs,
+            upload_interval=self.upload_interval,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            keep_optimizer_state=self.keep_optimizer_state,
+            seed=self.seed,
+        )
+
     def to_config(self) -> dict[str, Any]:
         """Return the settings as a flat run-config mapping (kebab-case keys)."""
         return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -84,6 +101,7 @@ class RunSettings:
             "buffer-size": self.buffer_size,
             "align-batch-size": self.align_batch_size,
             "client-threads": self.client_threads,
+            "max-rounds-without-replies": self.max_rounds_without_replies,
             "min-train-nodes": self.min_train_nodes,
             "min-available-nodes": self.min_available_nodes,
         }

@@ -83,7 +83,7 @@ def main(grid: Grid, context: Context) -> None:
         grid=metered,
         initial_arrays=setup.initial_arrays,
         num_rounds=settings.num_server_rounds,
-        train_config=ConfigRecord({"seed": settings.seed}),
+        train_config=ConfigRecord(settings.local_training().to_config()),  # read by Flower's FedAvg only
         evaluate_fn=evaluate,
     )
     final_arrays = result.arrays if result.arrays is not None else setup.initial_arrays

@@ -1,23 +1,32 @@
-"""The FSL-SAGE wire contract between the strategy and the client, and its checks.
+"""The wire contract between the split strategies and their clients, and its checks.
 
-Request, server to client (message type ``train``, or ``train.warmup`` once at start):
+FSL-SAGE and CSE-FSL speak Flower's own ``fit`` layout, the one a ``NumPyClient``
+reads and writes, so the same client serves a ``ClientApp(client_fn=...)``, the
+handlers of :func:`fsl_sage_flwr.register_client` and a legacy server alike.
+Positions inside the flat array lists are defined here and nowhere else:
+:class:`TrainRequest` and :class:`TrainReply` are the named records on either side.
 
-- ``"arrays"`` (ArrayRecord): the client-side model's state dict (parameters and
-  BatchNorm buffers), keyed by state-dict name.
-- ``"aux"`` (ArrayRecord, optional): the client's auxiliary model, present only
-  when the server aligned it since it last sent it.
-- ``"config"`` (ConfigRecord): ``server-round`` and the round's training settings.
+Request, server to client (message type ``train``):
 
-Reply, client to server:
+- ``"fitins.parameters"`` (ArrayRecord): the shared model's state-dict arrays in
+  state-dict order, then, when the config says ``aux-included``, the client's
+  auxiliary model's (FSL-SAGE only; the server aligned it since it last sent it).
+- ``"fitins.config"`` (ConfigRecord): ``server-round``, ``warmup`` (FSL-SAGE's
+  exchange before round 1: reply with one batch of activations, train nothing),
+  ``aux-included`` and the :class:`LocalTraining` settings the client must obey.
 
-- ``"arrays"`` (ArrayRecord): the trained client-side model, same keys, shapes and
-  dtypes as sent (absent in the warm-up reply: nothing was trained).
-- ``"smashed"`` (ArrayRecord): ``z`` float32 ``(n, *cut_shape)``, the activations
-  kept every q-th step; ``y`` int64 ``(n,)``, their labels; ``batch-sizes`` int64
-  ``(k,)``, how ``n`` splits into the k uploaded batches, in upload order.
-- ``"metrics"`` (MetricRecord, finite scalars only): ``num-examples`` (local
-  training samples, the FedAvg weight), ``partition-id``, ``local-steps`` and
-  ``peak-memory-bytes`` (see ``fsl_sage_flwr.memory``).
+Reply, client to server (what Flower makes of a ``NumPyClient.fit`` result):
+
+- ``"fitres.parameters"`` (ArrayRecord, keys ``"0"``, ``"1"``, ...): the trained
+  shared model's arrays in state-dict order (none in a warm-up reply), then
+  ``z`` float32 ``(n, *cut_shape)``, the activations kept every q-th step, ``y``
+  int64 ``(n,)``, their labels, and ``batch-sizes`` int64 ``(k,)``, how ``n``
+  splits into the k uploaded batches, in upload order.
+- ``"fitres.num_examples"`` (MetricRecord): the local training samples, the
+  FedAvg weight.
+- ``"fitres.metrics"`` (ConfigRecord, integers): ``partition-id``, ``local-steps``
+  and ``peak-memory-bytes`` (see ``fsl_sage_flwr.memory``).
+- ``"fitres.status"`` (ConfigRecord): Flower's status code and message.
 
 SplitFed exchanges (message type ``train.splitstep``), one pair per batch: the
 request carries ``config`` (``server-round``, ``step``), at step 0 the client
@@ -27,19 +36,22 @@ batch in ``"smashed"`` and ``partition-id``, ``num-examples`` and
 ``num-batches`` in ``"metrics"``; the reply to the last gradient carries the
 trained client model in ``"arrays"`` instead.
 
-Only numpy arrays and scalars travel; Flower serialises arrays as ``.npy`` without
-pickle. Every size is checked against what the server expects before use.
+Only numpy arrays and scalars travel; arrays are ``.npy`` bytes read without
+pickle. Every size is checked against what the server expects before decoding.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 ARRAYS_KEY = "arrays"
 AUX_KEY = "aux"
@@ -47,7 +59,26 @@ CONFIG_KEY = "config"
 SMASHED_KEY = "smashed"
 METRICS_KEY = "metrics"
 GRAD_KEY = "grad"
-WARMUP_ACTION = "warmup"
+# Flower's legacy ``fit`` layout (``flwr.compat``), which a NumPyClient reads and writes.
+REQUEST_ARRAYS_KEY = "fitins.parameters"
+REQUEST_CONFIG_KEY = "fitins.config"
+REPLY_ARRAYS_KEY = "fitres.parameters"
+REPLY_NUM_EXAMPLES_KEY = "fitres.num_examples"
+REPLY_METRICS_KEY = "fitres.metrics"
+REPLY_STATUS_KEY = "fitres.status"
+# Config keys of a request.
+SERVER_ROUND_KEY = "server-round"
+WARMUP_KEY = "warmup"
+AUX_INCLUDED_KEY = "aux-included"
+STEP_KEY = "step"
+# Metric keys of a reply.
+PARTITION_ID_KEY = "partition-id"
+NUM_EXAMPLES_KEY = "num-examples"
+LOCAL_STEPS_KEY = "local-steps"
+PEAK_MEMORY_KEY = "peak-memory-bytes"
+NUM_BATCHES_KEY = "num-batches"
+# Prefix of the auxiliary model's arrays in a request.
+AUX_PREFIX = "aux."
 # Room for the .npy header in front of an array's raw bytes.
 _NPY_HEADER_BYTES = 4096
 SPLIT_STEP_ACTION = "splitstep"
@@ -160,22 +191,7 @@ def parse_smashed(
     z = load_array("z", z_arr, ArraySpec((n, *cut_shape), "float32"))
     y = load_array("y", record["y"], ArraySpec((n,), "int64"))
     sizes = load_array("batch-sizes", record["batch-sizes"], ArraySpec((num_batches,), "int64"))
-    largest = max_batch if max_batch is not None else n
-    # Bounding each size before summing rules out int64 overflow in the sum.
-    if np.any(sizes < 2) or np.any(sizes > largest) or int(sizes.sum()) != n:
-        raise MalformedReplyError(
-            f"batch sizes {sizes.tolist()[:5]} must each be in [2, {largest}] and add up to {n}"
-        )
-    if not np.all(np.isfinite(z)):
-        raise MalformedReplyError("smashed 'z' holds NaN or inf")
-    if n and (y.min() < 0 or y.max() >= num_classes):
-        raise MalformedReplyError(f"labels outside [0, {num_classes})")
-    bounds = np.cumsum(sizes)[:-1]
-    batches = [
-        (torch.from_numpy(zb.copy()), torch.from_numpy(yb.copy()))
-        for zb, yb in zip(np.split(z, bounds), np.split(y, bounds))
-    ]
-    return SmashedUpload(batches)
+    return split_upload(z, y, sizes, num_classes=num_classes, max_batch=max_batch if max_batch is not None else n)
 
 
 def smashed_arrays_record(z: np.ndarray, y: np.ndarray, batch_sizes: np.ndarray) -> ArrayRecord:
@@ -219,3 +235,357 @@ def _check_array_header(
         )
     if dtype != expected.dtype:
         raise MalformedReplyError(f"array '{name}' has dtype {dtype}, expected {expected.dtype}")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _setting(key: str, default: Any) -> Any:
+    return field(default=default, metadata={"key": key})
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """The local-training settings every client must obey.
+
+    The strategy holds them, sends them in every train config and bounds each
+    reply by them, so a client never trains with other values than the server
+    checks against. Defaults are the paper's (Nair et al., ICML 2025): B = 256,
+    E = 1, q = 5, Adam with learning rate 1e-3 and weight decay 1e-4.
+
+    Attributes
+    ----------
+    batch_size : int
+        Local minibatch size B (at least 2: BatchNorm needs two samples).
+    local_epochs : int
+        Local epochs E per round.
+    upload_interval : int
+        q: keep ``(z, y)`` for upload every q-th local step.
+    lr, weight_decay : float
+        Adam settings of the client models (and of the server model).
+    keep_optimizer_state : bool
+        Clients keep their Adam state across rounds in ``Context.state``.
+    seed : int
+        Seeds the clients' batches and initialisation (with round and partition).
+    """
+
+    batch_size: int = _setting("batch-size", 256)
+    local_epochs: int = _setting("local-epochs", 1)
+    upload_interval: int = _setting("upload-interval", 5)
+    lr: float = _setting("lr", 1e-3)
+    weight_decay: float = _setting("weight-decay", 1e-4)
+    keep_optimizer_state: bool = _setting("keep-optimizer-state", False)
+    seed: int = _setting("seed", 0)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_setting(f.metadata["key"], getattr(self, f.name), f.type)
+        if self.batch_size < 2:
+            raise ValueError(f"'batch-size' must be >= 2 (BatchNorm needs two samples), got {self.batch_size}")
+        for key in ("local-epochs", "upload-interval"):
+            if self.to_config()[key] < 1:
+                raise ValueError(f"'{key}' must be >= 1, got {self.to_config()[key]}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"'lr' must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"'weight-decay' must be a finite number >= 0, got {self.weight_decay}")
+        if self.seed < 0:
+            raise ValueError(f"'seed' must be >= 0, got {self.seed}")
+
+    def to_config(self) -> dict[str, bool | int | float]:
+        """Return the settings as train-config entries."""
+        return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LocalTraining:
+        """Read the settings a strategy sent; raise ValueError naming a missing or bad key."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            key = f.metadata["key"]
+            if key not in config:
+                raise ValueError(
+                    f"train config lacks '{key}': serve this client with a strategy of "
+                    "fsl_sage_flwr, which sends the local-training settings every round"
+                )
+            value = config[key]
+            values[f.name] = float(value) if f.type == "float" and isinstance(value, int) and not isinstance(value, bool) else value
+        return cls(**values)
+
+    def max_uploaded(self, num_examples: int) -> int:
+        """The most samples a client of ``num_examples`` can upload in one round."""
+        steps = self.local_epochs * math.ceil(num_examples / self.batch_size)
+        return math.ceil(steps / self.upload_interval) * self.batch_size
+
+
+def _check_setting(key: str, value: Any, type_name: str) -> None:
+    expected = {"int": int, "float": float, "bool": bool}[type_name]
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        raise ValueError(f"'{key}' must be {type_name}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A train request as a client reads it: named arrays and settings."""
+
+    server_round: int
+    training: LocalTraining
+    warmup: bool
+    shared: dict[str, np.ndarray]
+    aux: dict[str, np.ndarray] | None
+
+
+def request_content(
+    shared: ArrayRecord,
+    *,
+    server_round: int,
+    training: LocalTraining,
+    aux: ArrayRecord | None = None,
+    warmup: bool = False,
+) -> RecordDict:
+    """Build a train request in Flower's ``fit`` layout (see the module docstring)."""
+    arrays = {name: shared[name] for name in shared.keys()}
+    if aux is not None:
+        arrays.update({AUX_PREFIX + name: aux[name] for name in aux.keys()})
+    config = {
+        **training.to_config(),
+        SERVER_ROUND_KEY: server_round,
+        WARMUP_KEY: warmup,
+        AUX_INCLUDED_KEY: aux is not None,
+    }
+    return RecordDict(
+        {REQUEST_ARRAYS_KEY: ArrayRecord(array_dict=arrays), REQUEST_CONFIG_KEY: ConfigRecord(config)}
+    )
+
+
+def decode_request(
+    parameters: Sequence[np.ndarray],
+    config: Mapping[str, Any],
+    *,
+    shared_keys: Sequence[str],
+    aux_keys: Sequence[str] = (),
+) -> TrainRequest:
+    """Name the flat arrays a NumPyClient receives; raise ValueError on a mismatch."""
+    aux_included = bool(config.get(AUX_INCLUDED_KEY, False))
+    expected = len(shared_keys) + (len(aux_keys) if aux_included else 0)
+    if len(parameters) != expected:
+        raise ValueError(
+            f"request carries {len(parameters)} arrays, expected {expected} "
+            f"({len(shared_keys)} of the shared model{' and the auxiliary model' if aux_included else ''})"
+        )
+    shared = dict(zip(shared_keys, parameters[: len(shared_keys)]))
+    aux = dict(zip(aux_keys, parameters[len(shared_keys) :])) if aux_included else None
+    if SERVER_ROUND_KEY not in config:
+        raise ValueError(f"train config lacks '{SERVER_ROUND_KEY}'")
+    return TrainRequest(
+        server_round=int(config[SERVER_ROUND_KEY]),
+        training=LocalTraining.from_config(config),
+        warmup=bool(config.get(WARMUP_KEY, False)),
+        shared=shared,
+        aux=aux,
+    )
+
+
+# --------------------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A client's reply with its fields named; :meth:`to_fit_result` lays it out.
+
+    ``shared`` is absent in a warm-up reply; ``smashed`` (``z``, ``y``, batch
+    sizes, as :func:`pack_uploads` returns them) is absent for FedAvg.
+    """
+
+    partition_id: int
+    num_examples: int
+    shared: dict[str, np.ndarray] | None = None
+    smashed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    local_steps: int = 0
+    peak_memory_bytes: int = 0
+
+    def to_fit_result(self) -> tuple[list[np.ndarray], int, dict[str, int]]:
+        """Return what ``NumPyClient.fit`` returns: shared arrays, then ``z``, ``y``, batch sizes."""
+        arrays = list(self.shared.values()) if self.shared is not None else []
+        arrays += list(self.smashed) if self.smashed is not None else []
+        metrics = {
+            PARTITION_ID_KEY: int(self.partition_id),
+            LOCAL_STEPS_KEY: int(self.local_steps),
+            PEAK_MEMORY_KEY: int(self.peak_memory_bytes),
+        }
+        return arrays, int(self.num_examples), metrics
+
+
+def pack_uploads(
+    uploads: Sequence[tuple[torch.Tensor, torch.Tensor]], cut_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate kept ``(z, y)`` batches into ``z``, ``y`` and their batch sizes."""
+    if uploads:
+        z = torch.cat([zb for zb, _ in uploads]).detach().cpu().numpy().astype(np.float32)
+        y = torch.cat([yb for _, yb in uploads]).detach().cpu().numpy().astype(np.int64)
+    else:
+        z = np.zeros((0, *cut_shape), dtype=np.float32)
+        y = np.zeros((0,), dtype=np.int64)
+    sizes = np.asarray([int(yb.shape[0]) for _, yb in uploads], dtype=np.int64)
+    return z, y, sizes
+
+
+@dataclass
+class ParsedReply:
+    """A reply that passed every check, ready to use."""
+
+    node_id: int
+    partition_id: int
+    num_examples: int
+    arrays: ArrayRecord | None
+    upload: SmashedUpload
+    metrics: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplyBounds:
+    """What the server accepts in a reply: shapes, classes and sizes."""
+
+    cut_shape: tuple[int, ...]
+    num_classes: int
+    training: LocalTraining
+    max_examples: int
+
+
+_REPLY_METRICS = {PARTITION_ID_KEY, LOCAL_STEPS_KEY, PEAK_MEMORY_KEY}
+
+
+def parse_train_reply(
+    node_id: int,
+    content: RecordDict,
+    *,
+    shared_spec: Mapping[str, ArraySpec] | None,
+    bounds: ReplyBounds,
+) -> ParsedReply:
+    """Check a whole train reply before anything uses it; raise MalformedReplyError.
+
+    Parameters
+    ----------
+    node_id : int
+        The sender, as the transport reports it.
+    content : RecordDict
+        The reply in Flower's ``fit`` layout.
+    shared_spec : Mapping[str, ArraySpec], optional
+        The shared model's arrays, in order; ``None`` for a warm-up reply, which
+        carries activations only.
+    bounds : ReplyBounds
+        Cut shape, classes, the local-training settings and the largest
+        ``num-examples`` accepted.
+    """
+    expected = {REPLY_ARRAYS_KEY, REPLY_NUM_EXAMPLES_KEY, REPLY_METRICS_KEY, REPLY_STATUS_KEY}
+    if set(content.keys()) != expected:
+        raise MalformedReplyError(f"reply holds records {sorted(content.keys())}, expected {sorted(expected)}")
+    status = content.config_records.get(REPLY_STATUS_KEY)
+    if status is None or status.get("code") != 0:
+        message = status.get("message", "") if status is not None else "missing"
+        raise MalformedReplyError(f"client reports failure: {str(message)[:200]}")
+    num_examples = _strict_int(content.metric_records.get(REPLY_NUM_EXAMPLES_KEY, {}).get("num_examples"), "num-examples")
+    if not 1 <= num_examples <= bounds.max_examples:
+        raise MalformedReplyError(f"num-examples {num_examples} outside [1, {bounds.max_examples}]")
+    metrics = content.config_records.get(REPLY_METRICS_KEY)
+    if metrics is None or not set(metrics) <= _REPLY_METRICS or PARTITION_ID_KEY not in metrics:
+        raise MalformedReplyError(f"reply metrics must be {sorted(_REPLY_METRICS)} with '{PARTITION_ID_KEY}'")
+    values = {key: _strict_int(value, key) for key, value in metrics.items()}
+    if min(values.values()) < 0:
+        raise MalformedReplyError("reply metrics must not be negative")
+    record = content.array_records.get(REPLY_ARRAYS_KEY)
+    if record is None:
+        raise MalformedReplyError(f"'{REPLY_ARRAYS_KEY}' is not an array record")
+    specs = list((shared_spec or {}).items())
+    if list(record.keys()) != [str(i) for i in range(len(specs) + 3)]:
+        raise MalformedReplyError(
+            f"reply carries {len(record.keys())} arrays, expected {len(specs) + 3} "
+            f"({len(specs)} model arrays, then z, y, batch-sizes)"
+        )
+    arrays = [record[str(i)] for i in range(len(specs) + 3)]
+    decoded = {name: _read_npy(name, array, spec) for (name, spec), array in zip(specs, arrays)}
+    for name, values_ in decoded.items():
+        if values_.dtype.kind == "f" and not np.all(np.isfinite(values_)):
+            raise MalformedReplyError(f"model array '{name}' holds NaN or inf")
+    # A training reply holds every q-th of its steps; a warm-up reply one batch.
+    training = bounds.training
+    max_samples = training.max_uploaded(num_examples) if shared_spec is not None else training.batch_size
+    upload = _parse_upload(arrays[-3:], bounds, max_samples)
+    model = ArrayRecord(array_dict={k: to_array(v) for k, v in decoded.items()}) if shared_spec is not None else None
+    return ParsedReply(node_id, values[PARTITION_ID_KEY], num_examples, model, upload, values)
+
+
+def _parse_upload(arrays: list[Array], bounds: ReplyBounds, max_samples: int) -> SmashedUpload:
+    z_arr, y_arr, sizes_arr = arrays
+    z = _read_npy("z", z_arr, None, max_bytes=max_samples * math.prod(bounds.cut_shape) * 4)
+    if z.ndim != 1 + len(bounds.cut_shape) or z.dtype != np.float32 or z.shape[1:] != tuple(bounds.cut_shape):
+        raise MalformedReplyError(f"array 'z' has shape {z.shape} and dtype {z.dtype}, expected float32 (n, *{bounds.cut_shape})")
+    n = int(z.shape[0])
+    if n > max_samples:
+        raise MalformedReplyError(f"uploads {n} samples, more than the bound {max_samples}")
+    y = _read_npy("y", y_arr, ArraySpec((n,), "int64"))
+    sizes = _read_npy("batch-sizes", sizes_arr, None, max_bytes=8 * (n // 2))
+    if sizes.ndim != 1 or sizes.dtype != np.int64:
+        raise MalformedReplyError(f"array 'batch-sizes' must be an int64 vector, got {sizes.dtype} {sizes.shape}")
+    return split_upload(z, y, sizes, num_classes=bounds.num_classes, max_batch=bounds.training.batch_size)
+
+
+def split_upload(z: np.ndarray, y: np.ndarray, sizes: np.ndarray, *, num_classes: int, max_batch: int) -> SmashedUpload:
+    """Check decoded ``z``, ``y`` and batch sizes and split them into batches."""
+    n = len(y)
+    if len(sizes) > n // 2:
+        raise MalformedReplyError("smashed 'batch-sizes' must be a vector of at most n / 2 sizes")
+    # Bounding each size before summing rules out int64 overflow in the sum.
+    if np.any(sizes < 2) or np.any(sizes > max_batch) or int(sizes.sum()) != n:
+        raise MalformedReplyError(f"batch sizes {sizes.tolist()[:5]} must each be in [2, {max_batch}] and add up to {n}")
+    if not np.all(np.isfinite(z)):
+        raise MalformedReplyError("smashed 'z' holds NaN or inf")
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        raise MalformedReplyError(f"labels outside [0, {num_classes})")
+    bounds = np.cumsum(sizes)[:-1]
+    return SmashedUpload(
+        [
+            (torch.from_numpy(zb.copy()), torch.from_numpy(yb.copy()))
+            for zb, yb in zip(np.split(z, bounds), np.split(y, bounds))
+        ]
+    )
+
+
+def _read_npy(name: str, array: Array, expected: ArraySpec | None, *, max_bytes: int | None = None) -> np.ndarray:
+    """Decode one ``.npy`` payload after bounding its size and reading its header.
+
+    The header is checked against ``expected`` before the body is decoded, so
+    nothing large or foreign is materialised; pickled (object) arrays are refused.
+    """
+    if not isinstance(array, Array) or array.stype != "numpy.ndarray":
+        raise MalformedReplyError(f"array '{name}' is not a numpy array")
+    if expected is not None:
+        max_bytes = math.prod(expected.shape) * np.dtype(expected.dtype).itemsize
+    limit = (max_bytes or 0) + _NPY_HEADER_BYTES
+    if len(array.data) > limit:
+        raise MalformedReplyError(f"array '{name}' carries {len(array.data)} bytes, more than {limit}")
+    try:
+        stream = io.BytesIO(array.data)
+        version = np.lib.format.read_magic(stream)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(stream)
+        if expected is not None:
+            _check_array_header(name, shape, str(dtype), expected)
+        if dtype.hasobject:
+            raise MalformedReplyError(f"array '{name}' holds Python objects")
+        values = np.lib.format.read_array(io.BytesIO(array.data), allow_pickle=False)
+    except MalformedReplyError:
+        raise
+    except Exception as err:  # any decoding failure is the sender's fault
+        raise MalformedReplyError(f"array '{name}' does not decode: {type(err).__name__}") from err
+    if expected is not None:
+        _check_array_header(f"{name} (decoded)", values.shape, str(values.dtype), expected)
+    return values
+
+
+def _strict_int(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedReplyError(f"'{key}' must be an integer, got {type(value).__name__}")
+    return value

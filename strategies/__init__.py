@@ -1,6 +1,7 @@
-"""Flower strategies of fsl-sage-flwr."""
+"""The strategies of fsl-sage-flwr (canonical import: ``fsl_sage_flwr``)."""
 
-from strategies.fsl_sage import AlignmentSettings, FSLSage
-from strategies.split_fedavg import ServerTraining, SplitFedAvg
+from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage, FSLSageLegacy, SplitFedAvg
+from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
+from fsl_sage_flwr.strategies.splitfed import SplitFed
 
-__all__ = ["AlignmentSettings", "FSLSage", "ServerTraining", "SplitFedAvg"]
+__all__ = ["CSEFSL", "AlignmentSettings", "FSLSage", "FSLSageLegacy", "SplitFed", "SplitFedAvg"]

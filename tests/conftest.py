@@ -7,7 +7,18 @@ from collections.abc import Callable, Iterable
 
 import pytest
 from flwr.app import Message, Metadata, RecordDict
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 from flwr.supercore.task_identity import TaskIdentity
+
+from fsl_sage_flwr.wire import TrainReply
+
+
+def fit_reply_content(reply: TrainReply) -> RecordDict:
+    """The records a NumPyClient's ``fit`` result becomes on its way to the server."""
+    arrays, num_examples, metrics = reply.to_fit_result()
+    fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, metrics)
+    return fitres_to_recorddict(fit_res, keep_input=False)
 
 
 def reply_from(node_id: int, content: RecordDict, message_type: str = "train") -> Message:

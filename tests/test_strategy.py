@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import logging
 
 import numpy as np
@@ -12,9 +13,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fsl_sage_flwr.estimation import server_step
 from fsl_sage_flwr.models import build_split_model
-from fsl_sage_flwr.wire import smashed_arrays_record
-from strategies import AlignmentSettings, FSLSage, ServerTraining
-from tests.conftest import ScriptedGrid, reply_from
+from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
+from fsl_sage_flwr.wire import LocalTraining, TrainReply
+from tests.conftest import ScriptedGrid, fit_reply_content, reply_from
 
 NODES = {101: 0, 202: 1}  # node id -> partition id
 
@@ -28,7 +29,7 @@ def _strategy(align_interval: int = 2) -> tuple[FSLSage, object]:
         server_model=split.server,
         aux_factory=lambda: build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8)).aux,
         alignment=AlignmentSettings(interval=align_interval, epochs=3, batch_size=64),
-        training=ServerTraining(batch_size=8, upload_interval=1),
+        training=LocalTraining(batch_size=8, upload_interval=1),
         cut_shape=split.cut_shape,
         num_classes=10,
         min_train_nodes=1,
@@ -45,28 +46,23 @@ def _smashed(partition: int, n: int = 8, batches: int = 2) -> tuple[np.ndarray, 
 
 
 def _train_reply(node_id: int, weights: ArrayRecord, num_examples: int) -> RecordDict:
-    return RecordDict(
-        {
-            "arrays": weights,
-            "smashed": smashed_arrays_record(*_smashed(NODES[node_id])),
-            "metrics": MetricRecord({"num-examples": num_examples, "partition-id": NODES[node_id]}),
-        }
-    )
+    return fit_reply_content(_named_reply(node_id, weights, num_examples))
+
+
+def _named_reply(node_id: int, weights: ArrayRecord | None, num_examples: int, **changes) -> TrainReply:
+    shared = {k: v.numpy() for k, v in weights.to_torch_state_dict().items()} if weights is not None else None
+    fields = {"partition_id": NODES[node_id], "num_examples": num_examples, "shared": shared, "smashed": _smashed(NODES[node_id])}
+    return TrainReply(**{**fields, **changes})
 
 
 def _warm(strategy: FSLSage, split) -> None:
     def respond(msg):
         node = msg.metadata.dst_node_id
         z, y, _ = _smashed(NODES[node], n=8, batches=1)
-        content = RecordDict(
-            {
-                "smashed": smashed_arrays_record(z, y, np.asarray([8], np.int64)),
-                "metrics": MetricRecord({"num-examples": 50, "partition-id": NODES[node]}),
-            }
-        )
-        return reply_from(node, content, "train.warmup")
+        reply = TrainReply(partition_id=NODES[node], num_examples=50, smashed=(z, y, np.asarray([8], np.int64)))
+        return reply_from(node, fit_reply_content(reply))
 
-    strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()), ConfigRecord())
+    strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()))
 
 
 def _scaled_weights(split, factor: float) -> ArrayRecord:
@@ -85,7 +81,9 @@ def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
     assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODES)
     for message in messages:
         node = message.metadata.dst_node_id
-        sent = message.content.array_records["aux"].to_torch_state_dict()
+        record = message.content.array_records["fitins.parameters"]
+        sent = {k.removeprefix("aux."): torch.from_numpy(record[k].numpy()) for k in record.keys() if k.startswith("aux.")}
+        assert message.content.config_records["fitins.config"]["aux-included"] is True
         for name, value in strategy._slots[node].aux.state_dict().items():
             torch.testing.assert_close(sent[name], value)
         assert not torch.equal(sent["0.weight"], unaligned[NODES[node]]["0.weight"])
@@ -103,7 +101,8 @@ def test_aux_travels_again_only_after_it_changed():
     # Execute
     messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
     # Assert
-    assert all("aux" not in m.content.array_records for m in messages)
+    assert all(not any(k.startswith("aux.") for k in m.content.array_records["fitins.parameters"].keys()) for m in messages)
+    assert all(m.content.config_records["fitins.config"]["aux-included"] is False for m in messages)
 
 
 def test_aggregation_is_fedavg_weighted_by_sample_counts():
@@ -161,42 +160,42 @@ def test_aux_models_are_aligned_per_client_and_never_averaged():
     assert strategy._slots[202].aux_pending
 
 
-def _break(kind: str, content: RecordDict) -> RecordDict:
-    if kind == "missing-arrays":
-        del content["arrays"]
-    elif kind == "wrong-shape":
-        state = content["arrays"].to_torch_state_dict()
-        state["0.weight"] = torch.zeros(3, 3)
-        content["arrays"] = ArrayRecord(state)
-    elif kind == "wrong-dtype":
-        z, y, sizes = _smashed(1)
-        content["smashed"] = smashed_arrays_record(z.astype(np.float64), y, sizes)
-    elif kind == "nan":
-        z, y, sizes = _smashed(1)
-        z[0, 0, 0, 0] = np.nan
-        content["smashed"] = smashed_arrays_record(z, y, sizes)
-    elif kind == "missing-smashed":
-        del content["smashed"]
-    elif kind == "label-out-of-range":
-        z, y, sizes = _smashed(1)
-        y[0] = 99
-        content["smashed"] = smashed_arrays_record(z, y, sizes)
-    elif kind == "extra-metric-record":
+def _break(kind: str, split) -> RecordDict:
+    """A reply of node 202 broken in one way."""
+    weights = _scaled_weights(split, 5.0)
+    z, y, sizes = _smashed(1)
+    reply_changes = {
+        "missing-arrays": {"shared": None},
+        "missing-smashed": {"smashed": None},
+        "wrong-dtype": {"smashed": (z.astype(np.float64), y, sizes)},
+        "nan": {"smashed": (np.where(np.arange(z.size).reshape(z.shape) == 0, np.nan, z).astype(np.float32), y, sizes)},
+        "label-out-of-range": {"smashed": (z, np.where(np.arange(len(y)) == 0, 99, y), sizes)},
+        "overflowing-batch-sizes": {"smashed": (z, y, np.asarray([2**62, 2**62, 2**62, 2**62 + 16], np.int64))},
+        "one-sample-batch": {"smashed": (z, y, np.asarray([1, 15], np.int64))},
+        # 30 examples at B = 8 allow 4 batches, not 5
+        "too-many-samples": {"smashed": _smashed(1, n=8, batches=5)},
+    }
+    if kind == "wrong-shape":
+        reply = _named_reply(202, weights, 30)
+        reply.shared["0.weight"] = np.zeros((3, 3), np.float32)
+        return fit_reply_content(reply)
+    content = fit_reply_content(_named_reply(202, weights, 30, **reply_changes.get(kind, {})))
+    arrays = content["fitres.parameters"]
+    z_key = str(len(arrays.keys()) - 3)
+    if kind == "extra-metric-record":
         content["more"] = MetricRecord({"x": 1.0})
     elif kind == "list-metric":
-        content["metrics"]["peak-memory-bytes"] = [1, 2]
-    elif kind == "header-data-mismatch":  # declared float32 (16, 16, 2, 2), bytes of a small array
-        fake = Array(dtype="float32", shape=(16, 16, 2, 2), stype="numpy.ndarray", data=Array(np.zeros(3, np.float32)).data)
-        content["smashed"]["z"] = fake
-    elif kind == "overflowing-batch-sizes":
-        z, y, _ = _smashed(1)
-        huge = np.asarray([2**62, 2**62, 2**62, 2**62 + 16], np.int64)
-        content["smashed"] = smashed_arrays_record(z, y, huge)
-    elif kind == "one-sample-batch":
-        z, y, _ = _smashed(1)
-        content["smashed"] = smashed_arrays_record(z, y, np.asarray([1, 15], np.int64))
-    elif kind == "too-many-samples":  # 30 examples at B = 8 allow 4 batches, not 5
-        content["smashed"] = smashed_arrays_record(*_smashed(1, n=8, batches=5))
+        content["fitres.metrics"]["peak-memory-bytes"] = [1, 2]
+    elif kind == "float-partition-id":
+        content["fitres.metrics"]["partition-id"] = 1.0
+    elif kind == "truncated-npy":
+        arrays[z_key] = Array(dtype="", shape=(), stype="numpy.ndarray", data=arrays[z_key].data[:200])
+    elif kind == "pickled-objects":
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray([{"a": 1}] * 16, dtype=object), allow_pickle=True)
+        arrays[z_key] = Array(dtype="", shape=(), stype="numpy.ndarray", data=buffer.getvalue())
+    elif kind == "error-status":
+        content["fitres.status"]["code"] = 3
     return content
 
 
@@ -204,8 +203,8 @@ def _break(kind: str, content: RecordDict) -> RecordDict:
     "kind",
     [
         "missing-arrays", "wrong-shape", "wrong-dtype", "nan", "missing-smashed", "label-out-of-range",
-        "too-many-samples", "extra-metric-record", "list-metric", "header-data-mismatch",
-        "overflowing-batch-sizes", "one-sample-batch",
+        "too-many-samples", "extra-metric-record", "list-metric", "truncated-npy", "pickled-objects",
+        "overflowing-batch-sizes", "one-sample-batch", "float-partition-id", "error-status",
     ],
 )
 def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, caplog):
@@ -215,7 +214,7 @@ def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, ca
     _warm(clean, split)
     _warm(dirty, split)
     good = reply_from(101, _train_reply(101, _scaled_weights(split, 1.0), 20))
-    bad = reply_from(202, _break(kind, _train_reply(202, _scaled_weights(split, 5.0), 30)))
+    bad = reply_from(202, _break(kind, split))
     # Execute
     with caplog.at_level(logging.WARNING, logger="flwr"):
         dirty_arrays, _ = dirty.aggregate_train(1, [bad, good])
@@ -238,17 +237,12 @@ def test_a_one_sample_warm_up_batch_is_dropped_not_fatal(caplog):
         node = msg.metadata.dst_node_id
         n = 8 if node == 101 else 1
         z, y, _ = _smashed(NODES[node], n=n, batches=1)
-        content = RecordDict(
-            {
-                "smashed": smashed_arrays_record(z, y, np.asarray([n], np.int64)),
-                "metrics": MetricRecord({"num-examples": 50, "partition-id": NODES[node]}),
-            }
-        )
-        return reply_from(node, content, "train.warmup")
+        reply = TrainReply(partition_id=NODES[node], num_examples=50, smashed=(z, y, np.asarray([n], np.int64)))
+        return reply_from(node, fit_reply_content(reply))
 
     # Execute
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()), ConfigRecord())
+        strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()))
     # Assert: node 101 is registered, node 202 is not, and the log says why
     assert set(strategy._slots) == {101}
     assert any("dropped reply from node 202" in r.getMessage() for r in caplog.records)

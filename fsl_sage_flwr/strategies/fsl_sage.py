@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import INFO, WARNING
+from logging import INFO
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -18,8 +18,8 @@ from torch import nn
 from fsl_sage_flwr.alignment import align_auxiliary
 from fsl_sage_flwr.buffer import SmashedBuffer
 from fsl_sage_flwr.training import derive_seed, make_adam
-from fsl_sage_flwr.wire import ARRAYS_KEY, AUX_KEY, CONFIG_KEY, WARMUP_ACTION, MalformedReplyError
-from strategies.split_fedavg import ParsedReply, SplitFedAvg, module_bytes, optimizer_bytes
+from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes, optimizer_bytes
+from fsl_sage_flwr.wire import MalformedReplyError, ParsedReply, request_content
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class FSLSage(SplitFedAvg):
         """Run the warm-up exchange, then Flower's round loop (see FedAvg.start)."""
         self._timeout = timeout
         self._num_rounds = num_rounds
-        self.warm_up(grid, initial_arrays, train_config or ConfigRecord())
+        self.warm_up(grid, initial_arrays)
         return super().start(
             grid,
             initial_arrays,
@@ -105,59 +105,98 @@ class FSLSage(SplitFedAvg):
             evaluate_fn=evaluate_fn,
         )
 
-    def warm_up(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord) -> None:
+    def warm_up(self, grid: Grid, arrays: ArrayRecord) -> None:
         """Register every connected node without a slot, and align its aux.
 
-        Waits until ``min_available_nodes`` are connected. Each new node returns
-        one batch of activations of the current client model; the server trains
-        on it, buffers it and aligns that node's fresh auxiliary model.
+        Waits until ``min_available_nodes`` are connected. Each new node gets an
+        ordinary train message flagged ``warmup`` and returns one batch of
+        activations of the current client model; the server trains on it,
+        buffers it and aligns that node's fresh auxiliary model.
+
+        Raises
+        ------
+        RuntimeError
+            When no node at all is warmed up afterwards, naming the first reasons.
         """
         new_nodes = [n for n in self._wait_for_nodes(grid) if n not in self._slots]
         if not new_nodes:
             return
         log(INFO, "warm-up: one batch of activations from each of %d new node(s)", len(new_nodes))
-        record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
-        message_type = f"{MessageType.TRAIN}.{WARMUP_ACTION}"
-        messages = [Message(content=record, dst_node_id=n, message_type=message_type) for n in new_nodes]
-        parsed = []
+        messages = [
+            Message(content=self.warm_up_request(arrays), dst_node_id=n, message_type=MessageType.TRAIN)
+            for n in new_nodes
+        ]
+        replies = []
         for msg in grid.send_and_receive(messages, timeout=self._timeout):
+            if msg.has_error():
+                self.log_dropped(msg.metadata.src_node_id, f"error reply: {msg.error.reason}")
+            else:
+                replies.append((msg.metadata.src_node_id, msg.content))
+        self.accept_warm_up(replies)
+
+    def warm_up_request(self, arrays: ArrayRecord) -> RecordDict:
+        """The content of a warm-up request: the client model and the ``warmup`` flag."""
+        return request_content(arrays, server_round=0, training=self.training, warmup=True)
+
+    def accept_warm_up(self, replies: Iterable[tuple[int, RecordDict]]) -> None:
+        """Register the nodes of valid warm-up replies: train on, buffer and align their batch.
+
+        Raises
+        ------
+        RuntimeError
+            When no node at all is warmed up afterwards, naming the first reasons.
+        """
+        parsed = []
+        for node_id, content in replies:
             try:
-                parsed.append(self.parse_reply(msg, expect_model=False))
+                parsed.append(self.parse_reply(node_id, content, expect_model=False))
             except MalformedReplyError as err:
-                self.log_dropped(msg, err)
+                self.log_dropped(node_id, err)
         taken = {slot.partition_id for slot in self._slots.values()}
         for reply in sorted(parsed, key=lambda r: r.partition_id):
             if reply.partition_id in taken:
-                log(WARNING, "dropped warm-up reply from node %d: partition %d is taken", reply.node_id, reply.partition_id)
+                self.log_dropped(reply.node_id, f"warm-up claims partition {reply.partition_id}, which is taken")
                 continue
             taken.add(reply.partition_id)
             slot = self._new_slot(reply.partition_id)
             self._slots[reply.node_id] = slot
             self.train_server_on(reply)
             self._align(slot, server_round=0)
+        if not self._slots:
+            reasons = "; ".join(self._drop_reasons[:3]) or "no reply arrived"
+            raise RuntimeError(f"warm-up: no node warmed up, the run cannot train; first reasons: {reasons}")
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the client model, and a node's aux when it was re-aligned, to sampled nodes."""
-        self.warm_up(grid, arrays, config)  # nodes that joined late
-        node_ids = self._sample(server_round, set(grid.get_node_ids()))
-        log(INFO, "configure_train: sampled %d of %d nodes", len(node_ids), len(self._slots))
-        config = ConfigRecord({**dict(config), "server-round": server_round})
-        messages = []
-        self._aux_in_flight = set()
-        for node_id in node_ids:
-            slot = self._slots[node_id]
-            content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
-            if slot.aux_pending:
-                content[AUX_KEY] = ArrayRecord(slot.aux.state_dict())
-                self._aux_in_flight.add(node_id)
-            messages.append(Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN))
-        return messages
+        """Warm up late joiners, then send the client model (and re-aligned auxes) to sampled nodes."""
+        self.warm_up(grid, arrays)
+        requests = self.train_requests(server_round, arrays, set(grid.get_node_ids()))
+        log(INFO, "configure_train: sampled %d of %d nodes", len(requests), len(self._slots))
+        return [Message(content=c, dst_node_id=n, message_type=MessageType.TRAIN) for n, c in requests]
 
-    def parse_reply(self, msg: Message, *, expect_model: bool) -> ParsedReply:
-        """Check a reply; a training reply must come from a warmed-up node."""
-        reply = super().parse_reply(msg, expect_model=expect_model)
+    def train_requests(
+        self, server_round: int, arrays: ArrayRecord, connected: set[int]
+    ) -> list[tuple[int, RecordDict]]:
+        """Sample warmed-up nodes among ``connected`` and build each one's request.
+
+        A node's request carries its aux when the server aligned it since it last
+        sent it (Nair et al., ICML 2025, Alg. 1).
+        """
+        self._aux_in_flight = set()
+        requests = []
+        for node_id in self.sample_nodes(server_round, connected):
+            slot = self._slots[node_id]
+            aux = None
+            if slot.aux_pending:
+                aux = ArrayRecord(slot.aux.state_dict())
+                self._aux_in_flight.add(node_id)
+            requests.append((node_id, request_content(arrays, server_round=server_round, training=self.training, aux=aux)))
+        return requests
+
+    def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
+        """Check a reply; a training reply must come from a warmed-up node and keep its partition."""
+        reply = super().parse_reply(node_id, content, expect_model=expect_model)
         if expect_model:
             slot = self._slots.get(reply.node_id)
             if slot is None:
@@ -188,6 +227,10 @@ class FSLSage(SplitFedAvg):
                 if slot.buffer_changed:
                     self._align(slot, server_round)
 
+    def is_registered(self, node_id: int) -> bool:
+        """Whether ``node_id`` took part in a warm-up and has a slot."""
+        return node_id in self._slots
+
     def describe_node(self, node_id: int) -> str:
         """Name the node's partition in log lines."""
         slot = self._slots.get(node_id)
@@ -208,7 +251,7 @@ class FSLSage(SplitFedAvg):
             time.sleep(1.0)
         return node_ids
 
-    def _sample(self, server_round: int, connected: set[int]) -> list[int]:
+    def sample_nodes(self, server_round: int, connected: set[int]) -> list[int]:
         """Seeded sampling over partition ids, which stay fixed while node ids do not."""
         by_partition = sorted((n for n in self._slots if n in connected), key=lambda n: self._slots[n].partition_id)
         wanted = max(int(len(by_partition) * self.fraction_train), self.min_train_nodes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strategies.split_fedavg import SplitFedAvg
+from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
 
 
 class CSEFSL(SplitFedAvg):

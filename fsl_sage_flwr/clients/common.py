@@ -1,4 +1,4 @@
-"""Helpers the clients share: flat array lists, upload packing, optimizer state in Context."""
+"""Helpers the clients share: loading arrays into models, optimizer state in Context."""
 
 from __future__ import annotations
 
@@ -13,26 +13,20 @@ def state_to_numpy(module: nn.Module) -> list[np.ndarray]:
     return [t.detach().cpu().numpy().copy() for t in module.state_dict().values()]
 
 
+def load_named(module: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load named arrays into ``module``; raise ValueError unless the names match exactly."""
+    expected = list(module.state_dict())
+    if list(arrays) != expected:
+        raise ValueError(f"expected the {len(expected)} arrays of {type(module).__name__}, got {len(arrays)}")
+    module.load_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in arrays.items()})
+
+
 def load_numpy(module: nn.Module, arrays: list[np.ndarray]) -> None:
     """Load a flat list of arrays (state-dict order) into ``module``."""
     keys = list(module.state_dict())
     if len(arrays) != len(keys):
         raise ValueError(f"expected {len(keys)} arrays, got {len(arrays)}")
     module.load_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in zip(keys, arrays)})
-
-
-def pack_uploads(
-    uploads: list[tuple[torch.Tensor, torch.Tensor]], cut_shape: tuple[int, ...]
-) -> list[np.ndarray]:
-    """Concatenate kept ``(z, y)`` batches into ``[z, y, batch_sizes]`` arrays."""
-    if uploads:
-        z = torch.cat([zb for zb, _ in uploads]).numpy().astype(np.float32)
-        y = torch.cat([yb for _, yb in uploads]).numpy().astype(np.int64)
-    else:
-        z = np.zeros((0, *cut_shape), dtype=np.float32)
-        y = np.zeros((0,), dtype=np.int64)
-    sizes = np.asarray([int(yb.shape[0]) for _, yb in uploads], dtype=np.int64)
-    return [z, y, sizes]
 
 
 def save_optimizer_state(optimizer: torch.optim.Optimizer, state: RecordDict, key: str) -> None:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from clients.common import load_numpy
-from clients.local_training import LocalTrainingClient
+from fsl_sage_flwr.clients.common import load_named
+from fsl_sage_flwr.clients.local_training import LocalTrainingClient
 from fsl_sage_flwr.estimation import client_step, preserved_buffers
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.training import derive_seed, minibatches
+from fsl_sage_flwr.wire import TrainReply, TrainRequest
 
 AUX_STATE_KEY = "fsl-sage.aux"
 
@@ -28,10 +27,9 @@ class FSLSageClient(LocalTrainingClient):
     in Flower's ``Context.state`` between rounds, with the optimizer state when
     ``keep-optimizer-state`` is set.
 
-    The flat parameter list of ``fit`` is the client model's state dict in order,
-    followed by the auxiliary model's when ``config["aux-included"]`` is true. It
-    returns the client model's state dict in order, then ``z``, ``y`` and the
-    upload batch sizes (``fsl_sage_flwr.wire`` gives the records around them).
+    Serve it as any NumPyClient (``ClientApp(client_fn=lambda ctx: client.to_client())``)
+    or through :func:`fsl_sage_flwr.register_client`; the warm-up before round 1
+    is an ordinary ``fit`` call whose config says ``warmup``.
     """
 
     @property
@@ -44,36 +42,39 @@ class FSLSageClient(LocalTrainingClient):
         """Client model and auxiliary model."""
         return [self.split.client, self.split.aux]
 
+    @property
+    def aux_keys(self) -> list[str]:
+        """The auxiliary model's state-dict names: the server sends it when re-aligned."""
+        return list(self.split.aux.state_dict())
+
     def step(
         self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, meter: PeakMemoryMeter
     ) -> torch.Tensor:
         """Backpropagate the auxiliary model's cut-layer gradient estimate."""
         return client_step(self.split.client, self.split.aux, optimizer, x, y, meter)
 
-    def load_parameters(self, parameters: list[np.ndarray], config: dict[str, Any]) -> None:
+    def load_request(self, request: TrainRequest) -> None:
         """Load the client model, and the aux when sent (else the one kept in state)."""
-        n_client = len(self.split.client.state_dict())
-        load_numpy(self.split.client, parameters[:n_client])
-        if config.get("aux-included", False):
-            load_numpy(self.split.aux, parameters[n_client:])
+        load_named(self.split.client, request.shared)
+        if request.aux is not None:
+            load_named(self.split.aux, request.aux)
             self.state[AUX_STATE_KEY] = ArrayRecord(self.split.aux.state_dict())
         elif AUX_STATE_KEY in self.state:
-            if len(parameters) != n_client:
-                raise ValueError(f"expected {n_client} arrays, got {len(parameters)}")
             self.split.aux.load_state_dict(self.state[AUX_STATE_KEY].to_torch_state_dict())
         else:
             raise ValueError("no auxiliary model yet: the server sends one with the first round")
 
-    def warmup_batch(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def warm_up(self, request: TrainRequest) -> TrainReply:
         """Return one batch of activations of the initial model, without training.
 
         The server aligns the still-random auxiliary model on it before round 1,
         the Flower counterpart of the reference's alignment at round 0.
         """
-        load_numpy(self.split.client, parameters)
-        generator = torch.Generator().manual_seed(derive_seed(config["seed"], 0, self.partition_id, "warmup"))
-        xb, yb = next(minibatches(self.x, self.y, int(config["batch-size"]), generator))
+        load_named(self.split.client, request.shared)
+        seed = derive_seed(request.training.seed, 0, self.partition_id, "warmup")
+        xb, yb = next(minibatches(self.x, self.y, request.training.batch_size, torch.Generator().manual_seed(seed)))
         with torch.no_grad(), preserved_buffers(self.split.client):
             self.split.client.train()
             z = self.split.client(xb)
-        return z.numpy().astype(np.float32), yb.numpy().astype(np.int64)
+        smashed = (z.numpy().astype(np.float32), yb.numpy().astype(np.int64), np.asarray([len(yb)], dtype=np.int64))
+        return TrainReply(partition_id=self.partition_id, num_examples=len(self.y), smashed=smashed)

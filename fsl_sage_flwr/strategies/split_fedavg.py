@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from logging import WARNING
-
-import math
+from logging import INFO, WARNING
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from torch import nn
 
 from fsl_sage_flwr.data import ArrayDataset
@@ -23,46 +20,18 @@ from fsl_sage_flwr.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
     METRICS_KEY,
-    SMASHED_KEY,
+    NUM_EXAMPLES_KEY,
+    LocalTraining,
     MalformedReplyError,
-    SmashedUpload,
-    check_metrics,
-    check_model_record,
-    parse_smashed,
-    reply_metric,
+    ParsedReply,
+    ReplyBounds,
+    parse_train_reply,
+    request_content,
     state_dict_spec,
     to_array,
 )
 
-WEIGHT_KEY = "num-examples"
-
-
-@dataclass(frozen=True)
-class ServerTraining:
-    """Hyperparameters of the server-side model and the reply bounds."""
-
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    local_epochs: int = 1
-    batch_size: int = 256
-    upload_interval: int = 5
-    max_train_examples: int = 1_000_000
-
-    def max_uploaded(self, num_examples: int) -> int:
-        """The most samples a client of ``num_examples`` can upload in one round."""
-        steps = self.local_epochs * math.ceil(num_examples / self.batch_size)
-        return math.ceil(steps / self.upload_interval) * self.batch_size
-
-
-@dataclass
-class ParsedReply:
-    """A reply that passed every check, ready to use."""
-
-    node_id: int
-    partition_id: int
-    num_examples: int
-    arrays: ArrayRecord | None
-    upload: SmashedUpload
+WEIGHT_KEY = NUM_EXAMPLES_KEY
 
 
 class SplitFedAvg(FedAvg):
@@ -89,10 +58,16 @@ class SplitFedAvg(FedAvg):
         Shape of one sample's cut-layer activation.
     num_classes : int
         Number of classes.
-    training : ServerTraining
-        Server optimizer settings and reply bounds.
+    training : LocalTraining
+        The settings every client trains with; sent in each train config and
+        used to bound replies. The server model uses its ``lr`` and ``weight_decay``.
     testset : ArrayDataset, optional
         Held-out data for ``evaluate_global``.
+    max_examples : int
+        The largest ``num-examples`` a reply may claim.
+    max_rounds_without_replies : int
+        Stop the run with an error after this many consecutive rounds in which
+        no reply was accepted (it names the first reasons replies were dropped).
     fraction_train, min_train_nodes, min_available_nodes, train_metrics_aggr_fn
         As in Flower's FedAvg.
     """
@@ -105,8 +80,10 @@ class SplitFedAvg(FedAvg):
         server_model: nn.Module,
         cut_shape: tuple[int, ...],
         num_classes: int,
-        training: ServerTraining,
+        training: LocalTraining,
         testset: ArrayDataset | None = None,
+        max_examples: int = 1_000_000,
+        max_rounds_without_replies: int = 3,
         fraction_train: float = 1.0,
         min_train_nodes: int = 2,
         min_available_nodes: int = 2,
@@ -132,34 +109,99 @@ class SplitFedAvg(FedAvg):
         self.testset = testset
         self.server_optimizer = make_adam(server_model, training.lr, training.weight_decay)
         self.shared_spec = state_dict_spec(shared_model.state_dict())
+        self.bounds = ReplyBounds(self.cut_shape, num_classes, training, max_examples)
+        if max_rounds_without_replies < 1:
+            raise ValueError(f"max_rounds_without_replies must be >= 1, got {max_rounds_without_replies}")
+        self.max_rounds_without_replies = max_rounds_without_replies
+        self._rounds_without_replies = 0
+        self._drop_reasons: list[str] = []
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the shared model and the local-training settings to the sampled nodes.
+
+        The settings come from ``training``, not from ``config``: clients train
+        with exactly the values their replies are checked against.
+        """
+        node_ids = self.select_train_nodes(server_round, grid)
+        log(INFO, "configure_train: sampled %d nodes", len(node_ids))
+        return [
+            Message(content=self.train_request(n, server_round, arrays), dst_node_id=n, message_type=MessageType.TRAIN)
+            for n in node_ids
+        ]
+
+    def select_train_nodes(self, server_round: int, grid: Grid) -> list[int]:
+        """Sample nodes as Flower's FedAvg does."""
+        wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
+        return sorted(node_ids)
+
+    def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
+        """The content of one node's train request (see ``fsl_sage_flwr.wire``)."""
+        return request_content(arrays, server_round=server_round, training=self.training)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check replies, train the server model on their uploads, average the arrays.
+        """Check replies, train the server model on their uploads, average the arrays."""
+        contents = []
+        for msg in replies:
+            if msg.has_error():
+                self.log_dropped(msg.metadata.src_node_id, f"error reply: {msg.error.reason}")
+            else:
+                contents.append((msg.metadata.src_node_id, msg.content))
+        return self.aggregate_replies(server_round, contents)
+
+    def aggregate_replies(
+        self, server_round: int, replies: Iterable[tuple[int, RecordDict]]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate ``(node id, content)`` replies; the core of ``aggregate_train``.
 
         Replies are taken in partition-id order, so a seeded run repeats exactly
         whatever order they arrived in.
+
+        Raises
+        ------
+        RuntimeError
+            When this is the ``max_rounds_without_replies``-th round in a row
+            without an accepted reply.
         """
         accepted: list[ParsedReply] = []
-        contents: list[RecordDict] = []
-        for msg in replies:
+        for node_id, content in replies:
             try:
-                accepted.append(self.parse_reply(msg, expect_model=True))
-                contents.append(msg.content)
+                accepted.append(self.parse_reply(node_id, content, expect_model=True))
             except MalformedReplyError as err:
-                self.log_dropped(msg, err)
+                self.log_dropped(node_id, err)
+        self.check_progress(server_round, len(accepted))
         if not accepted:
             return None, None
-        order = sorted(range(len(accepted)), key=lambda i: accepted[i].partition_id)
-        accepted = [accepted[i] for i in order]
+        accepted.sort(key=lambda r: r.partition_id)
         # Everything that can fail runs before the server state changes.
-        metrics = self.train_metrics_aggr_fn([contents[i] for i in order], WEIGHT_KEY)
+        metrics = self.train_metrics_aggr_fn(
+            [RecordDict({METRICS_KEY: MetricRecord({**r.metrics, WEIGHT_KEY: r.num_examples})}) for r in accepted],
+            WEIGHT_KEY,
+        )
         arrays = self.average_shared(accepted)
         for reply in accepted:
             self.train_server_on(reply)
         self.after_server_training(server_round, accepted)
         return arrays, metrics
+
+    def check_progress(self, server_round: int, num_accepted: int) -> None:
+        """Count rounds without an accepted reply; fail the run after too many in a row."""
+        if num_accepted:
+            self._rounds_without_replies = 0
+            self._drop_reasons = []
+            return
+        self._rounds_without_replies += 1
+        log(WARNING, "round %d: no reply accepted (%d round(s) in a row)", server_round, self._rounds_without_replies)
+        if self._rounds_without_replies >= self.max_rounds_without_replies:
+            reasons = "; ".join(self._drop_reasons[:3]) or "no node was sampled or no reply arrived"
+            raise RuntimeError(
+                f"{self._rounds_without_replies} rounds in a row without an accepted reply, "
+                f"the run trains nothing; first reasons: {reasons}"
+            )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -189,36 +231,11 @@ class SplitFedAvg(FedAvg):
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Hook run after the server model trained on a round's uploads."""
 
-    def parse_reply(self, msg: Message, *, expect_model: bool) -> ParsedReply:
+    def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
         """Check a whole reply before anything changes; raise MalformedReplyError."""
-        if msg.has_error():
-            raise MalformedReplyError(f"error reply: {msg.error.reason}")
-        content = msg.content
-        check_metrics(content)
-        partition_id = int(reply_metric(content, "partition-id"))
-        num_examples = int(reply_metric(content, WEIGHT_KEY))
-        if not 1 <= num_examples <= self.training.max_train_examples:
-            raise MalformedReplyError(f"num-examples {num_examples} out of range")
-        expected = {SMASHED_KEY} | ({ARRAYS_KEY} if expect_model else set())
-        present = set(content.array_records)
-        if present != expected:
-            raise MalformedReplyError(
-                f"reply carries records {sorted(present)}, expected {sorted(expected)}"
-            )
-        arrays = None
-        if expect_model:
-            arrays = content.array_records[ARRAYS_KEY]
-            check_model_record(arrays, self.shared_spec)
-        # A training reply holds every q-th of its steps; a warm-up reply one batch.
-        bound = self.training.max_uploaded(num_examples) if expect_model else self.training.batch_size
-        upload = parse_smashed(
-            content.array_records[SMASHED_KEY],
-            cut_shape=self.cut_shape,
-            num_classes=self.num_classes,
-            max_samples=bound,
-            max_batch=self.training.batch_size,
+        return parse_train_reply(
+            node_id, content, shared_spec=self.shared_spec if expect_model else None, bounds=self.bounds
         )
-        return ParsedReply(msg.metadata.src_node_id, partition_id, num_examples, arrays, upload)
 
     def train_server_on(self, reply: ParsedReply) -> None:
         """One server step per uploaded batch, in upload order."""
@@ -226,9 +243,12 @@ class SplitFedAvg(FedAvg):
             if z.shape[0] >= 2:  # BatchNorm needs two samples in train mode
                 server_step(self.server_model, self.server_optimizer, z, y)
 
-    def log_dropped(self, msg: Message, err: Exception) -> None:
-        """Log one line naming the node of a dropped reply and the reason."""
-        log(WARNING, "dropped reply from node %d%s: %s", msg.metadata.src_node_id, self.describe_node(msg.metadata.src_node_id), err)
+    def log_dropped(self, node_id: int, err: Exception | str) -> None:
+        """Log one line naming the node of a dropped reply and the reason; keep the reason."""
+        reason = f"node {node_id}{self.describe_node(node_id)}: {err}"
+        log(WARNING, "dropped reply from %s", reason)
+        if len(self._drop_reasons) < 10:
+            self._drop_reasons.append(reason)
 
     def describe_node(self, node_id: int) -> str:
         """Extra words about a node for log lines (subclasses know partitions)."""

@@ -7,7 +7,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from clients.local_training import LocalTrainingClient
+from fsl_sage_flwr.clients.local_training import LocalTrainingClient
 from fsl_sage_flwr.estimation import cross_entropy_step
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.models import build_full_model

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import nn
 
 from fsl_sage_flwr.training import make_adam
@@ -24,8 +23,10 @@ from fsl_sage_flwr.wire import (
     GRAD_KEY,
     METRICS_KEY,
     SMASHED_KEY,
+    SERVER_ROUND_KEY,
     SPLIT_STEP_ACTION,
     MalformedReplyError,
+    ParsedReply,
     SmashedUpload,
     check_metrics,
     check_model_record,
@@ -33,7 +34,7 @@ from fsl_sage_flwr.wire import (
     reply_metric,
     to_array,
 )
-from strategies.split_fedavg import WEIGHT_KEY, ParsedReply, SplitFedAvg, module_bytes, optimizer_bytes
+from fsl_sage_flwr.strategies.split_fedavg import WEIGHT_KEY, SplitFedAvg, module_bytes, optimizer_bytes
 
 
 @dataclass
@@ -89,11 +90,9 @@ class SplitFed(SplitFedAvg):
         sends them and hands the replies, the trained client models, to
         ``aggregate_train``.
         """
-        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
-        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes))
-        self._sessions = {n: self._new_session(n) for n in sorted(node_ids)}
+        self._sessions = {n: self._new_session(n) for n in self.select_train_nodes(server_round, grid)}
         self._grid = grid
-        base = {**dict(config), "server-round": server_round}
+        base = {**self.training.to_config(), SERVER_ROUND_KEY: server_round}
         active = list(self._sessions.values())
         closing: list[Message] = []
         step = 0
@@ -127,7 +126,7 @@ class SplitFed(SplitFedAvg):
             try:
                 accepted.append((self._parse_closing(msg), msg.content))
             except MalformedReplyError as err:
-                self.log_dropped(msg, err)
+                self.log_dropped(msg.metadata.src_node_id, err)
         if not accepted:
             return None, None
         accepted.sort(key=lambda item: item[0].partition_id)
@@ -191,7 +190,7 @@ class SplitFed(SplitFedAvg):
             partition_id = int(reply_metric(content, "partition-id"))
             num_batches = int(reply_metric(content, "num-batches"))
             num_examples = int(reply_metric(content, WEIGHT_KEY))
-            if not 1 <= num_examples <= self.training.max_train_examples:
+            if not 1 <= num_examples <= self.bounds.max_examples:
                 raise MalformedReplyError(f"num-examples {num_examples} out of range")
             most = self.training.local_epochs * math.ceil(num_examples / self.batch_size)
             if not 1 <= num_batches <= most:

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from clients.common import load_numpy, load_optimizer_state, pack_uploads, save_optimizer_state
+from fsl_sage_flwr.clients.common import load_numpy, load_optimizer_state, save_optimizer_state
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.estimation import apply_cut_gradient
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.models import SplitModel
 from fsl_sage_flwr.training import derive_seed, make_adam, minibatches
+from fsl_sage_flwr.wire import pack_uploads
 
 MODEL_STATE_KEY = "splitfed.client"
 OPTIMIZER_STATE_KEY = "splitfed.client-optimizer"
@@ -80,7 +81,7 @@ class SplitFedClient:
             self.split.client.train()
             z = self.split.client(xb)  # BatchNorm statistics move here, once per batch
         self._save(optimizer, meter.peak_bytes)
-        return None, pack_uploads([(z, yb)], self.split.cut_shape), metrics
+        return None, list(pack_uploads([(z, yb)], self.split.cut_shape)), metrics
 
     def _batches(self, config: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         seed = derive_seed(config["seed"], config["server-round"], self.partition_id, "batches")

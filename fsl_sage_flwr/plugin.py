@@ -1,0 +1,234 @@
+"""The public way into fsl-sage-flwr: describe a split once, get its strategy and its client."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
+from torch import nn
+
+from fsl_sage_flwr.clients.fsl_sage import FSLSageClient
+from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.models import SplitModel
+from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
+from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
+from fsl_sage_flwr.wire import PARTITION_ID_KEY, LocalTraining
+
+#: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
+#: ``Dataset`` of ``(input, label)`` pairs, or an :class:`ArrayDataset`.
+DataLike = Union[ArrayDataset, tuple[Any, Any], torch.utils.data.Dataset]
+#: A model, or a function building a fresh one.
+ModelSource = Union[nn.Module, Callable[[], nn.Module]]
+
+
+def as_dataset(data: DataLike) -> ArrayDataset:
+    """Turn user data into an :class:`ArrayDataset` (float32 inputs, int64 labels).
+
+    Raises
+    ------
+    ValueError
+        When labels are not one integer per sample, or inputs are not numeric.
+    """
+    if isinstance(data, ArrayDataset):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        inputs, labels = data
+    elif isinstance(data, torch.utils.data.Dataset):
+        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+        if not pairs:
+            raise ValueError("the dataset is empty")
+        inputs = np.stack([_to_numpy(x) for x, _ in pairs])
+        labels = np.asarray([int(_to_numpy(y)) for _, y in pairs])
+    else:
+        raise ValueError(f"data must be (inputs, labels) or a torch Dataset, got {type(data).__name__}")
+    inputs, labels = _to_numpy(inputs), _to_numpy(labels)
+    if inputs.dtype.kind not in "fiub" or labels.dtype.kind not in "iu":
+        raise ValueError(f"inputs must be numeric and labels integers, got {inputs.dtype} and {labels.dtype}")
+    return ArrayDataset(np.ascontiguousarray(inputs, dtype=np.float32), labels.astype(np.int64))
+
+
+def _to_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+@dataclass
+class SplitSpec:
+    """One split network for FSL-SAGE (Nair et al., ICML 2025), described once.
+
+    The server and every client build their parts from it: :meth:`strategy`,
+    :meth:`legacy_strategy`, :meth:`client` and :meth:`register`.
+
+    Parameters
+    ----------
+    client_model : nn.Module or Callable[[], nn.Module]
+        The client-side layers: inputs to cut-layer activations.
+    server_model : nn.Module or Callable[[], nn.Module]
+        The server-side layers: cut-layer activations to class logits.
+    aux_model : Callable[[], nn.Module]
+        Builds a fresh auxiliary model: cut-layer activations to class logits. The
+        server keeps one per client and aligns it; its input gradient is the
+        client's estimate of the server's cut-layer gradient.
+    cut_shape : tuple[int, ...]
+        Shape of one sample's cut-layer activation (no batch dimension).
+    num_classes : int
+        Number of classes; labels lie in ``[0, num_classes)``.
+    testset : DataLike, optional
+        Held-out data the server evaluates on after every round.
+
+    Examples
+    --------
+    >>> spec = SplitSpec(client_model=lambda: nn.Linear(64, 32), server_model=lambda: nn.Linear(32, 10),
+    ...                  aux_model=lambda: nn.Linear(32, 10), cut_shape=(32,), num_classes=10)
+    """
+
+    client_model: ModelSource
+    server_model: ModelSource
+    aux_model: Callable[[], nn.Module]
+    cut_shape: tuple[int, ...]
+    num_classes: int
+    testset: DataLike | None = None
+    _testset: ArrayDataset | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.cut_shape = tuple(int(d) for d in self.cut_shape)
+        if not self.cut_shape or min(self.cut_shape) < 1:
+            raise ValueError(f"cut_shape must be positive sizes, got {self.cut_shape}")
+        if int(self.num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if isinstance(self.aux_model, nn.Module) or not callable(self.aux_model):
+            raise ValueError("aux_model must be a function returning a fresh nn.Module (the server keeps one per client)")
+        self._testset = as_dataset(self.testset) if self.testset is not None else None
+        if self._testset is not None:
+            self.check(self._testset.images[:2])
+
+    def build(self) -> SplitModel:
+        """Return fresh (or copied) client, server and auxiliary models."""
+        return SplitModel(
+            client=_fresh(self.client_model, "client_model"),
+            server=_fresh(self.server_model, "server_model"),
+            aux=_fresh(self.aux_model, "aux_model"),
+            cut_shape=self.cut_shape,
+        )
+
+    def check(self, sample_inputs: np.ndarray) -> None:
+        """Run two samples through the parts; raise ValueError on a shape mismatch."""
+        split = self.build()
+        x = torch.as_tensor(np.asarray(sample_inputs[:2], dtype=np.float32))
+        with torch.no_grad():
+            for module in (split.client, split.server, split.aux):
+                module.eval()
+            z = split.client(x)
+            if tuple(z.shape[1:]) != self.cut_shape:
+                raise ValueError(f"client_model outputs {tuple(z.shape[1:])} per sample, cut_shape says {self.cut_shape}")
+            for name, module in (("server_model", split.server), ("aux_model", split.aux)):
+                logits = module(z)
+                if tuple(logits.shape) != (x.shape[0], self.num_classes):
+                    raise ValueError(f"{name} outputs {tuple(logits.shape[1:])} per sample, expected ({self.num_classes},)")
+
+    def strategy(
+        self,
+        *,
+        training: LocalTraining | None = None,
+        alignment: AlignmentSettings | None = None,
+        **kwargs: Any,
+    ) -> FSLSage:
+        """Build the FSL-SAGE strategy for Flower's Message API (``ServerApp`` ``@app.main``).
+
+        Parameters
+        ----------
+        training : LocalTraining, optional
+            What every client trains with (sent to them each round).
+        alignment : AlignmentSettings, optional
+            Auxiliary alignment schedule and optimizer (paper defaults).
+        **kwargs
+            Passed to :class:`FSLSage`: ``fraction_train``, ``min_train_nodes``,
+            ``min_available_nodes``, ``max_rounds_without_replies``, ...
+        """
+        split = self.build()
+        return FSLSage(
+            shared_model=split.client,
+            client_model=split.client,
+            server_model=split.server,
+            aux_factory=lambda: _fresh(self.aux_model, "aux_model"),
+            alignment=alignment or AlignmentSettings(),
+            training=training or LocalTraining(),
+            cut_shape=self.cut_shape,
+            num_classes=self.num_classes,
+            testset=self._testset,
+            **kwargs,
+        )
+
+    def legacy_strategy(self, **kwargs: Any) -> FSLSageLegacy:
+        """Build the same strategy for Flower's legacy ``ServerApp(server_fn=...)``; as :meth:`strategy`."""
+        return FSLSageLegacy(self.strategy(**kwargs))
+
+    def client(self, trainset: DataLike, context: Context, *, partition_id: int | None = None) -> FSLSageClient:
+        """Build this node's FSL-SAGE NumPyClient.
+
+        Parameters
+        ----------
+        trainset : DataLike
+            This node's training data.
+        context : Context
+            Flower's context of this node; its ``state`` keeps the aux between rounds.
+        partition_id : int, optional
+            The node's stable id; defaults to ``context.node_config["partition-id"]``.
+        """
+        if partition_id is None:
+            if PARTITION_ID_KEY not in context.node_config:
+                raise ValueError(
+                    f"node config has no '{PARTITION_ID_KEY}': pass partition_id=..., or start the "
+                    f"SuperNode with --node-config \"{PARTITION_ID_KEY}=<n>\""
+                )
+            partition_id = int(context.node_config[PARTITION_ID_KEY])
+        data = as_dataset(trainset)
+        self.check(data.images[:2])
+        return FSLSageClient(self.build(), data, partition_id, context.state)
+
+    def register(self, app: ClientApp, trainset_fn: Callable[[Context], DataLike]) -> None:
+        """Serve this split's FSL-SAGE client from ``app`` (Flower's Message API).
+
+        Parameters
+        ----------
+        app : ClientApp
+            A ClientApp built without ``client_fn``.
+        trainset_fn : Callable[[Context], DataLike]
+            Returns this node's training data.
+        """
+        register_client(app, lambda context: self.client(trainset_fn(context), context))
+
+
+def register_client(app: ClientApp, client_fn: Callable[[Context], NumPyClient]) -> None:
+    """Register the train handler that serves ``client_fn``'s NumPyClient on ``app``.
+
+    The handler speaks the same records as ``ClientApp(client_fn=...)``, so
+    either way of serving a client gives the same results.
+    """
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return numpy_client_reply(client_fn(context), msg)
+
+
+def numpy_client_reply(client: NumPyClient, msg: Message) -> Message:
+    """Run ``client.fit`` on a train request and wrap its result as Flower does."""
+    fit_ins = recorddict_to_fitins(msg.content, keep_input=True)
+    fit_res = client.to_client().fit(fit_ins)
+    return Message(content=fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
+
+
+def _fresh(source: ModelSource, name: str) -> nn.Module:
+    module = copy.deepcopy(source) if isinstance(source, nn.Module) else source()
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{name} must be an nn.Module or return one, got {type(module).__name__}")
+    return module
