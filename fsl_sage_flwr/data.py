@@ -45,13 +45,14 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True, eq=False)
 class ArrayDataset:
-    """Images and labels held in memory as NumPy arrays.
+    """Inputs and labels held in memory as NumPy arrays.
 
     Attributes
     ----------
     images : np.ndarray
-        ``float32`` array of shape ``(N, C, H, W)``, normalised with the per-channel mean
-        and standard deviation of the training split.
+        ``float32`` inputs of shape ``(N, ...)``: images ``(N, C, H, W)`` for the
+        built-in datasets (normalised with the training split's per-channel mean
+        and standard deviation), or any per-sample shape, e.g. ``(N, features)``.
     labels : np.ndarray
         ``int64`` array of shape ``(N,)``.
     """
@@ -60,8 +61,8 @@ class ArrayDataset:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {self.images.shape}")
+        if self.images.ndim < 2:
+            raise ValueError(f"inputs must be (N, ...) with one row per sample, got shape {self.images.shape}")
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):
             raise ValueError(
                 f"labels must be (N,) with N = {len(self.images)}, got shape {self.labels.shape}"

@@ -116,6 +116,10 @@ class SplitFedAvg(FedAvg):
         self._rounds_without_replies = 0
         self._drop_reasons: list[str] = []
 
+    def initial_arrays(self) -> ArrayRecord:
+        """The shared model's current state: pass it as ``start(initial_arrays=...)``."""
+        return ArrayRecord(self.shared_model.state_dict())
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

@@ -1,0 +1,221 @@
+"""Tests of the public API: a user's own split and data, every way of serving it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.server import ServerAppComponents, ServerConfig
+from flwr.serverapp import Grid, ServerApp
+from torch import nn
+
+from fsl_sage_flwr import AlignmentSettings, FSLSageLegacy, LocalTraining, SplitSpec, as_dataset
+from fsl_sage_flwr.data import load_dataset, partition_indices
+from fsl_sage_flwr.wire import decode_request
+from simulations.in_process import run_in_process
+
+NUM_NODES = 3
+ROUNDS = 3
+
+
+def _tabular_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    data = load_dataset("digits", seed=0)
+    flat = lambda images: images.reshape(len(images), -1)  # noqa: E731 - 64 features per sample
+    return (flat(data.train.images), data.train.labels), (flat(data.test.images), data.test.labels)
+
+
+TRAIN, TEST = _tabular_digits()
+PARTS = partition_indices(TRAIN[1], NUM_NODES, partitioning="iid", alpha=1.0, seed=0)
+
+
+def _spec() -> SplitSpec:
+    return SplitSpec(
+        client_model=lambda: nn.Sequential(nn.Linear(64, 48), nn.ReLU()),
+        server_model=lambda: nn.Sequential(nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 10)),
+        aux_model=lambda: nn.Linear(48, 10),
+        cut_shape=(48,),
+        num_classes=10,
+        testset=TEST,
+    )
+
+
+def _trainset(context: Context) -> tuple[np.ndarray, np.ndarray]:
+    indices = PARTS[int(context.node_config["partition-id"])]
+    return TRAIN[0][indices], TRAIN[1][indices]
+
+
+SETTINGS = {
+    "training": LocalTraining(batch_size=16, upload_interval=2, seed=7),
+    "alignment": AlignmentSettings(interval=2, epochs=5, batch_size=64, seed=7),
+    "min_available_nodes": NUM_NODES,
+}
+
+
+def _message_api_server(history: list[float]) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        torch.manual_seed(0)
+        strategy = _spec().strategy(**SETTINGS)
+
+        def evaluate(server_round: int, arrays: ArrayRecord):
+            metrics = strategy.evaluate_global(server_round, arrays)
+            history.append(metrics["accuracy"])
+            return metrics
+
+        strategy.start(grid, ArrayRecord(strategy.shared_model.state_dict()), num_rounds=ROUNDS, evaluate_fn=evaluate)
+
+    return app
+
+
+class _RecordingLegacy(FSLSageLegacy):
+    history: list[float]
+
+    def evaluate(self, server_round, parameters):
+        loss, metrics = super().evaluate(server_round, parameters)
+        self.history.append(metrics["accuracy"])
+        return loss, metrics
+
+
+def _legacy_server(history: list[float]) -> ServerApp:
+    def server_fn(context: Context) -> ServerAppComponents:
+        torch.manual_seed(0)
+        strategy = _RecordingLegacy(_spec().strategy(**SETTINGS))
+        strategy.history = history
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=ROUNDS))
+
+    return ServerApp(server_fn=server_fn)
+
+
+def _numpy_client_app() -> ClientApp:
+    return ClientApp(client_fn=lambda context: _spec().client(_trainset(context), context).to_client())
+
+
+def _message_api_client_app() -> ClientApp:
+    app = ClientApp()
+    _spec().register(app, _trainset)
+    return app
+
+
+def test_both_client_paths_and_the_legacy_server_give_identical_metrics():
+    # Prepare
+    histories: dict[str, list[float]] = {"handlers": [], "client_fn": [], "legacy": []}
+    # Execute
+    run_in_process(_message_api_server(histories["handlers"]), _message_api_client_app(), {}, NUM_NODES, node_id_seed=1)
+    run_in_process(_message_api_server(histories["client_fn"]), _numpy_client_app(), {}, NUM_NODES, node_id_seed=2)
+    run_in_process(_legacy_server(histories["legacy"]), _numpy_client_app(), {}, NUM_NODES, node_id_seed=3)
+    # Assert: rounds 0..3, the same numbers each way, and the model learned
+    assert len(histories["handlers"]) == ROUNDS + 1
+    assert histories["client_fn"] == histories["handlers"]
+    assert histories["legacy"] == histories["handlers"]
+    assert histories["handlers"][-1] > 0.6
+
+
+def test_a_client_whose_cut_differs_from_the_servers_fails_the_run_naming_the_cause():
+    # Prepare: the clients' split cuts at 32 features, the server's at 48
+    def client_fn(context: Context):
+        spec = SplitSpec(
+            client_model=lambda: nn.Sequential(nn.Linear(64, 32), nn.ReLU()),
+            server_model=lambda: nn.Linear(32, 10),
+            aux_model=lambda: nn.Linear(32, 10),
+            cut_shape=(32,),
+            num_classes=10,
+        )
+        return spec.client(_trainset(context), context).to_client()
+
+    # Execute / Assert
+    with pytest.raises(RuntimeError, match=r"no node warmed up.*array 'z' has shape \(16, 32\)"):
+        run_in_process(_message_api_server([]), ClientApp(client_fn=client_fn), {}, NUM_NODES)
+
+
+def test_rounds_without_an_accepted_reply_stop_the_run_after_the_configured_count():
+    # Prepare
+    strategy = _spec().strategy(max_rounds_without_replies=2, **SETTINGS)
+    bad = (1, RecordDict())
+    # Execute: one empty round is tolerated, the second is not
+    strategy.aggregate_replies(1, [bad])
+    with pytest.raises(RuntimeError, match=r"2 rounds in a row.*node 1: reply holds records \[\]"):
+        strategy.aggregate_replies(2, [bad])
+
+
+def test_a_client_trains_only_with_settings_the_server_sent():
+    # Prepare: a request whose config lacks the batch size
+    config = {**LocalTraining().to_config(), "server-round": 1}
+    del config["batch-size"]
+    # Execute / Assert
+    with pytest.raises(ValueError, match="train config lacks 'batch-size'"):
+        decode_request([], config, shared_keys=[])
+
+
+def test_settings_are_checked_when_made():
+    with pytest.raises(ValueError, match="'batch-size' must be >= 2"):
+        LocalTraining(batch_size=1)
+    with pytest.raises(ValueError, match="'lr' must be a finite number > 0"):
+        LocalTraining(lr=float("inf"))
+    with pytest.raises(ValueError, match="'local-epochs' must be int"):
+        LocalTraining(local_epochs=1.5)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensors", "torch-dataset"])
+def test_user_data_of_any_per_sample_shape_becomes_a_dataset(kind):
+    # Prepare: 5 samples of 3 x 2 features
+    x = np.arange(30, dtype=np.float64).reshape(5, 3, 2)
+    y = np.asarray([0, 1, 2, 1, 0])
+    data = {
+        "numpy": (x, y),
+        "tensors": (torch.from_numpy(x), torch.from_numpy(y)),
+        "torch-dataset": torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+    }[kind]
+    # Execute
+    dataset = as_dataset(data)
+    # Assert
+    assert dataset.images.dtype == np.float32 and dataset.images.shape == (5, 3, 2)
+    assert dataset.labels.dtype == np.int64 and dataset.labels.tolist() == y.tolist()
+
+
+def test_a_split_whose_parts_do_not_fit_is_refused_when_described():
+    with pytest.raises(ValueError, match=r"client_model outputs \(48,\) per sample, cut_shape says \(40,\)"):
+        SplitSpec(
+            client_model=lambda: nn.Linear(64, 48),
+            server_model=lambda: nn.Linear(40, 10),
+            aux_model=lambda: nn.Linear(40, 10),
+            cut_shape=(40,),
+            num_classes=10,
+            testset=TEST,
+        )
+
+
+def test_user_modules_named_strategies_and_clients_do_not_hide_the_package(tmp_path):
+    # Prepare: a user's app folder with its own strategies.py and clients.py
+    for name in ("strategies", "clients"):
+        (tmp_path / f"{name}.py").write_text("raise ImportError('the user module was imported')\n")
+    code = "from fsl_sage_flwr import SplitSpec, FSLSage, FSLSageClient; import fsl_sage_flwr.client_app, fsl_sage_flwr.server_app"
+    # Execute
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    # Assert
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_message_api_handler_answers_as_flowers_client_fn_path():
+    # Prepare: one warm-up request through each kind of ClientApp
+    strategy = _spec().strategy(**SETTINGS)
+    content = strategy.warm_up_request(ArrayRecord(strategy.shared_model.state_dict()))
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+
+    def reply(app: ClientApp) -> RecordDict:
+        message = Message(content=RecordDict(dict(content)), dst_node_id=5, message_type="train")
+        message.metadata.__dict__["_message_id"] = "m"
+        return app(message, context).content
+
+    # Execute
+    via_handlers, via_client_fn = reply(_message_api_client_app()), reply(_numpy_client_app())
+    # Assert: the same records, byte for byte
+    assert sorted(via_handlers.keys()) == sorted(via_client_fn.keys())
+    for key in via_handlers["fitres.parameters"].keys():
+        assert via_handlers["fitres.parameters"][key].data == via_client_fn["fitres.parameters"][key].data
