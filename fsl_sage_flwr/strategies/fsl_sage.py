@@ -91,10 +91,13 @@ class FSLSage(SplitFedAvg):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        """Run the warm-up exchange, then Flower's round loop (see FedAvg.start)."""
+        """Run Flower's round loop (see FedAvg.start); round 1 begins with the warm-up.
+
+        The warm-up runs inside round 1's ``configure_train``, after the initial
+        evaluation, so round 0 measures the untrained model, as the legacy server does.
+        """
         self._timeout = timeout
         self._num_rounds = num_rounds
-        self.warm_up(grid, initial_arrays)
         return super().start(
             grid,
             initial_arrays,

@@ -252,7 +252,7 @@ class SplitFedAvg(FedAvg):
         reason = f"node {node_id}{self.describe_node(node_id)}: {err}"
         log(WARNING, "dropped reply from %s", reason)
         if len(self._drop_reasons) < 10:
-            self._drop_reasons.append(reason)
+            self._drop_reasons.append(reason[:300])
 
     def describe_node(self, node_id: int) -> str:
         """Extra words about a node for log lines (subclasses know partitions)."""
