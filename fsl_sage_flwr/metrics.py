@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
 
-PEAK_MEMORY_KEY = "peak-memory-bytes"
-_NOT_AVERAGED = {"partition-id", PEAK_MEMORY_KEY}
+from fsl_sage_flwr.wire import PARTITION_ID_KEY, PEAK_MEMORY_KEY
+
+_NOT_AVERAGED = {PARTITION_ID_KEY, PEAK_MEMORY_KEY}
 
 
 class TrainMetricsTap:

@@ -14,7 +14,16 @@ from fsl_sage_flwr.estimation import apply_cut_gradient
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.models import SplitModel
 from fsl_sage_flwr.training import derive_seed, make_adam, minibatches
-from fsl_sage_flwr.wire import pack_uploads
+from fsl_sage_flwr.wire import (
+    NUM_BATCHES_KEY,
+    NUM_EXAMPLES_KEY,
+    PARTITION_ID_KEY,
+    PEAK_MEMORY_KEY,
+    SERVER_ROUND_KEY,
+    STEP_KEY,
+    LocalTraining,
+    pack_uploads,
+)
 
 MODEL_STATE_KEY = "splitfed.client"
 OPTIMIZER_STATE_KEY = "splitfed.client-optimizer"
@@ -61,9 +70,10 @@ class SplitFedClient:
             ``(client state dict, None, metrics)`` after the last batch, else
             ``(None, [z, y, batch_sizes], metrics)`` for batch ``step``.
         """
-        step = int(config["step"])
-        batches = self._batches(config)
-        optimizer = self._restore(model, config)
+        step, server_round = int(config[STEP_KEY]), int(config[SERVER_ROUND_KEY])
+        training = LocalTraining.from_config(config)
+        batches = self._batches(training, server_round)
+        optimizer = self._restore(model, training)
         meter = PeakMemoryMeter([self.split.client])
         meter.peak_bytes = int(self.state[PEAK_STATE_KEY]["bytes"]) if step and PEAK_STATE_KEY in self.state else 0
         if grad is not None:
@@ -71,10 +81,14 @@ class SplitFedClient:
                 raise ValueError(f"gradient for batch {step - 1}, but the round has {len(batches)} batches")
             xb, _ = batches[step - 1]
             apply_cut_gradient(self.split.client, optimizer, xb, torch.from_numpy(grad), meter)
-        metrics: dict[str, Any] = {"partition-id": self.partition_id, "num-batches": len(batches), "num-examples": len(self.y)}
+        metrics: dict[str, Any] = {
+            PARTITION_ID_KEY: self.partition_id,
+            NUM_BATCHES_KEY: len(batches),
+            NUM_EXAMPLES_KEY: len(self.y),
+        }
         if step == len(batches):
             self._save(optimizer, meter.peak_bytes)  # keep-optimizer-state reads it next round
-            metrics["peak-memory-bytes"] = meter.peak_bytes
+            metrics[PEAK_MEMORY_KEY] = meter.peak_bytes
             return self.split.client.state_dict(), None, metrics
         xb, yb = batches[step]
         with torch.no_grad():
@@ -83,24 +97,24 @@ class SplitFedClient:
         self._save(optimizer, meter.peak_bytes)
         return None, list(pack_uploads([(z, yb)], self.split.cut_shape)), metrics
 
-    def _batches(self, config: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        seed = derive_seed(config["seed"], config["server-round"], self.partition_id, "batches")
+    def _batches(self, training: LocalTraining, server_round: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        seed = derive_seed(training.seed, server_round, self.partition_id, "batches")
         batches = []
         generator = torch.Generator().manual_seed(seed)
-        for _ in range(int(config["local-epochs"])):
-            batches.extend(minibatches(self.x, self.y, int(config["batch-size"]), generator))
+        for _ in range(training.local_epochs):
+            batches.extend(minibatches(self.x, self.y, training.batch_size, generator))
         return batches
 
-    def _restore(self, model: list[np.ndarray] | None, config: dict[str, Any]) -> torch.optim.Optimizer:
+    def _restore(self, model: list[np.ndarray] | None, training: LocalTraining) -> torch.optim.Optimizer:
         if model is not None:
             load_numpy(self.split.client, model)
-            if not config.get("keep-optimizer-state", False):
+            if not training.keep_optimizer_state:
                 self.state.pop(OPTIMIZER_STATE_KEY, None)  # a fresh optimizer every round
         elif MODEL_STATE_KEY in self.state:
             self.split.client.load_state_dict(self.state[MODEL_STATE_KEY].to_torch_state_dict())
         else:
             raise ValueError("no client model yet: step 0 of a round carries it")
-        optimizer = make_adam(self.split.client, float(config["lr"]), float(config["weight-decay"]))
+        optimizer = make_adam(self.split.client, training.lr, training.weight_decay)
         load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
         return optimizer
 

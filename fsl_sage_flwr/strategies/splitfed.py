@@ -23,7 +23,10 @@ from fsl_sage_flwr.wire import (
     GRAD_KEY,
     METRICS_KEY,
     SMASHED_KEY,
+    NUM_BATCHES_KEY,
+    PARTITION_ID_KEY,
     SERVER_ROUND_KEY,
+    STEP_KEY,
     SPLIT_STEP_ACTION,
     MalformedReplyError,
     ParsedReply,
@@ -173,7 +176,7 @@ class SplitFed(SplitFedAvg):
         return session
 
     def _step_message(self, session: _Session, step: int, base: dict, arrays: ArrayRecord | None) -> Message:
-        content = RecordDict({CONFIG_KEY: ConfigRecord({**base, "step": step})})
+        content = RecordDict({CONFIG_KEY: ConfigRecord({**base, STEP_KEY: step})})
         if arrays is not None:
             content[ARRAYS_KEY] = arrays
         if session.grad is not None:
@@ -187,8 +190,8 @@ class SplitFed(SplitFedAvg):
                 raise MalformedReplyError(msg.error.reason if msg is not None else "no reply")
             content = msg.content
             check_metrics(content)
-            partition_id = int(reply_metric(content, "partition-id"))
-            num_batches = int(reply_metric(content, "num-batches"))
+            partition_id = int(reply_metric(content, PARTITION_ID_KEY))
+            num_batches = int(reply_metric(content, NUM_BATCHES_KEY))
             num_examples = int(reply_metric(content, WEIGHT_KEY))
             if not 1 <= num_examples <= self.bounds.max_examples:
                 raise MalformedReplyError(f"num-examples {num_examples} out of range")
