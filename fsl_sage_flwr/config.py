@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
+from fsl_sage_flwr.models import SPLIT_MODELS, aux_variants
 from fsl_sage_flwr.wire import LocalTraining
 
 
@@ -113,10 +116,47 @@ class RunSettings:
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"run config 'fraction-train' must be in (0, 1], got {self.fraction_train}")
         for key, value in {"lr": self.lr, "align-lr": self.align_lr, "alpha": self.alpha}.items():
-            if value <= 0:
-                raise ValueError(f"run config '{key}' must be > 0, got {value}")
-        if self.weight_decay < 0 or self.align_epochs < 0 or self.train_subset < 0:
-            raise ValueError("run config 'weight-decay', 'align-epochs' and 'train-subset' must be >= 0")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"run config '{key}' must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"run config 'weight-decay' must be a finite number >= 0, got {self.weight_decay}")
+        for key, value in {"align-epochs": self.align_epochs, "train-subset": self.train_subset, "seed": self.seed}.items():
+            if value < 0:
+                raise ValueError(f"run config '{key}' must be >= 0, got {value}")
+        if self.min_train_nodes > self.min_available_nodes:
+            raise ValueError(
+                f"run config 'min-train-nodes' ({self.min_train_nodes}) exceeds "
+                f"'min-available-nodes' ({self.min_available_nodes}): no round could be sampled"
+            )
+        _check_choice("partitioning", self.partitioning, PARTITIONINGS)
+        _check_choice("dataset", self.dataset, tuple(DATASETS))
+        _check_choice("model", self.model, tuple(SPLIT_MODELS))
+        _check_choice("aux-variant", self.aux_variant, aux_variants(self.model))
+
+    def check_data(self, num_train: int, num_classes: int) -> None:
+        """Check the settings against the loaded training split, before any message.
+
+        Raises
+        ------
+        ValueError
+            When ``train-subset`` holds fewer samples than classes, or the
+            ``min-available-nodes`` nodes would get fewer than two samples each.
+        """
+        if self.train_subset and self.train_subset < num_classes:
+            raise ValueError(
+                f"run config 'train-subset' ({self.train_subset}) must be 0 (all) or at least "
+                f"the {num_classes} classes"
+            )
+        if num_train < 2 * self.min_available_nodes:
+            raise ValueError(
+                f"{num_train} training samples cannot give 'min-available-nodes' "
+                f"({self.min_available_nodes}) nodes two samples each"
+            )
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"run config '{key}' is {value!r}; allowed: {', '.join(allowed)}")
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:

@@ -39,6 +39,7 @@ def main(grid: Grid, context: Context) -> None:
         train_subset=settings.train_subset or None,
         seed=settings.seed,
     )
+    settings.check_data(len(data.train), data.num_classes)
     tap = TrainMetricsTap()
     setup = algorithm.build_server(settings, data, tap)
     metered = MeteredGrid(grid)

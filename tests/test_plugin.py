@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,10 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from fsl_sage_flwr import AlignmentSettings, FSLSageLegacy, LocalTraining, SplitSpec, as_dataset
+from fsl_sage_flwr.client_app import app as client_app
+from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset, partition_indices
+from fsl_sage_flwr.server_app import app as server_app
 from fsl_sage_flwr.wire import decode_request
 from simulations.in_process import run_in_process
 
@@ -219,3 +224,31 @@ def test_the_message_api_handler_answers_as_flowers_client_fn_path():
     assert sorted(via_handlers.keys()) == sorted(via_client_fn.keys())
     for key in via_handlers["fitres.parameters"].keys():
         assert via_handlers["fitres.parameters"][key].data == via_client_fn["fitres.parameters"][key].data
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("partitioning", "nope", "'partitioning' is 'nope'; allowed: iid, dirichlet"),
+        ("alpha", float("nan"), "'alpha' must be a finite number > 0"),
+        ("seed", -1, "'seed' must be >= 0"),
+        ("lr", float("inf"), "'lr' must be a finite number > 0"),
+        ("aux-variant", "huge", "'aux-variant' is 'huge'; allowed:"),
+        ("min-train-nodes", 5, "'min-train-nodes' \\(5\\) exceeds 'min-available-nodes'"),
+    ],
+)
+def test_the_server_refuses_a_bad_run_config_before_any_message(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        RunSettings.from_run_config({**_app_config(), key: value})
+
+
+def test_a_train_subset_smaller_than_the_classes_is_refused_by_the_server(tmp_path):
+    # Prepare
+    config = {**_app_config(), "train-subset": 9, "output-dir": str(tmp_path)}
+    # Execute / Assert: the ServerApp stops before it sends anything
+    with pytest.raises(ValueError, match="'train-subset' \\(9\\) must be 0 \\(all\\) or at least the 10 classes"):
+        run_in_process(server_app, client_app, config, 2)
+
+
+def _app_config() -> dict:
+    return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
