@@ -65,6 +65,7 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
         "training": settings.local_training(),
         "max_examples": len(data.train),
         "max_rounds_without_replies": settings.max_rounds_without_replies,
+        "node_wait_timeout": settings.node_wait_timeout,
         "testset": data.test,
         "fraction_train": settings.fraction_train,
         "min_train_nodes": settings.min_train_nodes,
@@ -101,6 +102,7 @@ def _fsl_sage_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetri
             weight_decay=settings.weight_decay,
             seed=settings.seed,
         ),
+        warm_up_attempts=settings.warm_up_attempts,
         **_split_kwargs(settings, data, split, tap),
     )
     return _split_setup(strategy, split)

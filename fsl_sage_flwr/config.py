@@ -51,6 +51,9 @@ class RunSettings:
     align_lr: float = _key("align-lr", "Adam learning rate of the alignment")
     keep_optimizer_state: bool = _key("keep-optimizer-state", "keep client Adam state across rounds")
     client_threads: int = _key("client-threads", "torch threads per client")
+    round_timeout: float = _key("round-timeout", "seconds to wait for the replies of one exchange")
+    node_wait_timeout: float = _key("node-wait-timeout", "seconds to wait for min-available-nodes at start")
+    warm_up_attempts: int = _key("warm-up-attempts", "how often a node whose warm-up fails is asked again")
     max_rounds_without_replies: int = _key(
         "max-rounds-without-replies", "stop the run after this many rounds in a row without an accepted reply"
     )
@@ -105,6 +108,7 @@ class RunSettings:
             "align-batch-size": self.align_batch_size,
             "client-threads": self.client_threads,
             "max-rounds-without-replies": self.max_rounds_without_replies,
+            "warm-up-attempts": self.warm_up_attempts,
             "min-train-nodes": self.min_train_nodes,
             "min-available-nodes": self.min_available_nodes,
         }
@@ -115,7 +119,14 @@ class RunSettings:
             raise ValueError("run config 'batch-size' must be >= 2 (BatchNorm needs 2 samples)")
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"run config 'fraction-train' must be in (0, 1], got {self.fraction_train}")
-        for key, value in {"lr": self.lr, "align-lr": self.align_lr, "alpha": self.alpha}.items():
+        positive_reals = {
+            "lr": self.lr,
+            "align-lr": self.align_lr,
+            "alpha": self.alpha,
+            "round-timeout": self.round_timeout,
+            "node-wait-timeout": self.node_wait_timeout,
+        }
+        for key, value in positive_reals.items():
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"run config '{key}' must be a finite number > 0, got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -17,6 +17,7 @@ from fsl_sage_flwr.data import load_dataset
 from fsl_sage_flwr.ledger import MeteredGrid
 from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
 from fsl_sage_flwr.models import required_input_shape
+from fsl_sage_flwr.strategies.split_fedavg import wait_for_nodes
 from fsl_sage_flwr.results import ResultsWriter, resolve_output_dir
 from fsl_sage_flwr.training import derive_seed
 
@@ -80,10 +81,13 @@ def main(grid: Grid, context: Context) -> None:
         )
         return metrics
 
+    # Flower's own FedAvg would wait for nodes without end; every algorithm waits here first.
+    wait_for_nodes(metered, settings.min_available_nodes, settings.node_wait_timeout)
     result = setup.strategy.start(
         grid=metered,
         initial_arrays=setup.initial_arrays,
         num_rounds=settings.num_server_rounds,
+        timeout=settings.round_timeout,
         train_config=ConfigRecord(settings.local_training().to_config()),  # read by Flower's FedAvg only
         evaluate_fn=evaluate,
     )

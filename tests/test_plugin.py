@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import tomllib
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import Grid, ServerApp
@@ -20,9 +21,11 @@ from fsl_sage_flwr import AlignmentSettings, FSLSageLegacy, LocalTraining, Split
 from fsl_sage_flwr.client_app import app as client_app
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset, partition_indices
+from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.server_app import app as server_app
 from fsl_sage_flwr.wire import decode_request
 from simulations.in_process import run_in_process
+from tests.conftest import ScriptedGrid, reply_from
 
 NUM_NODES = 3
 ROUNDS = 3
@@ -252,3 +255,46 @@ def test_a_train_subset_smaller_than_the_classes_is_refused_by_the_server(tmp_pa
 
 def _app_config() -> dict:
     return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_too_few_nodes_fail_the_run_after_the_wait_timeout():
+    # Prepare: 1 node connected, 3 wanted, a short wait
+    strategy = _spec().strategy(node_wait_timeout=0.2, **SETTINGS)
+    grid = ScriptedGrid([11], respond=None)
+    # Execute / Assert
+    with pytest.raises(RuntimeError, match=r"waited 0 s for 3 nodes \('min-available-nodes'\), 1 connected"):
+        strategy.warm_up(grid, strategy.initial_arrays())
+
+
+def test_a_node_that_never_replies_is_logged_and_asked_a_bounded_number_of_times(caplog):
+    # Prepare: node 22 never answers its warm-up
+    strategy = _spec().strategy(warm_up_attempts=2, **{**SETTINGS, "min_available_nodes": 2})
+    clients = {
+        11: _spec().client(_trainset(_context(0)), _context(0)),
+        22: None,
+    }
+
+    def respond(msg):
+        client = clients[msg.metadata.dst_node_id]
+        return None if client is None else reply_from(11, numpy_client_reply(client, msg).content)
+
+    grid = ScriptedGrid([11, 22], respond)
+    grid.send_and_receive = _dropping_nones(grid.send_and_receive)
+    # Execute: round 1's warm-up and three more rounds' late-joiner warm-ups
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        for server_round in range(1, 5):
+            strategy.configure_train(server_round, strategy.initial_arrays(), ConfigRecord(), grid)
+    # Assert: two asks, each logged as lost, then one line saying it is not asked again
+    warm_ups_to_22 = [m for m in grid.sent if m.metadata.dst_node_id == 22]
+    assert len(warm_ups_to_22) == 2
+    lost = [r for r in caplog.records if "node 22: no reply within the round timeout" in r.getMessage()]
+    assert len(lost) == 2
+    assert sum("failed its warm-up 2 times" in r.getMessage() for r in caplog.records) == 1
+
+
+def _context(partition_id: int) -> Context:
+    return Context(run_id=1, node_id=partition_id, node_config={"partition-id": partition_id}, state=RecordDict(), run_config={})
+
+
+def _dropping_nones(send_and_receive):
+    return lambda messages, timeout=None: [r for r in send_and_receive(messages, timeout=timeout) if r is not None]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 from torch import nn
 
 from fsl_sage_flwr.alignment import align_auxiliary
@@ -66,47 +65,27 @@ class FSLSage(SplitFedAvg):
         Builds a fresh auxiliary model (the server keeps one per client).
     alignment : AlignmentSettings
         Alignment interval, buffer cap, epochs, batch size, optimizer, seed.
+    warm_up_attempts : int
+        How often a node whose warm-up fails is asked again (once per round).
     **kwargs
         As for :class:`SplitFedAvg` (``shared_model`` is the client model).
     """
 
     def __init__(
-        self, *, aux_factory: Callable[[], nn.Module], alignment: AlignmentSettings, **kwargs
+        self,
+        *,
+        aux_factory: Callable[[], nn.Module],
+        alignment: AlignmentSettings,
+        warm_up_attempts: int = 3,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.aux_factory = aux_factory
         self.alignment = alignment
         self._slots: dict[int, _ClientSlot] = {}
         self._aux_in_flight: set[int] = set()
-        self._timeout = 3600.0
-        self._num_rounds: int | None = None
-
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-    ) -> Result:
-        """Run Flower's round loop (see FedAvg.start); round 1 begins with the warm-up.
-
-        The warm-up runs inside round 1's ``configure_train``, after the initial
-        evaluation, so round 0 measures the untrained model, as the legacy server does.
-        """
-        self._timeout = timeout
-        self._num_rounds = num_rounds
-        return super().start(
-            grid,
-            initial_arrays,
-            num_rounds=num_rounds,
-            timeout=timeout,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-            evaluate_fn=evaluate_fn,
-        )
+        self.warm_up_attempts = warm_up_attempts
+        self._warm_up_tries: dict[int, int] = {}
 
     def warm_up(self, grid: Grid, arrays: ArrayRecord) -> None:
         """Register every connected node without a slot, and align its aux.
@@ -121,7 +100,9 @@ class FSLSage(SplitFedAvg):
         RuntimeError
             When no node at all is warmed up afterwards, naming the first reasons.
         """
-        new_nodes = [n for n in self._wait_for_nodes(grid) if n not in self._slots]
+        # Only the first warm-up waits; later rounds warm up whoever joined.
+        connected = self.wait_for_nodes(grid, self.min_available_nodes) if not self._slots else sorted(grid.get_node_ids())
+        new_nodes = [n for n in connected if n not in self._slots and self.may_warm_up(n)]
         if not new_nodes:
             return
         log(INFO, "warm-up: one batch of activations from each of %d new node(s)", len(new_nodes))
@@ -129,12 +110,8 @@ class FSLSage(SplitFedAvg):
             Message(content=self.warm_up_request(arrays), dst_node_id=n, message_type=MessageType.TRAIN)
             for n in new_nodes
         ]
-        replies = []
-        for msg in grid.send_and_receive(messages, timeout=self._timeout):
-            if msg.has_error():
-                self.log_dropped(msg.metadata.src_node_id, f"error reply: {msg.error.reason}")
-            else:
-                replies.append((msg.metadata.src_node_id, msg.content))
+        self._awaiting = set(new_nodes)
+        replies = self.reply_contents(grid.send_and_receive(messages, timeout=self.round_timeout))
         self.accept_warm_up(replies)
 
     def warm_up_request(self, arrays: ArrayRecord) -> RecordDict:
@@ -176,6 +153,7 @@ class FSLSage(SplitFedAvg):
         self.warm_up(grid, arrays)
         requests = self.train_requests(server_round, arrays, set(grid.get_node_ids()))
         log(INFO, "configure_train: sampled %d of %d nodes", len(requests), len(self._slots))
+        self._awaiting = {node_id for node_id, _ in requests}
         return [Message(content=c, dst_node_id=n, message_type=MessageType.TRAIN) for n, c in requests]
 
     def train_requests(
@@ -224,7 +202,7 @@ class FSLSage(SplitFedAvg):
             if reply.node_id in self._aux_in_flight:
                 self._slots[reply.node_id].aux_pending = False
         # An aux aligned after the last round would reach no client.
-        last_round = self._num_rounds is not None and server_round >= self._num_rounds
+        last_round = self.num_rounds is not None and server_round >= self.num_rounds
         if server_round % self.alignment.interval == 0 and not last_round:
             for slot in sorted(self._slots.values(), key=lambda s: s.partition_id):
                 if slot.buffer_changed:
@@ -248,11 +226,13 @@ class FSLSage(SplitFedAvg):
                 total += sum(t.nbytes for t in slot.buffer.tensors())
         return total
 
-    def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        while len(node_ids := sorted(grid.get_node_ids())) < self.min_available_nodes:
-            log(INFO, "waiting for nodes: %d of %d connected", len(node_ids), self.min_available_nodes)
-            time.sleep(1.0)
-        return node_ids
+    def may_warm_up(self, node_id: int) -> bool:
+        """Count a warm-up attempt of ``node_id``; False once it has used them all."""
+        tries = self._warm_up_tries.get(node_id, 0)
+        if tries == self.warm_up_attempts:
+            log(WARNING, "node %d failed its warm-up %d times; it is not asked again", node_id, tries)
+        self._warm_up_tries[node_id] = tries + 1
+        return tries < self.warm_up_attempts
 
     def sample_nodes(self, server_round: int, connected: set[int]) -> list[int]:
         """Seeded sampling over partition ids, which stay fixed while node ids do not."""

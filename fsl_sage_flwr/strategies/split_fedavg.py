@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+import time
 from logging import INFO, WARNING
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from torch import nn
 
@@ -68,6 +69,8 @@ class SplitFedAvg(FedAvg):
     max_rounds_without_replies : int
         Stop the run with an error after this many consecutive rounds in which
         no reply was accepted (it names the first reasons replies were dropped).
+    node_wait_timeout : float
+        Seconds to wait for ``min_available_nodes`` nodes before the run fails.
     fraction_train, min_train_nodes, min_available_nodes, train_metrics_aggr_fn
         As in Flower's FedAvg.
     """
@@ -84,6 +87,7 @@ class SplitFedAvg(FedAvg):
         testset: ArrayDataset | None = None,
         max_examples: int = 1_000_000,
         max_rounds_without_replies: int = 3,
+        node_wait_timeout: float = 600.0,
         fraction_train: float = 1.0,
         min_train_nodes: int = 2,
         min_available_nodes: int = 2,
@@ -113,8 +117,38 @@ class SplitFedAvg(FedAvg):
         if max_rounds_without_replies < 1:
             raise ValueError(f"max_rounds_without_replies must be >= 1, got {max_rounds_without_replies}")
         self.max_rounds_without_replies = max_rounds_without_replies
+        self.node_wait_timeout = node_wait_timeout
+        self.round_timeout = 3600.0  # set by ``start``
+        self.num_rounds: int | None = None  # set by ``start``
         self._rounds_without_replies = 0
         self._drop_reasons: list[str] = []
+        self._awaiting: set[int] = set()
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run Flower's round loop (see FedAvg.start), remembering its length and timeout.
+
+        ``timeout`` bounds every exchange with the nodes, the warm-up included.
+        """
+        self.round_timeout = float(timeout)
+        self.num_rounds = num_rounds
+        return super().start(
+            grid,
+            initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
 
     def initial_arrays(self) -> ArrayRecord:
         """The shared model's current state: pass it as ``start(initial_arrays=...)``."""
@@ -130,16 +164,22 @@ class SplitFedAvg(FedAvg):
         """
         node_ids = self.select_train_nodes(server_round, grid)
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
+        self._awaiting = set(node_ids)
         return [
             Message(content=self.train_request(n, server_round, arrays), dst_node_id=n, message_type=MessageType.TRAIN)
             for n in node_ids
         ]
 
     def select_train_nodes(self, server_round: int, grid: Grid) -> list[int]:
-        """Sample nodes as Flower's FedAvg does."""
+        """Sample nodes as Flower's FedAvg does, waiting at most ``node_wait_timeout``."""
         wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
+        self.wait_for_nodes(grid, max(wanted, self.min_available_nodes))
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
         return sorted(node_ids)
+
+    def wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]:
+        """Return the connected node ids once ``minimum`` are; see :func:`wait_for_nodes`."""
+        return wait_for_nodes(grid, minimum, self.node_wait_timeout)
 
     def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
         """The content of one node's train request (see ``fsl_sage_flwr.wire``)."""
@@ -149,13 +189,21 @@ class SplitFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check replies, train the server model on their uploads, average the arrays."""
+        return self.aggregate_replies(server_round, self.reply_contents(replies))
+
+    def reply_contents(self, replies: Iterable[Message]) -> list[tuple[int, RecordDict]]:
+        """``(node id, content)`` of each reply; log error replies and nodes that never replied."""
+        replies = list(replies)
         contents = []
         for msg in replies:
             if msg.has_error():
                 self.log_dropped(msg.metadata.src_node_id, f"error reply: {msg.error.reason}")
             else:
                 contents.append((msg.metadata.src_node_id, msg.content))
-        return self.aggregate_replies(server_round, contents)
+        for node_id in sorted(self._awaiting - {msg.metadata.src_node_id for msg in replies}):
+            self.log_dropped(node_id, f"no reply within the round timeout ({self.round_timeout:.0f} s): node lost or slow")
+        self._awaiting = set()
+        return contents
 
     def aggregate_replies(
         self, server_round: int, replies: Iterable[tuple[int, RecordDict]]
@@ -269,6 +317,30 @@ class SplitFedAvg(FedAvg):
         return ArrayRecord(
             {name: to_array(_restore_dtype(averaged[name].numpy(), spec.dtype)) for name, spec in self.shared_spec.items()}
         )
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    """Return the connected node ids once ``minimum`` are connected.
+
+    Raises
+    ------
+    RuntimeError
+        After ``timeout`` seconds with fewer nodes connected, naming both counts.
+    """
+    deadline = time.monotonic() + timeout
+    next_log = 0.0
+    while len(node_ids := sorted(grid.get_node_ids())) < minimum:
+        now = time.monotonic()
+        if now >= deadline:
+            raise RuntimeError(
+                f"waited {timeout:.0f} s for {minimum} nodes ('min-available-nodes'), {len(node_ids)} "
+                "connected: start more nodes, or lower 'min-available-nodes'"
+            )
+        if now >= next_log:
+            log(INFO, "waiting for nodes: %d of %d connected", len(node_ids), minimum)
+            next_log = now + 10.0
+        time.sleep(0.5)
+    return node_ids
 
 
 def _restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -82,7 +82,6 @@ class SplitFed(SplitFedAvg):
         self.batch_size = batch_size
         self._sessions: dict[int, _Session] = {}
         self._grid: Grid | None = None
-        self.step_timeout = 3600.0  # seconds to wait for one batch step's replies
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -101,7 +100,7 @@ class SplitFed(SplitFedAvg):
         step = 0
         while active:
             messages = [self._step_message(s, step, base, arrays if step == 0 else None) for s in active]
-            replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=self.step_timeout)}
+            replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=self.round_timeout)}
             for session in active:
                 session.message_pairs += 1
                 self._handle_step_reply(session, replies.get(session.node_id), step)
