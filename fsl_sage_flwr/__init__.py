@@ -11,7 +11,7 @@ _PUBLIC = {
     "as_dataset": "fsl_sage_flwr.plugin",
     "register_client": "fsl_sage_flwr.plugin",
     "LocalTraining": "fsl_sage_flwr.wire",
-    "AlignmentSettings": "fsl_sage_flwr.strategies.fsl_sage",
+    "AlignmentSettings": "fsl_sage_flwr.alignment",
     "FSLSage": "fsl_sage_flwr.strategies.fsl_sage",
     "FSLSageLegacy": "fsl_sage_flwr.strategies.legacy",
     "FSLSageClient": "fsl_sage_flwr.clients.fsl_sage",

@@ -22,7 +22,7 @@ from fsl_sage_flwr.data import DatasetSplits
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.models import SplitModel, build_full_model, build_split_model
 from fsl_sage_flwr.training import evaluate_classifier
-from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
+from fsl_sage_flwr.strategies import FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes
 from fsl_sage_flwr.strategies.splitfed import SplitFed
@@ -81,7 +81,7 @@ def _split_setup(strategy: SplitFedAvg, split: SplitModel) -> ServerSetup:
 
     return ServerSetup(
         strategy=strategy,
-        initial_arrays=ArrayRecord(strategy.shared_model.state_dict()),
+        initial_arrays=strategy.initial_arrays(),
         evaluate=strategy.evaluate_global,
         server_memory_bytes=strategy.server_memory_bytes,
         final_models=final_models,
@@ -93,15 +93,7 @@ def _fsl_sage_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetri
     strategy = FSLSage(
         shared_model=split.client,
         aux_factory=lambda: build_split(settings, data).aux,
-        alignment=AlignmentSettings(
-            interval=settings.align_interval,
-            buffer_size=settings.buffer_size,
-            epochs=settings.align_epochs,
-            batch_size=settings.align_batch_size,
-            lr=settings.align_lr,
-            weight_decay=settings.weight_decay,
-            seed=settings.seed,
-        ),
+        alignment=settings.alignment(),
         warm_up_attempts=settings.warm_up_attempts,
         **_split_kwargs(settings, data, split, tap),
     )

@@ -12,6 +12,19 @@ from fsl_sage_flwr.estimation import input_gradient, preserved_buffers
 
 
 @dataclass(frozen=True)
+class AlignmentSettings:
+    """Auxiliary alignment of FSL-SAGE (paper defaults, Nair et al., ICML 2025)."""
+
+    interval: int = 10
+    buffer_size: int = 1000
+    epochs: int = 100
+    batch_size: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class AlignmentReport:
     """Gradient-matching loss and cosine similarity before and after alignment."""
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsl_sage_flwr.alignment import AlignmentSettings
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.models import SPLIT_MODELS, aux_variants
 from fsl_sage_flwr.wire import LocalTraining
@@ -90,6 +91,18 @@ class RunSettings:
             lr=self.lr,
             weight_decay=self.weight_decay,
             keep_optimizer_state=self.keep_optimizer_state,
+            seed=self.seed,
+        )
+
+    def alignment(self) -> AlignmentSettings:
+        """FSL-SAGE's alignment settings."""
+        return AlignmentSettings(
+            interval=self.align_interval,
+            buffer_size=self.buffer_size,
+            epochs=self.align_epochs,
+            batch_size=self.align_batch_size,
+            lr=self.align_lr,
+            weight_decay=self.weight_decay,
             seed=self.seed,
         )
 

@@ -14,24 +14,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.alignment import align_auxiliary
+from fsl_sage_flwr.alignment import AlignmentSettings, align_auxiliary
 from fsl_sage_flwr.buffer import SmashedBuffer
 from fsl_sage_flwr.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes, optimizer_bytes
 from fsl_sage_flwr.wire import MalformedReplyError, ParsedReply, request_content
-
-
-@dataclass(frozen=True)
-class AlignmentSettings:
-    """Auxiliary alignment of FSL-SAGE (paper defaults, Nair et al., ICML 2025)."""
-
-    interval: int = 10
-    buffer_size: int = 1000
-    epochs: int = 100
-    batch_size: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
 
 
 @dataclass
