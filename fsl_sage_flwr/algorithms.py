@@ -47,6 +47,8 @@ class Algorithm:
     description: str
     build_server: Callable[[RunSettings, DatasetSplits, TrainMetricsTap], ServerSetup]
     client_class: type[NumPyClient] | type[SplitFedClient]
+    client_parts: tuple[str, ...]
+    """The split model's parts a client of this algorithm holds."""
 
 
 def build_split(settings: RunSettings, data: DatasetSplits) -> SplitModel:
@@ -150,11 +152,11 @@ def _splitfed_server(mode: str) -> Callable[[RunSettings, DatasetSplits, TrainMe
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
-        Algorithm("fsl-sage", "FSL-SAGE (Nair et al., ICML 2025)", _fsl_sage_server, FSLSageClient),
-        Algorithm("cse-fsl", "CSE-FSL (Mu and Shen)", _cse_fsl_server, CSEFSLClient),
-        Algorithm("fedavg", "Flower's FedAvg on the full model", _fedavg_server, FedAvgClient),
-        Algorithm("splitfed-ms", "SplitFed-MS (SFL-V1)", _splitfed_server("ms"), SplitFedClient),
-        Algorithm("splitfed-ss", "SplitFed-SS (SFL-V2)", _splitfed_server("ss"), SplitFedClient),
+        Algorithm("fsl-sage", "FSL-SAGE (Nair et al., ICML 2025)", _fsl_sage_server, FSLSageClient, ("client", "aux")),
+        Algorithm("cse-fsl", "CSE-FSL (Mu and Shen)", _cse_fsl_server, CSEFSLClient, ("client", "aux")),
+        Algorithm("fedavg", "Flower's FedAvg on the full model", _fedavg_server, FedAvgClient, ("client", "server")),
+        Algorithm("splitfed-ms", "SplitFed-MS (SFL-V1)", _splitfed_server("ms"), SplitFedClient, ("client",)),
+        Algorithm("splitfed-ss", "SplitFed-SS (SFL-V2)", _splitfed_server("ss"), SplitFedClient, ("client",)),
     )
 }
 

@@ -8,17 +8,18 @@ handler. The records are specified in ``fsl_sage_flwr.wire``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fsl_sage_flwr.algorithms import build_split, get_algorithm
+from fsl_sage_flwr.algorithms import get_algorithm
 from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset_cached, load_partition
-from fsl_sage_flwr.models import required_input_shape
+from fsl_sage_flwr.models import SplitModel, build_split_model, required_input_shape
 from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
@@ -99,6 +100,20 @@ def _build_client(context: Context) -> tuple[Any, RunSettings]:
         alpha=settings.alpha,
         **data_args,
     )
-    split = build_split(settings, load_dataset_cached(settings.dataset, **data_args))
-    client_class = get_algorithm(settings.algorithm).client_class
-    return client_class(split, trainset, partition_id, context.state), settings
+    data = load_dataset_cached(settings.dataset, **data_args)
+    algorithm = get_algorithm(settings.algorithm)
+    split = _client_split(settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts)
+    return algorithm.client_class(split, trainset, partition_id, context.state), settings
+
+
+@functools.lru_cache(maxsize=4)
+def _client_split(
+    model: str, aux_variant: str, num_classes: int, input_shape: tuple[int, ...], parts: tuple[str, ...]
+) -> SplitModel:
+    """The parts a client holds, built once per process for a run's settings.
+
+    Every message loads the models' whole state (weights and BatchNorm buffers)
+    from the request or from ``Context.state`` before it trains, so reusing the
+    modules carries nothing from one node or round to the next.
+    """
+    return build_split_model(model, num_classes=num_classes, input_shape=input_shape, aux_variant=aux_variant, parts=parts)

@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -41,11 +41,14 @@ class SplitModel:
         gradient.
     cut_shape : tuple of int
         Shape of one sample's ``z`` (no batch dimension), e.g. ``(128, 4, 4)``.
+
+    ``server`` or ``aux`` is ``None`` where a build left it out (a client needs
+    no server part).
     """
 
     client: nn.Module
-    server: nn.Module
-    aux: nn.Module
+    server: nn.Module | None
+    aux: nn.Module | None
     cut_shape: tuple[int, ...]
 
 
@@ -169,6 +172,7 @@ def build_split_model(
     num_classes: int,
     input_shape: InputShape,
     aux_variant: str = "default",
+    parts: Collection[str] = ("client", "server", "aux"),
 ) -> SplitModel:
     """Build the client part, server part and auxiliary head of a split network.
 
@@ -186,6 +190,9 @@ def build_split_model(
         ``(C, H, W)`` of one input sample.
     aux_variant : str, default "default"
         Auxiliary head size; see :func:`aux_variants`.
+    parts : collection of str
+        Which of ``"server"`` and ``"aux"`` to build besides the client part; the
+        others are ``None`` (a client has no use for the server part).
 
     Returns
     -------
@@ -211,8 +218,8 @@ def build_split_model(
 
     arch = arch_cls()
     client = arch.build_client(input_shape)
-    server = arch.build_server(num_classes)
-    aux = arch.build_aux(aux_variant, num_classes)
+    server = arch.build_server(num_classes) if "server" in parts else None
+    aux = arch.build_aux(aux_variant, num_classes) if "aux" in parts else None
     return SplitModel(client, server, aux, _measure_cut_shape(client, input_shape))
 
 

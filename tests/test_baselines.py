@@ -148,3 +148,23 @@ def test_splitfed_client_keeps_the_optimizer_state_of_its_last_batch(tmp_path):
     # Assert: Adam counted one step per batch, the last one included
     kept = context.state["splitfed.client-optimizer"].to_torch_state_dict()
     assert int(kept["0.step"]) == step - 1
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "server_part", "aux_part"),
+    [("fsl-sage", False, True), ("cse-fsl", False, True), ("fedavg", True, False), ("splitfed-ms", False, False)],
+)
+def test_a_client_builds_only_its_parts_once_per_process(tmp_path, algorithm, server_part, aux_part):
+    # Prepare: two nodes of one run
+    config = app_config(tmp_path, algorithm=algorithm)
+    contexts = [
+        Context(run_id=1, node_id=n, node_config={"partition-id": n, "num-partitions": 4}, state=RecordDict(), run_config=config)
+        for n in (0, 1)
+    ]
+    # Execute
+    first, _ = _build_client(contexts[0])
+    second, _ = _build_client(contexts[1])
+    # Assert: the same modules serve both messages; no part the algorithm does not use
+    assert first.split is second.split
+    assert (first.split.server is not None) == server_part
+    assert (first.split.aux is not None) == aux_part
