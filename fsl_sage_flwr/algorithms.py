@@ -19,6 +19,7 @@ from torch import nn
 from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import DatasetSplits
+from fsl_sage_flwr.devices import resolve_device
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.models import SplitModel, build_full_model, build_split_model
 from fsl_sage_flwr.training import evaluate_classifier
@@ -68,6 +69,7 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
         "max_examples": len(data.train),
         "max_rounds_without_replies": settings.max_rounds_without_replies,
         "node_wait_timeout": settings.node_wait_timeout,
+        "device": resolve_device(settings.device),
         "testset": data.test,
         "fraction_train": settings.fraction_train,
         "min_train_nodes": settings.min_train_nodes,
@@ -79,7 +81,7 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
 def _split_setup(strategy: SplitFedAvg, split: SplitModel) -> ServerSetup:
     def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
         strategy.shared_model.load_state_dict(arrays.to_torch_state_dict())
-        return {"client_model": split.client.state_dict(), "server_model": split.server.state_dict()}
+        return {"client_model": _on_cpu(split.client), "server_model": _on_cpu(split.server)}
 
     return ServerSetup(
         strategy=strategy,
@@ -120,7 +122,9 @@ def _fedavg_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetrics
         min_available_nodes=settings.min_available_nodes,
         train_metrics_aggr_fn=tap,
     )
-    x, y = torch.from_numpy(data.test.images), torch.from_numpy(data.test.labels)
+    device = resolve_device(settings.device)
+    full.to(device)
+    x, y = torch.from_numpy(data.test.images).to(device), torch.from_numpy(data.test.labels).to(device)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         full.load_state_dict(arrays.to_torch_state_dict())
@@ -129,7 +133,7 @@ def _fedavg_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetrics
 
     def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
         full.load_state_dict(arrays.to_torch_state_dict())
-        return {"full_model": full.state_dict()}
+        return {"full_model": _on_cpu(full)}
 
     return ServerSetup(
         strategy=strategy,
@@ -147,6 +151,11 @@ def _splitfed_server(mode: str) -> Callable[[RunSettings, DatasetSplits, TrainMe
         return _split_setup(strategy, split)
 
     return build
+
+
+def _on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict on the CPU, to save in a file that loads anywhere."""
+    return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
 
 
 ALGORITHMS: dict[str, Algorithm] = {

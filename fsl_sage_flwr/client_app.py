@@ -19,6 +19,7 @@ from fsl_sage_flwr.algorithms import get_algorithm
 from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset_cached, load_partition
+from fsl_sage_flwr.devices import resolve_device
 from fsl_sage_flwr.models import SplitModel, build_split_model, required_input_shape
 from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.wire import (
@@ -103,7 +104,8 @@ def _build_client(context: Context) -> tuple[Any, RunSettings]:
     data = load_dataset_cached(settings.dataset, **data_args)
     algorithm = get_algorithm(settings.algorithm)
     split = _client_split(settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts)
-    return algorithm.client_class(split, trainset, partition_id, context.state), settings
+    device = resolve_device(settings.device)
+    return algorithm.client_class(split, trainset, partition_id, context.state, device), settings
 
 
 @functools.lru_cache(maxsize=4)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fsl_sage_flwr.alignment import AlignmentSettings
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
+from fsl_sage_flwr.devices import DEVICE_CHOICES
 from fsl_sage_flwr.models import SPLIT_MODELS, aux_variants
 from fsl_sage_flwr.wire import LocalTraining
 
@@ -52,6 +54,7 @@ class RunSettings:
     align_lr: float = _key("align-lr", "Adam learning rate of the alignment")
     keep_optimizer_state: bool = _key("keep-optimizer-state", "keep client Adam state across rounds")
     client_threads: int = _key("client-threads", "torch threads per client")
+    device: str = _key("device", "where models train: auto, cpu, cuda or cuda:N")
     round_timeout: float = _key("round-timeout", "seconds to wait for the replies of one exchange")
     node_wait_timeout: float = _key("node-wait-timeout", "seconds to wait for min-available-nodes at start")
     warm_up_attempts: int = _key("warm-up-attempts", "how often a node whose warm-up fails is asked again")
@@ -152,6 +155,8 @@ class RunSettings:
                 f"run config 'min-train-nodes' ({self.min_train_nodes}) exceeds "
                 f"'min-available-nodes' ({self.min_available_nodes}): no round could be sampled"
             )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"run config 'device' is {self.device!r}; allowed: {DEVICE_CHOICES}")
         _check_choice("partitioning", self.partitioning, PARTITIONINGS)
         _check_choice("dataset", self.dataset, tuple(DATASETS))
         _check_choice("model", self.model, tuple(SPLIT_MODELS))

@@ -152,7 +152,7 @@ class SplitSpec:
             Auxiliary alignment schedule and optimizer (paper defaults).
         **kwargs
             Passed to :class:`FSLSage`: ``fraction_train``, ``min_train_nodes``,
-            ``min_available_nodes``, ``max_rounds_without_replies``, ...
+            ``min_available_nodes``, ``max_rounds_without_replies``, ``device``, ...
         """
         split = self.build()
         return FSLSage(
@@ -172,7 +172,14 @@ class SplitSpec:
         """Build the same strategy for Flower's legacy ``ServerApp(server_fn=...)``; as :meth:`strategy`."""
         return FSLSageLegacy(self.strategy(**kwargs))
 
-    def client(self, trainset: DataLike, context: Context, *, partition_id: int | None = None) -> FSLSageClient:
+    def client(
+        self,
+        trainset: DataLike,
+        context: Context,
+        *,
+        partition_id: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> FSLSageClient:
         """Build this node's FSL-SAGE NumPyClient.
 
         Parameters
@@ -183,6 +190,8 @@ class SplitSpec:
             Flower's context of this node; its ``state`` keeps the aux between rounds.
         partition_id : int, optional
             The node's stable id; defaults to ``context.node_config["partition-id"]``.
+        device : torch.device or str
+            Where the client trains, e.g. ``"cuda"``.
         """
         if partition_id is None:
             if PARTITION_ID_KEY not in context.node_config:
@@ -193,7 +202,7 @@ class SplitSpec:
             partition_id = int(context.node_config[PARTITION_ID_KEY])
         data = as_dataset(trainset)
         self.check(data.images[:2])
-        return FSLSageClient(self.build(), data, partition_id, context.state)
+        return FSLSageClient(self.build(), data, partition_id, context.state, device)
 
     def register(self, app: ClientApp, trainset_fn: Callable[[Context], DataLike]) -> None:
         """Serve this split's FSL-SAGE client from ``app`` (Flower's Message API).

@@ -40,16 +40,29 @@ class LocalTrainingClient(NumPyClient):
         This node's stable id, reported to the server, which orders replies by it.
     state : RecordDict
         Flower's per-node ``Context.state``.
+    device : torch.device or str
+        Where the client trains (see ``fsl_sage_flwr.devices``).
     """
 
     uploads_smashed = True
 
-    def __init__(self, split: SplitModel, trainset: ArrayDataset, partition_id: int, state: RecordDict) -> None:
+    def __init__(
+        self,
+        split: SplitModel,
+        trainset: ArrayDataset,
+        partition_id: int,
+        state: RecordDict,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if len(trainset) < 2:
             raise ValueError(f"partition {partition_id} holds {len(trainset)} samples; training needs at least 2")
+        self.device = torch.device(device)
+        for module in (split.client, split.server, split.aux):
+            if module is not None:
+                module.to(self.device)
         self.split = split
-        self.x = torch.from_numpy(trainset.images)
-        self.y = torch.from_numpy(trainset.labels)
+        self.x = torch.from_numpy(trainset.images).to(self.device)
+        self.y = torch.from_numpy(trainset.labels).to(self.device)
         self.partition_id = int(partition_id)
         self.state = state
 

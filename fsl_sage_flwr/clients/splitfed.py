@@ -49,13 +49,23 @@ class SplitFedClient:
         Reported with every reply.
     state : RecordDict
         Flower's per-node ``Context.state``.
+    device : torch.device or str
+        Where the client trains.
     """
 
-    def __init__(self, split: SplitModel, trainset: ArrayDataset, partition_id: int, state: RecordDict) -> None:
+    def __init__(
+        self,
+        split: SplitModel,
+        trainset: ArrayDataset,
+        partition_id: int,
+        state: RecordDict,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
         self.split = split
-        self.shared_model = split.client
-        self.x = torch.from_numpy(trainset.images)
-        self.y = torch.from_numpy(trainset.labels)
+        self.shared_model = split.client.to(self.device)
+        self.x = torch.from_numpy(trainset.images).to(self.device)
+        self.y = torch.from_numpy(trainset.labels).to(self.device)
         self.partition_id = partition_id
         self.state = state
 
@@ -80,7 +90,7 @@ class SplitFedClient:
             if not 1 <= step <= len(batches):
                 raise ValueError(f"gradient for batch {step - 1}, but the round has {len(batches)} batches")
             xb, _ = batches[step - 1]
-            apply_cut_gradient(self.split.client, optimizer, xb, torch.from_numpy(grad), meter)
+            apply_cut_gradient(self.split.client, optimizer, xb, torch.from_numpy(grad).to(self.device), meter)
         metrics: dict[str, Any] = {
             PARTITION_ID_KEY: self.partition_id,
             NUM_BATCHES_KEY: len(batches),

@@ -180,7 +180,7 @@ class FSLSage(SplitFedAvg):
         super().train_server_on(reply)
         slot = self._slots[reply.node_id]
         for z, y in reply.upload.batches:
-            slot.buffer.append(z, y)
+            slot.buffer.append(z.to(self.device), y.to(self.device))
         slot.buffer_changed = slot.buffer_changed or bool(reply.upload.batches)
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
@@ -231,7 +231,7 @@ class FSLSage(SplitFedAvg):
 
     def _new_slot(self, partition_id: int) -> _ClientSlot:
         torch.manual_seed(derive_seed(self.alignment.seed, partition_id, "aux-init"))
-        aux = self.aux_factory()
+        aux = self.aux_factory().to(self.device)
         optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
         return _ClientSlot(partition_id, SmashedBuffer(self.alignment.buffer_size), aux, optimizer)
 

@@ -71,6 +71,8 @@ class SplitFedAvg(FedAvg):
         no reply was accepted (it names the first reasons replies were dropped).
     node_wait_timeout : float
         Seconds to wait for ``min_available_nodes`` nodes before the run fails.
+    device : torch.device or str
+        Where the server keeps and trains its models (see ``fsl_sage_flwr.devices``).
     fraction_train, min_train_nodes, min_available_nodes, train_metrics_aggr_fn
         As in Flower's FedAvg.
     """
@@ -88,6 +90,7 @@ class SplitFedAvg(FedAvg):
         max_examples: int = 1_000_000,
         max_rounds_without_replies: int = 3,
         node_wait_timeout: float = 600.0,
+        device: torch.device | str = "cpu",
         fraction_train: float = 1.0,
         min_train_nodes: int = 2,
         min_available_nodes: int = 2,
@@ -104,13 +107,15 @@ class SplitFedAvg(FedAvg):
             weighted_by_key=WEIGHT_KEY,
             train_metrics_aggr_fn=train_metrics_aggr_fn,
         )
-        self.shared_model = shared_model
-        self.client_model = client_model
-        self.server_model = server_model
+        self.device = torch.device(device)
+        self.shared_model = shared_model.to(self.device)
+        self.client_model = client_model.to(self.device)
+        self.server_model = server_model.to(self.device)
         self.cut_shape = tuple(cut_shape)
         self.num_classes = num_classes
         self.training = training
         self.testset = testset
+        self._test_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         self.server_optimizer = make_adam(server_model, training.lr, training.weight_decay)
         self.shared_spec = state_dict_spec(shared_model.state_dict())
         self.bounds = ReplyBounds(self.cut_shape, num_classes, training, max_examples)
@@ -269,10 +274,10 @@ class SplitFedAvg(FedAvg):
         if self.testset is None:
             return None
         self.shared_model.load_state_dict(arrays.to_torch_state_dict())
-        model = nn.Sequential(self.client_model, self.server_model)
-        loss, accuracy = evaluate_classifier(
-            model, torch.from_numpy(self.testset.images), torch.from_numpy(self.testset.labels)
-        )
+        if self._test_tensors is None:
+            x, y = torch.from_numpy(self.testset.images), torch.from_numpy(self.testset.labels)
+            self._test_tensors = (x.to(self.device), y.to(self.device))
+        loss, accuracy = evaluate_classifier(nn.Sequential(self.client_model, self.server_model), *self._test_tensors)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     def server_memory_bytes(self) -> int:
@@ -293,7 +298,7 @@ class SplitFedAvg(FedAvg):
         """One server step per uploaded batch, in upload order."""
         for z, y in reply.upload.batches:
             if z.shape[0] >= 2:  # BatchNorm needs two samples in train mode
-                server_step(self.server_model, self.server_optimizer, z, y)
+                server_step(self.server_model, self.server_optimizer, z.to(self.device), y.to(self.device))
 
     def log_dropped(self, node_id: int, err: Exception | str) -> None:
         """Log one line naming the node of a dropped reply and the reason; keep the reason."""

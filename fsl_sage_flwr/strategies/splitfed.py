@@ -218,7 +218,7 @@ class SplitFed(SplitFedAvg):
             session.failed = True
 
     def _server_step(self, session: _Session) -> None:
-        z, y = session.pending
+        z, y = (t.to(self.device) for t in session.pending)
         model = session.model if self.mode == "ms" else self.server_model
         optimizer = session.optimizer if self.mode == "ms" else self.server_optimizer
         model.train()
@@ -227,7 +227,7 @@ class SplitFed(SplitFedAvg):
         loss = F.cross_entropy(model(z), y)
         loss.backward()
         optimizer.step()
-        session.grad = z.grad.numpy().astype(np.float32)
+        session.grad = z.grad.cpu().numpy().astype(np.float32)
 
     def _book_fed_server_exchange(self, sessions: list[_Session]) -> None:
         """Book each server-side copy going to the fed server and back (SFL-V1)."""
