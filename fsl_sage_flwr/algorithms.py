@@ -38,6 +38,8 @@ class ServerSetup:
     evaluate: Callable[[int, ArrayRecord], MetricRecord | None]
     server_memory_bytes: Callable[[], int]
     final_models: Callable[[ArrayRecord], dict[str, dict[str, torch.Tensor]]]
+    round_details: Callable[[], dict[str, float]] = dict
+    """Extra figures for the results row of the round just evaluated."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ def _fsl_sage_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetri
         warm_up_attempts=settings.warm_up_attempts,
         **_split_kwargs(settings, data, split, tap),
     )
-    return _split_setup(strategy, split)
+    setup = _split_setup(strategy, split)
+    setup.round_details = strategy.pop_alignment_summary
+    return setup
 
 
 def _cse_fsl_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:

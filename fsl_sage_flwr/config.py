@@ -52,6 +52,8 @@ class RunSettings:
     align_epochs: int = _key("align-epochs", "alignment passes over a buffer")
     align_batch_size: int = _key("align-batch-size", "alignment minibatch size")
     align_lr: float = _key("align-lr", "Adam learning rate of the alignment")
+    align_patience: int = _key("align-patience", "stop an alignment after this many epochs without gain; 0 = never")
+    align_min_improvement: float = _key("align-min-improvement", "relative loss drop an alignment epoch must make")
     keep_optimizer_state: bool = _key("keep-optimizer-state", "keep client Adam state across rounds")
     client_threads: int = _key("client-threads", "torch threads per client")
     device: str = _key("device", "where models train: auto, cpu, cuda or cuda:N")
@@ -107,6 +109,8 @@ class RunSettings:
             lr=self.align_lr,
             weight_decay=self.weight_decay,
             seed=self.seed,
+            patience=self.align_patience,
+            min_improvement=self.align_min_improvement,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -147,7 +151,15 @@ class RunSettings:
                 raise ValueError(f"run config '{key}' must be a finite number > 0, got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"run config 'weight-decay' must be a finite number >= 0, got {self.weight_decay}")
-        for key, value in {"align-epochs": self.align_epochs, "train-subset": self.train_subset, "seed": self.seed}.items():
+        non_negative = {
+            "align-epochs": self.align_epochs,
+            "train-subset": self.train_subset,
+            "seed": self.seed,
+            "align-patience": self.align_patience,
+        }
+        if not 0.0 <= self.align_min_improvement < 1.0:
+            raise ValueError(f"run config 'align-min-improvement' must be in [0, 1), got {self.align_min_improvement}")
+        for key, value in non_negative.items():
             if value < 0:
                 raise ValueError(f"run config '{key}' must be >= 0, got {value}")
         if self.min_train_nodes > self.min_available_nodes:

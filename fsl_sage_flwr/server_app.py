@@ -66,6 +66,7 @@ def main(grid: Grid, context: Context) -> None:
             "round_seconds": now - clock["last"],
             "client_peak_memory_bytes": int(tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
             "server_memory_bytes": setup.server_memory_bytes(),
+            **setup.round_details(),
         }
         clock["last"] = now
         writer.write(row)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsl_sage_flwr.alignment import align_auxiliary, gradient_matching_loss, server_cut_gradients
+from fsl_sage_flwr.alignment import align_auxiliary, chunks, gradient_matching_loss, server_cut_gradients
 from fsl_sage_flwr.estimation import client_step, estimate_cut_gradient, input_gradient
 from fsl_sage_flwr.models import build_split_model
 
@@ -105,3 +105,40 @@ def test_alignment_lowers_matching_loss_and_raises_cosine(variant, loss_ratio, c
     assert report.loss_before == pytest.approx(loss_before, rel=1e-4)
     assert report.loss_after < loss_ratio * report.loss_before
     assert report.cosine_after > report.cosine_before + cosine_gain
+
+
+def _aligned(epochs: int, patience: int, n: int = 200, batch_size: int = 100):
+    split = _split("default")
+    x, y = _batch(n, seed=3)
+    with torch.no_grad():
+        z = split.client(x)
+    optimizer = torch.optim.Adam(split.aux.parameters(), lr=1e-3)
+    return align_auxiliary(
+        split.aux, optimizer, split.server, z, y, epochs=epochs, batch_size=batch_size,
+        generator=torch.Generator().manual_seed(0), patience=patience, min_improvement=0.05,
+    )
+
+
+def test_alignment_stops_once_the_matching_loss_stops_improving():
+    # Execute: a demanding 5% gain per epoch ends the alignment long before 120 epochs
+    early = _aligned(epochs=120, patience=2)
+    full = _aligned(epochs=120, patience=0)
+    # Assert: fewer epochs, still aligned
+    assert full.epochs == 120
+    assert 2 < early.epochs < 120
+    assert early.cosine_after > early.cosine_before + 0.2
+
+
+def test_a_buffer_one_sample_past_a_batch_aligns():
+    # 17 buffered samples in batches of 16 would leave one sample to BatchNorm alone
+    report = _aligned(epochs=2, patience=0, n=17, batch_size=16)
+    assert report.num_samples == 17 and report.epochs == 2
+
+
+@pytest.mark.parametrize(("n", "size"), [(17, 16), (16, 16), (33, 16), (1, 16), (5, 2)])
+def test_chunks_cover_everything_without_one_sample_chunks(n, size):
+    parts = chunks(n, size)
+    covered = [i for part in parts for i in range(n)[part]]
+    assert covered == list(range(n))
+    assert all(len(range(n)[part]) >= 2 for part in parts) or n == 1
+    assert all(len(range(n)[part]) <= size + 1 for part in parts)

@@ -14,7 +14,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.alignment import AlignmentSettings, align_auxiliary
+from fsl_sage_flwr.alignment import AlignmentReport, AlignmentSettings, align_auxiliary
 from fsl_sage_flwr.buffer import SmashedBuffer
 from fsl_sage_flwr.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes, optimizer_bytes
@@ -73,6 +73,7 @@ class FSLSage(SplitFedAvg):
         self._aux_in_flight: set[int] = set()
         self.warm_up_attempts = warm_up_attempts
         self._warm_up_tries: dict[int, int] = {}
+        self._recent_alignments: list[AlignmentReport] = []
 
     def warm_up(self, grid: Grid, arrays: ArrayRecord) -> None:
         """Register every connected node without a slot, and align its aux.
@@ -249,16 +250,38 @@ class FSLSage(SplitFedAvg):
             epochs=self.alignment.epochs,
             batch_size=self.alignment.batch_size,
             generator=torch.Generator().manual_seed(seed),
+            patience=self.alignment.patience,
+            min_improvement=self.alignment.min_improvement,
         )
         slot.aux_pending = True
         slot.buffer_changed = False
+        self._recent_alignments.append(report)
         log(
             INFO,
-            "aligned aux of partition %d on %d samples: matching loss %.4g -> %.4g, cosine %.3f -> %.3f",
+            "aligned aux of partition %d on %d samples in %d epochs, %.2f s: matching loss %.4g -> %.4g, "
+            "cosine %.3f -> %.3f",
             slot.partition_id,
             report.num_samples,
+            report.epochs,
+            report.seconds,
             report.loss_before,
             report.loss_after,
             report.cosine_before,
             report.cosine_after,
         )
+
+    def pop_alignment_summary(self) -> dict[str, float]:
+        """Sum up the alignments since the last call: count, epochs, seconds, mean cosines.
+
+        Empty when none ran. The ServerApp adds it to each round's results row.
+        """
+        reports, self._recent_alignments = self._recent_alignments, []
+        if not reports:
+            return {}
+        return {
+            "alignments": len(reports),
+            "align_epochs": sum(r.epochs for r in reports),
+            "align_seconds": sum(r.seconds for r in reports),
+            "align_cosine_before": sum(r.cosine_before for r in reports) / len(reports),
+            "align_cosine_after": sum(r.cosine_after for r in reports) / len(reports),
+        }
