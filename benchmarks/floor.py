@@ -150,7 +150,21 @@ def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: t
         "best_accuracy": max(r["accuracy"] for r in rows[1:]) if len(rows) > 1 else None,
         "rounds": rows,
     }
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("rounds", "settings")}), flush=True)
+    if COMPARISONS:
+        full = [c["full"] for c in COMPARISONS]
+        early = [c["early"] for c in COMPARISONS]
+        summary["alignment_comparison"] = {
+            "alignments": len(full),
+            "full_mean_cosine_after": float(np.mean([r["cosine_after"] for r in full])),
+            "early_mean_cosine_after": float(np.mean([r["cosine_after"] for r in early])),
+            "full_seconds": float(sum(r["seconds"] for r in full)),
+            "early_seconds": float(sum(r["seconds"] for r in early)),
+            "full_epochs": int(sum(r["epochs"] for r in full)),
+            "early_epochs": int(sum(r["epochs"] for r in early)),
+            "per_alignment": COMPARISONS,
+        }
+        print(json.dumps({k: v for k, v in summary["alignment_comparison"].items() if k != "per_alignment"}), flush=True)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("rounds", "settings", "alignment_comparison")}), flush=True)
     return summary
 
 
@@ -164,14 +178,38 @@ def _align_all(args, server, auxes, aux_opts, buffers, server_round: int, device
 def _align(args, server, aux, opt, buffer, server_round: int, pid: int, device: torch.device) -> float:
     if not len(buffer):
         return 0.0
-    _sync(device)
-    t0 = time.perf_counter()
     z, y = buffer.tensors()
-    gen = torch.Generator().manual_seed(derive_seed(args.seed, server_round, pid, "align"))
-    report = align_auxiliary(aux, opt, server, z, y, epochs=args.align_epochs, batch_size=args.align_batch_size, generator=gen)
+    seed = derive_seed(args.seed, server_round, pid, "align")
+    if args.compare_patience:
+        # The early-stopping variant on copies, from the same start: only the figures are kept.
+        twin = copy.deepcopy(aux)
+        twin_opt = torch.optim.Adam(twin.parameters(), lr=args.align_lr, weight_decay=args.weight_decay)
+        twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        early = align_auxiliary(
+            twin, twin_opt, server, z, y, epochs=args.align_epochs, batch_size=args.align_batch_size,
+            generator=torch.Generator().manual_seed(seed), patience=args.compare_patience, min_improvement=args.min_improvement,
+        )
+        _sync(device)
+        COMPARISONS.append({"round": server_round, "client": pid, "early": vars(early)})
+    report = align_auxiliary(
+        aux, opt, server, z, y, epochs=args.align_epochs, batch_size=args.align_batch_size,
+        generator=torch.Generator().manual_seed(seed), patience=args.align_patience, min_improvement=args.min_improvement,
+    )
     _sync(device)
-    print(f"  aligned client {pid}: cosine {report.cosine_before:.3f} -> {report.cosine_after:.3f}", flush=True)
-    return time.perf_counter() - t0
+    if args.compare_patience:
+        COMPARISONS[-1]["full"] = vars(report)
+        print(
+            f"  client {pid}: cosine {report.cosine_before:.3f} -> {report.cosine_after:.3f} in {report.epochs} epochs, "
+            f"{report.seconds:.2f} s; early stop: -> {early.cosine_after:.3f} in {early.epochs} epochs, {early.seconds:.2f} s",
+            flush=True,
+        )
+    else:
+        print(f"  client {pid}: cosine {report.cosine_before:.3f} -> {report.cosine_after:.3f} in {report.epochs} epochs, {report.seconds:.2f} s", flush=True)
+    return report.seconds
+
+
+#: Per alignment: the paper's full alignment against early stopping (``--compare-patience``).
+COMPARISONS: list[dict] = []
 
 
 def _weighted_average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
@@ -220,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--align-epochs", type=int, default=100)
     p.add_argument("--align-batch-size", type=int, default=1000)
     p.add_argument("--align-lr", type=float, default=1e-3)
+    p.add_argument("--align-patience", type=int, default=0, help="early stop of each alignment (0: all epochs)")
+    p.add_argument("--min-improvement", type=float, default=0.01)
+    p.add_argument("--compare-patience", type=int, default=0, help="also time early stopping with this patience, on copies")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
