@@ -31,7 +31,8 @@ def minibatches(
     BatchNorm in train mode cannot normalise a single sample, so a trailing batch
     of size one is dropped.
     """
-    order = torch.randperm(x.shape[0], generator=generator)
+    # The order comes from a CPU generator, the same on every device.
+    order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     for start in range(0, x.shape[0], batch_size):
         idx = order[start : start + batch_size]
         if idx.shape[0] < 2:
