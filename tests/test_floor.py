@@ -18,7 +18,7 @@ from simulations.in_process import run_in_process
 
 def test_the_floor_loop_gives_the_flower_apps_accuracies(tmp_path):
     # Prepare: 10 digits clients, 3 rounds, an alignment after round 2
-    settings = {"num-server-rounds": 3, "align-interval": 2, "align-epochs": 5, "batch-size": 16, "min-available-nodes": 10}
+    settings = {"num-server-rounds": 3, "align-interval": 2, "align-epochs": 5, "batch-size": 16, "min-available-nodes": 10, "device": "cpu"}
     config = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     config = {**config, **settings, "output-dir": str(tmp_path), "run-name": "apps"}
     args = _parser().parse_args(
