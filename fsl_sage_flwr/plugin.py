@@ -20,6 +20,7 @@ from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.models import SplitModel
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
+from fsl_sage_flwr.training import derive_seed
 from fsl_sage_flwr.wire import PARTITION_ID_KEY, LocalTraining
 
 #: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
@@ -122,7 +123,8 @@ class SplitSpec:
 
     def check(self, sample_inputs: np.ndarray) -> None:
         """Run two samples through the parts; raise ValueError on a shape mismatch."""
-        split = self.build()
+        with torch.random.fork_rng(devices=[]):  # a check leaves the caller's RNG as it was
+            split = self.build()
         x = torch.as_tensor(np.asarray(sample_inputs[:2], dtype=np.float32))
         with torch.no_grad():
             for module in (split.client, split.server, split.aux):
@@ -154,14 +156,19 @@ class SplitSpec:
             Passed to :class:`FSLSage`: ``fraction_train``, ``min_train_nodes``,
             ``min_available_nodes``, ``max_rounds_without_replies``, ``device``, ...
         """
-        split = self.build()
+        training = training or LocalTraining()
+        alignment = alignment or AlignmentSettings(seed=training.seed)
+        # The initial models follow the seed, without disturbing the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(training.seed, "split-init"))
+            split = self.build()
         return FSLSage(
             shared_model=split.client,
             client_model=split.client,
             server_model=split.server,
             aux_factory=lambda: _fresh(self.aux_model, "aux_model"),
-            alignment=alignment or AlignmentSettings(),
-            training=training or LocalTraining(),
+            alignment=alignment,
+            training=training,
             cut_shape=self.cut_shape,
             num_classes=self.num_classes,
             testset=self._testset,

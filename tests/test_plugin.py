@@ -298,3 +298,19 @@ def _context(partition_id: int) -> Context:
 
 def _dropping_nones(send_and_receive):
     return lambda messages, timeout=None: [r for r in send_and_receive(messages, timeout=timeout) if r is not None]
+
+
+def test_the_training_seed_fixes_the_initial_models_without_touching_the_callers_rng():
+    # Prepare
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    # Execute
+    first = _spec().strategy(training=LocalTraining(seed=4)).initial_arrays()
+    after = torch.rand(1)
+    second = _spec().strategy(training=LocalTraining(seed=4)).initial_arrays()
+    other = _spec().strategy(training=LocalTraining(seed=5)).initial_arrays()
+    # Assert
+    assert torch.equal(after, expected_next)
+    assert all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first.keys())
+    assert not all(np.array_equal(first[k].numpy(), other[k].numpy()) for k in first.keys())

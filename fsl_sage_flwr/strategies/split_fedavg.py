@@ -17,6 +17,7 @@ from torch import nn
 
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.estimation import server_step
+from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
@@ -105,7 +106,8 @@ class SplitFedAvg(FedAvg):
             min_evaluate_nodes=0,
             min_available_nodes=min_available_nodes,
             weighted_by_key=WEIGHT_KEY,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            # Flower's default would average ids too; this one keeps what means something.
+            train_metrics_aggr_fn=train_metrics_aggr_fn or TrainMetricsTap(),
         )
         self.device = torch.device(device)
         self.shared_model = shared_model.to(self.device)
