@@ -16,8 +16,9 @@ from flwr.clientapp import ClientApp
 from clients import FSLSageClient, SplitFedClient
 from fsl_sage_flwr.algorithms import build_split, get_algorithm
 from fsl_sage_flwr.config import RunSettings
-from fsl_sage_flwr.data import load_dataset_cached, load_partition
+from fsl_sage_flwr.data import load_dataset_cached
 from fsl_sage_flwr.models import required_input_shape
+from fsl_sage_flwr.node_data import load_node_data
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
     AUX_KEY,
@@ -100,14 +101,7 @@ def _build_client(context: Context) -> tuple[Any, RunSettings]:
         "train_subset": settings.train_subset or None,
         "seed": settings.seed,
     }
-    trainset = load_partition(
-        settings.dataset,
-        partition_id,
-        int(context.node_config["num-partitions"]),
-        partitioning=settings.partitioning,
-        alpha=settings.alpha,
-        **data_args,
-    )
+    trainset = load_node_data(context.node_config, settings)
     split = build_split(settings, load_dataset_cached(settings.dataset, **data_args))
     client_class = get_algorithm(settings.algorithm).client_class
     return client_class(split, trainset, partition_id, context.state), settings

@@ -60,8 +60,8 @@ class ArrayDataset:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {self.images.shape}")
+        if self.images.ndim < 2:
+            raise ValueError(f"images must be (N, ...) such as (N, C, H, W), got shape {self.images.shape}")
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):
             raise ValueError(
                 f"labels must be (N,) with N = {len(self.images)}, got shape {self.labels.shape}"
