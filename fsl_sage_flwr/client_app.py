@@ -18,9 +18,10 @@ from flwr.clientapp import ClientApp
 from fsl_sage_flwr.algorithms import get_algorithm
 from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
 from fsl_sage_flwr.config import RunSettings
-from fsl_sage_flwr.data import load_dataset_cached, load_partition
+from fsl_sage_flwr.data import load_dataset_cached
 from fsl_sage_flwr.devices import resolve_device
 from fsl_sage_flwr.models import SplitModel, build_split_model, required_input_shape
+from fsl_sage_flwr.node_data import load_node_data
 from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
@@ -93,14 +94,7 @@ def _build_client(context: Context) -> tuple[Any, RunSettings]:
         "train_subset": settings.train_subset or None,
         "seed": settings.seed,
     }
-    trainset = load_partition(
-        settings.dataset,
-        partition_id,
-        int(context.node_config["num-partitions"]),
-        partitioning=settings.partitioning,
-        alpha=settings.alpha,
-        **data_args,
-    )
+    trainset = load_node_data(context.node_config, settings)
     data = load_dataset_cached(settings.dataset, **data_args)
     algorithm = get_algorithm(settings.algorithm)
     split = _client_split(settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts)

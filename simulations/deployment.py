@@ -1,0 +1,429 @@
+"""A real Flower federation on loopback: one SuperLink, N SuperNodes, `flwr run`.
+
+Unlike ``simulations.flwr_run`` (Flower's simulation runtime), this starts the
+Deployment Engine processes themselves, as they run on separate machines:
+``flower-superlink`` and one ``flower-supernode`` per node, all on 127.0.0.1 with
+free ports, insecure or with TLS. The ``flwr`` CLI reaches the SuperLink through a
+named connection in a fresh ``$FLWR_HOME/config.toml``.
+
+Every process it starts is stopped by its process id when the federation closes,
+together with the SuperExec processes the SuperLink and SuperNodes spawn (those
+detach; they are found by the ``--parent-pid`` in their command lines) and their
+descendants. SIGTERM first, SIGKILL after ``stop_timeout`` seconds.
+
+Usage::
+
+    with LoopbackFederation(workdir, [{"partition-id": 0, "num-partitions": 2}, ...]) as fed:
+        outcome = fed.run({"num-server-rounds": 3, "output-dir": "/abs/path", "run-name": "x"})
+        assert outcome.status == "finished:completed"
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulations.flwr_run import PROJECT_DIR, _free_port, _toml_value
+
+LOOPBACK = "127.0.0.1"
+
+
+class DeploymentError(RuntimeError):
+    """The federation did not start, or a run did not end in time."""
+
+
+@dataclass(frozen=True)
+class DeploymentRun:
+    """How one `flwr run` on the federation ended."""
+
+    run_id: int
+    status: str
+    log: str
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a CA and a server certificate it signed (for 127.0.0.1)."""
+
+    ca_certificate: Path
+    server_certificate: Path
+    server_key: Path
+
+
+def venv_bin(name: str) -> str:
+    """Path of a console script of this environment (next to ``sys.executable``)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def make_tls_files(directory: Path, host: str = LOOPBACK) -> TlsFiles:
+    """Write a CA certificate and a server certificate for ``host`` signed by it.
+
+    The server certificate carries ``subjectAltName = IP:<host>`` (and
+    ``DNS:localhost``), which gRPC checks against the address a client dials.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid_from, valid_to = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fsl-sage-flwr test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_to)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_to)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    files = TlsFiles(directory / "ca.crt", directory / "server.pem", directory / "server.key")
+    files.ca_certificate.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.server_certificate.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    files.server_key.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.server_key.chmod(0o600)
+    return files
+
+
+class LoopbackFederation:
+    """One SuperLink and one SuperNode per node config, on 127.0.0.1.
+
+    Parameters
+    ----------
+    workdir : Path
+        Holds the Flower home folders, certificates, the SuperLink database and the
+        processes' logs (``logs/``).
+    node_configs : Sequence[Mapping[str, Any]]
+        One ``--node-config`` per SuperNode (e.g. ``{"partition-id": 0, "num-partitions": 3}``).
+    tls : bool
+        Serve the SuperLink with a certificate from a CA made here; otherwise insecure.
+    install_dependencies : bool
+        Leave the SuperLink's per-run ``uv sync`` of the app's dependencies on. Off by
+        default (``--disable-runtime-dependency-installation``); see the README.
+    name : str
+        Name of the connection entry in ``$FLWR_HOME/config.toml``.
+    stop_timeout : float
+        Seconds between SIGTERM and SIGKILL when stopping.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        node_configs: Sequence[Mapping[str, Any]],
+        *,
+        tls: bool = False,
+        install_dependencies: bool = False,
+        name: str = "loopback",
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.node_configs = [dict(c) for c in node_configs]
+        self.tls = tls
+        self.install_dependencies = install_dependencies
+        self.name = name
+        self.stop_timeout = stop_timeout
+        self.flwr_home = self.workdir / "flwr-home"
+        self.log_dir = self.workdir / "logs"
+        self.port = 0
+        self.tls_files: TlsFiles | None = None
+        self.processes: list[subprocess.Popen] = []
+        #: Every process id this federation stopped (started ones and their SuperExecs).
+        self.stopped_pids: set[int] = set()
+        self._log_handles: list[Any] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> LoopbackFederation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        """Start the SuperLink, wait for its port, start the SuperNodes, write the connection."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self.tls_files = make_tls_files(self.workdir / "certificates")
+        self.port = _free_port()
+        self._spawn("superlink", self.superlink_command(), self.workdir / "superlink-home")
+        self._wait_for_port(self.port, ready_timeout)
+        for i, config in enumerate(self.node_configs):
+            self._spawn(f"supernode-{i}", self.supernode_command(config), self.workdir / f"supernode-{i}-home")
+        self.write_connection()
+
+    def superlink_command(self) -> list[str]:
+        """The ``flower-superlink`` command line."""
+        command = [venv_bin("flower-superlink"), *self._superlink_security()]
+        command += ["--host", LOOPBACK, "--port", str(self.port)]
+        command += ["--database", str(self.workdir / "superlink.db")]
+        if not self.install_dependencies:
+            command.append("--disable-runtime-dependency-installation")
+        return command
+
+    def supernode_command(self, node_config: Mapping[str, Any]) -> list[str]:
+        """The ``flower-supernode`` command line for one node."""
+        if self.tls_files is not None:
+            security = ["--root-certificates", str(self.tls_files.ca_certificate)]
+        else:
+            security = ["--insecure"]
+        node = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
+        return [
+            venv_bin("flower-supernode"), *security,
+            "--superlink", f"{LOOPBACK}:{self.port}",
+            "--port", str(_free_port()),
+            "--node-config", node,
+        ]
+
+    def write_connection(self) -> Path:
+        """Write ``[superlink.<name>]`` into ``$FLWR_HOME/config.toml``."""
+        lines = ["[superlink]", f'default = "{self.name}"', "", f"[superlink.{self.name}]"]
+        lines.append(f'address = "{LOOPBACK}:{self.port}"')
+        if self.tls_files is not None:
+            lines.append(f"root-certificates = {json.dumps(str(self.tls_files.ca_certificate))}")
+        else:
+            lines.append("insecure = true")
+        path = self.flwr_home / "config.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _superlink_security(self) -> list[str]:
+        if self.tls_files is None:
+            return ["--insecure"]
+        return [
+            "--ssl-ca-certfile", str(self.tls_files.ca_certificate),
+            "--ssl-certfile", str(self.tls_files.server_certificate),
+            "--ssl-keyfile", str(self.tls_files.server_key),
+        ]
+
+    # ------------------------------------------------------------------ running
+
+    def env(self, home: Path | None = None) -> dict[str, str]:
+        """Environment for Flower processes: this venv's bin first on PATH, a Flower home."""
+        env = dict(os.environ)
+        env["FLWR_HOME"] = str(home or self.flwr_home)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
+        return env
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run a ``flwr`` CLI command against this federation's Flower home."""
+        return subprocess.run(
+            [venv_bin("flwr"), *args], env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """``flwr ls <name> --format json``: the runs on the SuperLink."""
+        out = self.flwr("ls", self.name, "--format", "json")
+        try:
+            return list(json.loads(out.stdout)["runs"])
+        except (json.JSONDecodeError, KeyError) as err:
+            raise DeploymentError(f"cannot read `flwr ls`: {out.stdout[-800:]} {out.stderr[-800:]}") from err
+
+    def run(
+        self,
+        run_config: Mapping[str, Any],
+        *,
+        app_dir: Path = PROJECT_DIR,
+        timeout: float = 600.0,
+        poll_interval: float = 1.0,
+    ) -> DeploymentRun:
+        """``flwr run <app_dir> <name> --stream --run-config ...``, then wait for the run to finish.
+
+        Returns when ``flwr ls`` shows the run ``finished:*`` (``--stream`` alone exits 0
+        even for a failed run).
+
+        Raises
+        ------
+        DeploymentError
+            If the run was not submitted or did not finish within ``timeout`` seconds.
+        """
+        start = time.monotonic()
+        before = {int(r["run-id"]) for r in self.list_runs()}
+        command = [venv_bin("flwr"), "run", str(app_dir), self.name, "--stream"]
+        for key, value in run_config.items():
+            command += ["--run-config", f"{key}={_toml_value(value)}"]
+        log_path = self.log_dir / f"flwr-run-{len(before)}.log"
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(command, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        log = log_path.read_text(errors="replace")
+        while True:
+            new = [r for r in self.list_runs() if int(r["run-id"]) not in before]
+            if new and str(new[0]["status"]).startswith("finished"):
+                return DeploymentRun(int(new[0]["run-id"]), str(new[0]["status"]), log, time.monotonic() - start)
+            if time.monotonic() - start > timeout:
+                state = new[0]["status"] if new else "not submitted"
+                raise DeploymentError(f"run {state} after {timeout:.0f} s; log:\n{log[-3000:]}")
+            time.sleep(poll_interval)
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self) -> None:
+        """Stop every started process and the SuperExecs they spawned, by process id."""
+        targets = self._process_tree()
+        for pid in targets:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline and any(_alive(p) for p in targets):
+            for proc in self.processes:
+                proc.poll()  # reap our own children so they do not linger as zombies
+            time.sleep(0.1)
+        # Anything spawned meanwhile (or still alive) gets SIGKILL.
+        targets |= self._process_tree()
+        for pid in targets:
+            if _alive(pid):
+                _signal(pid, signal.SIGKILL)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline and any(_alive(p) for p in targets):
+            time.sleep(0.1)
+        self.stopped_pids |= targets
+        for handle in self._log_handles:
+            handle.close()
+        self._log_handles.clear()
+
+    def alive_pids(self) -> list[int]:
+        """Process ids this federation started or stopped that are still running."""
+        return sorted(p for p in self.stopped_pids | {p.pid for p in self.processes} if _alive(p))
+
+    def _process_tree(self) -> set[int]:
+        """Started processes, the SuperExecs naming them as ``--parent-pid``, and all descendants."""
+        roots = {p.pid for p in self.processes if _alive(p.pid)}
+        table = _process_table()
+        found = set(roots)
+        for pid, (_, words) in table.items():
+            for i, word in enumerate(words[:-1]):
+                if word == "--parent-pid" and words[i + 1].isdigit() and int(words[i + 1]) in roots:
+                    found.add(pid)
+        changed = True
+        while changed:
+            changed = False
+            for pid, (ppid, _) in table.items():
+                if ppid in found and pid not in found:
+                    found.add(pid)
+                    changed = True
+        return found
+
+    def _spawn(self, label: str, command: list[str], home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        handle = open(self.log_dir / f"{label}.log", "w")
+        self._log_handles.append(handle)
+        handle.write(" ".join(command) + "\n")
+        handle.flush()
+        self.processes.append(
+            subprocess.Popen(command, env=self.env(home), cwd=home, stdout=handle, stderr=subprocess.STDOUT)
+        )
+
+    def _wait_for_port(self, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes[0].poll() is not None:
+                log = (self.log_dir / "superlink.log").read_text(errors="replace")
+                raise DeploymentError(f"flower-superlink exited with {self.processes[0].returncode}:\n{log[-3000:]}")
+            with socket.socket() as sock:
+                sock.settimeout(0.5)
+                if sock.connect_ex((LOOPBACK, port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise DeploymentError(f"flower-superlink did not listen on port {port} within {timeout:.0f} s")
+
+
+def _process_table() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, command line words), read from /proc."""
+    table: dict[int, tuple[int, list[str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = [w.decode(errors="replace") for w in (entry / "cmdline").read_bytes().split(b"\0") if w]
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name in field 2 may hold spaces and parentheses: split after its last ')'.
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        table[int(entry.name)] = (ppid, words)
+    return table
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
