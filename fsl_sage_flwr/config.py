@@ -51,6 +51,11 @@ class RunSettings:
     max_rounds_without_replies: int = _key(
         "max-rounds-without-replies", "stop the run after this many rounds in a row without an accepted reply"
     )
+    max_cached_clients: int = _key(
+        "max-cached-clients", "FSL-SAGE: clients whose server-side state is held in memory; the rest is on disk"
+    )
+    checkpoint_interval: int = _key("checkpoint-interval", "write a checkpoint every this many rounds, 0 = never")
+    resume: bool = _key("resume", "continue the run in output-dir/run-name from its checkpoint")
     seed: int = _key("seed", "seed of data split, models and sampling")
     output_dir: str = _key("output-dir", "results folder; relative paths go under $HOME")
     run_name: str = _key("run-name", "results subfolder; empty = timestamp and algorithm")
@@ -104,6 +109,7 @@ class RunSettings:
             "max-rounds-without-replies": self.max_rounds_without_replies,
             "min-train-nodes": self.min_train_nodes,
             "min-available-nodes": self.min_available_nodes,
+            "max-cached-clients": self.max_cached_clients,
         }
         for key, value in positive.items():
             if value < 1:
@@ -115,8 +121,10 @@ class RunSettings:
         for key, value in {"lr": self.lr, "align-lr": self.align_lr, "alpha": self.alpha}.items():
             if value <= 0:
                 raise ValueError(f"run config '{key}' must be > 0, got {value}")
-        if self.weight_decay < 0 or self.align_epochs < 0 or self.train_subset < 0:
-            raise ValueError("run config 'weight-decay', 'align-epochs' and 'train-subset' must be >= 0")
+        if self.weight_decay < 0 or self.align_epochs < 0 or self.train_subset < 0 or self.checkpoint_interval < 0:
+            raise ValueError(
+                "run config 'weight-decay', 'align-epochs', 'train-subset' and 'checkpoint-interval' must be >= 0"
+            )
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
