@@ -156,3 +156,19 @@ def safe_load_roundtrip(obj: object, folder: Path) -> object:
     path = folder.parent / "snapshot.pt"
     torch.save(obj, path)
     return safe_load(path)
+
+
+def test_random_states_survive_a_checkpoint(tmp_path):
+    import random
+
+    from fsl_sage_flwr.checkpoint import atomic_save, rng_state, set_rng_state
+
+    random.seed(3)
+    torch.manual_seed(3)
+    atomic_save({"rng": rng_state()}, tmp_path / "c.pt")
+    expected = (random.random(), torch.rand(3))
+    random.seed(99)
+    torch.manual_seed(99)
+    set_rng_state(safe_load(tmp_path / "c.pt")["rng"])
+    assert random.random() == expected[0]
+    assert torch.equal(torch.rand(3), expected[1])
