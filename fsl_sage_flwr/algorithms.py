@@ -8,7 +8,9 @@ selected by the run-config key ``algorithm``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
@@ -40,6 +42,11 @@ class ServerSetup:
     final_models: Callable[[ArrayRecord], dict[str, dict[str, torch.Tensor]]]
     round_details: Callable[[], dict[str, float]] = dict
     """Extra figures for the results row of the round just evaluated."""
+    #: the server's state beyond the global arrays, for checkpoints (plain tensors and dicts)
+    server_state: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    load_server_state: Callable[[dict[str, Any]], None] = field(default=lambda state: None)
+    #: called once a checkpoint holding ``server_state()`` is on disk
+    checkpoint_saved: Callable[[], None] = field(default=lambda: None)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,9 @@ class Algorithm:
 
     name: str
     description: str
-    build_server: Callable[[RunSettings, DatasetSplits, TrainMetricsTap], ServerSetup]
+    #: ``build_server(settings, data, tap, state_dir=None)``; ``state_dir`` is a folder
+    #: the server may keep per-client state in
+    build_server: Callable[..., ServerSetup]
     client_class: type[NumPyClient] | type[SplitFedClient]
     client_parts: tuple[str, ...]
     """The split model's parts a client of this algorithm holds."""
@@ -91,16 +100,23 @@ def _split_setup(strategy: SplitFedAvg, split: SplitModel) -> ServerSetup:
         evaluate=strategy.evaluate_global,
         server_memory_bytes=strategy.server_memory_bytes,
         final_models=final_models,
+        server_state=strategy.server_state,
+        load_server_state=strategy.load_server_state,
+        checkpoint_saved=strategy.checkpoint_saved,
     )
 
 
-def _fsl_sage_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+def _fsl_sage_server(
+    settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+) -> ServerSetup:
     split = build_split(settings, data)
     strategy = FSLSage(
         shared_model=split.client,
         aux_factory=lambda: build_split(settings, data).aux,
         alignment=settings.alignment(),
         warm_up_attempts=settings.warm_up_attempts,
+        state_dir=state_dir,
+        max_cached_clients=settings.max_cached_clients,
         **_split_kwargs(settings, data, split, tap),
     )
     setup = _split_setup(strategy, split)
@@ -108,14 +124,18 @@ def _fsl_sage_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetri
     return setup
 
 
-def _cse_fsl_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+def _cse_fsl_server(
+    settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+) -> ServerSetup:
     split = build_split(settings, data)
     shared = nn.ModuleDict({"client": split.client, "aux": split.aux})
     strategy = CSEFSL(shared_model=shared, **_split_kwargs(settings, data, split, tap))
     return _split_setup(strategy, split)
 
 
-def _fedavg_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+def _fedavg_server(
+    settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+) -> ServerSetup:
     full = build_full_model(build_split(settings, data))
     # Flower's own FedAvg, unmodified: only the client side is ours.
     strategy = FedAvg(
@@ -148,8 +168,10 @@ def _fedavg_server(settings: RunSettings, data: DatasetSplits, tap: TrainMetrics
     )
 
 
-def _splitfed_server(mode: str) -> Callable[[RunSettings, DatasetSplits, TrainMetricsTap], ServerSetup]:
-    def build(settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap) -> ServerSetup:
+def _splitfed_server(mode: str) -> Callable[..., ServerSetup]:
+    def build(
+        settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+    ) -> ServerSetup:
         split = build_split(settings, data)
         strategy = SplitFed(mode=mode, batch_size=settings.batch_size, **_split_kwargs(settings, data, split, tap))
         return _split_setup(strategy, split)

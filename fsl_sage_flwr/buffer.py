@@ -59,6 +59,25 @@ class SmashedBuffer:
         zs, ys = zip(*self._batches)
         return torch.cat(zs), torch.cat(ys)
 
+    def state_dict(self) -> dict[str, object]:
+        """Return the held samples as plain tensors, for ``torch.save``."""
+        if not self._batches:
+            return {"capacity": self.capacity, "z": None, "y": None}
+        z, y = self.tensors()
+        return {"capacity": self.capacity, "z": z, "y": y}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Replace the held samples with those of :meth:`state_dict`."""
+        self._batches.clear()
+        self._size = 0
+        self.capacity = int(state["capacity"])
+        if state["z"] is not None:
+            self.append(state["z"], state["y"])
+
+    def nbytes(self) -> int:
+        """Bytes of the held tensors."""
+        return sum(z.nbytes + y.nbytes for z, y in self._batches)
+
     def _trim(self) -> None:
         excess = self._size - self.capacity
         while excess > 0:

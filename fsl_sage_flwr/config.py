@@ -63,6 +63,11 @@ class RunSettings:
     max_rounds_without_replies: int = _key(
         "max-rounds-without-replies", "stop the run after this many rounds in a row without an accepted reply"
     )
+    max_cached_clients: int = _key(
+        "max-cached-clients", "FSL-SAGE: clients whose server-side state is held in memory; the rest is on disk"
+    )
+    checkpoint_interval: int = _key("checkpoint-interval", "write a checkpoint every this many rounds, 0 = never")
+    resume: bool = _key("resume", "continue the run in output-dir/run-name from its checkpoint")
     seed: int = _key("seed", "seed of data split, models and sampling")
     output_dir: str = _key("output-dir", "results folder; relative paths go under $HOME")
     run_name: str = _key("run-name", "results subfolder; empty = timestamp and algorithm")
@@ -131,6 +136,7 @@ class RunSettings:
             "warm-up-attempts": self.warm_up_attempts,
             "min-train-nodes": self.min_train_nodes,
             "min-available-nodes": self.min_available_nodes,
+            "max-cached-clients": self.max_cached_clients,
         }
         for key, value in positive.items():
             if value < 1:
@@ -156,6 +162,7 @@ class RunSettings:
             "train-subset": self.train_subset,
             "seed": self.seed,
             "align-patience": self.align_patience,
+            "checkpoint-interval": self.checkpoint_interval,
         }
         if not 0.0 <= self.align_min_improvement < 1.0:
             raise ValueError(f"run config 'align-min-improvement' must be in [0, 1), got {self.align_min_improvement}")

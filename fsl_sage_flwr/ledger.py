@@ -60,6 +60,20 @@ class ByteLedger:
         """Book ``nbytes`` received from ``client`` in the current round."""
         self._up[(self.current_round, client)] += nbytes
 
+    def state_dict(self) -> dict[str, object]:
+        """The ledger as plain lists, for a checkpoint."""
+        return {
+            "current_round": self.current_round,
+            "up": [[r, c, v] for (r, c), v in self._up.items()],
+            "down": [[r, c, v] for (r, c), v in self._down.items()],
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Replace the ledger's contents with :meth:`state_dict`'s."""
+        self.current_round = int(state["current_round"])
+        self._up = defaultdict(int, {(int(r), int(c)): int(v) for r, c, v in state["up"]})
+        self._down = defaultdict(int, {(int(r), int(c)): int(v) for r, c, v in state["down"]})
+
     def entries(self) -> list[LedgerEntry]:
         """Return one entry per (round, client), sorted."""
         keys = sorted(set(self._up) | set(self._down))

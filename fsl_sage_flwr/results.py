@@ -3,40 +3,99 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 
-def resolve_output_dir(output_dir: str, run_name: str, algorithm: str) -> Path:
-    """Return the folder a run writes to, creating it.
+class RunFolderError(ValueError):
+    """A run folder that may not be used: outside ``output-dir``, or holding an earlier run."""
+
+
+def run_folder(output_dir: str, run_name: str, algorithm: str) -> Path:
+    """Return the folder a run writes to, without creating anything.
 
     Flower runs the ServerApp from its installed copy, in the working directory
     of the SuperLink, so a relative path would land somewhere unexpected: a
     relative ``output_dir`` is taken under the user's home folder instead.
+
+    Raises
+    ------
+    RunFolderError
+        When ``run_name`` is not a plain relative path inside ``output_dir``
+        (absolute, ``..``, or resolving outside it through a link).
     """
     base = Path(output_dir).expanduser()
     if not base.is_absolute():
         base = Path.home() / base
     name = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{algorithm}"
+    parts = PurePath(name).parts
+    if PurePath(name).is_absolute() or name.startswith("~") or not parts or any(p in ("..", ".") for p in parts):
+        raise RunFolderError(
+            f"run-name {name!r} must be a relative folder name inside output-dir "
+            "(no absolute path, no '..', no '.')"
+        )
     folder = base / name
+    resolved_base = base.resolve()
+    resolved = folder.resolve()
+    if resolved == resolved_base or resolved_base not in resolved.parents:
+        raise RunFolderError(f"run-name {name!r} leads to {resolved}, outside output-dir {resolved_base}")
+    return folder
+
+
+def resolve_output_dir(output_dir: str, run_name: str, algorithm: str) -> Path:
+    """Return the folder a run writes to (see :func:`run_folder`), creating it."""
+    folder = run_folder(output_dir, run_name, algorithm)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 class ResultsWriter:
-    """Append one JSON object per line to ``results.jsonl`` in a run folder."""
+    """Append one JSON object per line to ``results.jsonl`` in a run folder.
+
+    A fresh run refuses a folder whose ``results.jsonl`` already holds rows, so
+    a rerun with the same run name never destroys earlier results. A resumed run
+    passes the rows its checkpoint holds: the file is rewritten, atomically, to
+    exactly those rows (a round recorded after the checkpoint is recomputed),
+    then appended to.
+    """
 
     FILE_NAME = "results.jsonl"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, resume_rows: list[dict[str, Any]] | None = None) -> None:
         self.path = folder / self.FILE_NAME
-        self.path.write_text("")
+        if resume_rows is None:
+            check_fresh_results(folder)
+            self.path.write_text("")
+        else:
+            _atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in resume_rows))
 
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row`` and flush, so a crashed run keeps its earlier rounds."""
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def check_fresh_results(folder: Path) -> None:
+    """Raise RunFolderError if ``folder`` already holds results of a run."""
+    path = folder / ResultsWriter.FILE_NAME
+    if path.exists() and path.stat().st_size > 0:
+        raise RunFolderError(
+            f"{path} holds results of an earlier run; choose another run-name, "
+            "or set resume=true to continue that run from its checkpoint"
+        )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 from logging import INFO
+from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -12,16 +14,23 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fsl_sage_flwr.algorithms import get_algorithm
+from fsl_sage_flwr.checkpoint import CHECKPOINT_FILE, FORMAT_VERSION, atomic_save, rng_state, safe_load, set_rng_state
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset
 from fsl_sage_flwr.ledger import MeteredGrid
 from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
 from fsl_sage_flwr.models import required_input_shape
+from fsl_sage_flwr.results import ResultsWriter, RunFolderError, check_fresh_results, run_folder
+from fsl_sage_flwr.rounds import run_rounds
 from fsl_sage_flwr.strategies.split_fedavg import wait_for_nodes
-from fsl_sage_flwr.results import ResultsWriter, resolve_output_dir
 from fsl_sage_flwr.training import derive_seed
 
 MIB = 1024 * 1024
+CLIENT_STATE_DIR = "client-state"
+#: keys a resumed run may change; every other key must match the checkpoint's
+RESUMABLE_KEYS = frozenset(
+    {"num-server-rounds", "resume", "checkpoint-interval", "max-cached-clients", "client-threads", "output-dir", "run-name"}
+)
 
 app = ServerApp()
 
@@ -31,6 +40,12 @@ def main(grid: Grid, context: Context) -> None:
     """Run the selected algorithm for ``num-server-rounds`` rounds; save results and models."""
     settings = RunSettings.from_run_config(context.run_config)
     algorithm = get_algorithm(settings.algorithm)
+    # Checked before anything is written: the folder, and that no earlier run is overwritten.
+    folder = run_folder(settings.output_dir, settings.run_name, settings.algorithm)
+    checkpoint = _read_checkpoint(folder, settings) if settings.resume else None
+    if checkpoint is None:
+        check_fresh_results(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     random.seed(settings.seed)  # Flower's FedAvg samples nodes with `random`
     torch.manual_seed(derive_seed(settings.seed, "server-init"))
     data = load_dataset(
@@ -42,11 +57,22 @@ def main(grid: Grid, context: Context) -> None:
     )
     settings.check_data(len(data.train), data.num_classes)
     tap = TrainMetricsTap()
-    setup = algorithm.build_server(settings, data, tap)
+    setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR)
     metered = MeteredGrid(grid)
-    folder = resolve_output_dir(settings.output_dir, settings.run_name, settings.algorithm)
     log(INFO, "%s: results go to %s", algorithm.description, folder)
-    writer = ResultsWriter(folder)
+    arrays = setup.initial_arrays
+    rows: list[dict[str, Any]] = []
+    first_round = 1
+    if checkpoint is not None:
+        arrays = ArrayRecord(checkpoint["arrays"])
+        setup.load_server_state(checkpoint["server"])
+        metered.ledger.load_state_dict(checkpoint["ledger"])
+        tap.last = MetricRecord(checkpoint["train_metrics"])
+        set_rng_state(checkpoint["rng"])
+        rows = list(checkpoint["rows"])
+        first_round = int(checkpoint["round"]) + 1
+        log(INFO, "resuming from the checkpoint of round %d in %s", first_round - 1, folder)
+    writer = ResultsWriter(folder, resume_rows=rows if checkpoint is not None else None)
     clock = {"last": time.monotonic()}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -70,6 +96,7 @@ def main(grid: Grid, context: Context) -> None:
         }
         clock["last"] = now
         writer.write(row)
+        rows.append(row)
         # Bytes after this evaluation belong to the next round.
         ledger.current_round = server_round + 1
         log(
@@ -82,17 +109,67 @@ def main(grid: Grid, context: Context) -> None:
         )
         return metrics
 
+    def after_round(server_round: int, arrays: ArrayRecord) -> None:
+        interval = settings.checkpoint_interval
+        if interval and server_round % interval == 0 and server_round < settings.num_server_rounds:
+            state = {
+                "format": FORMAT_VERSION,
+                "round": server_round,
+                "settings": settings.to_config(),
+                "arrays": arrays.to_torch_state_dict(),
+                "server": setup.server_state(),
+                "ledger": metered.ledger.state_dict(),
+                "train_metrics": dict(tap.last),
+                "rng": rng_state(),
+                "rows": rows,
+            }
+            atomic_save(state, folder / CHECKPOINT_FILE)
+            setup.checkpoint_saved()
+            log(INFO, "round %d: checkpoint written to %s", server_round, folder / CHECKPOINT_FILE)
+
     # Flower's own FedAvg would wait for nodes without end; every algorithm waits here first.
     wait_for_nodes(metered, settings.min_available_nodes, settings.node_wait_timeout)
-    result = setup.strategy.start(
-        grid=metered,
-        initial_arrays=setup.initial_arrays,
+    if first_round > settings.num_server_rounds:
+        log(INFO, "the checkpoint already holds round %d, the last", settings.num_server_rounds)
+    final_arrays = run_rounds(
+        setup.strategy,
+        metered,
+        arrays,
+        first_round=first_round,
         num_rounds=settings.num_server_rounds,
         timeout=settings.round_timeout,
         train_config=ConfigRecord(settings.local_training().to_config()),  # read by Flower's FedAvg only
         evaluate_fn=evaluate,
+        after_round=after_round,
     )
-    final_arrays = result.arrays if result.arrays is not None else setup.initial_arrays
     for name, state in setup.final_models(final_arrays).items():
         torch.save(state, folder / f"{name}.pt")
     log(INFO, "final models and %s saved in %s", ResultsWriter.FILE_NAME, folder)
+
+
+def _read_checkpoint(folder: Path, settings: RunSettings) -> dict[str, Any]:
+    """Load the run folder's checkpoint for ``resume``, checking it fits the settings.
+
+    Raises
+    ------
+    RunFolderError
+        When there is no checkpoint, or it was written with other settings.
+    """
+    path = folder / CHECKPOINT_FILE
+    if not path.exists():
+        raise RunFolderError(
+            f"resume=true but {path} does not exist; a run writes checkpoints when checkpoint-interval > 0"
+        )
+    checkpoint = safe_load(path)
+    if checkpoint.get("format") != FORMAT_VERSION:
+        raise RunFolderError(f"{path} has format {checkpoint.get('format')}, this version reads {FORMAT_VERSION}")
+    saved, now = checkpoint["settings"], settings.to_config()
+    differing = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differing)
+        raise RunFolderError(f"resume: the run config differs from the checkpoint's in {details}")
+    if int(checkpoint["round"]) > settings.num_server_rounds:
+        raise RunFolderError(
+            f"resume: the checkpoint holds round {checkpoint['round']}, beyond num-server-rounds={settings.num_server_rounds}"
+        )
+    return checkpoint

@@ -4,7 +4,9 @@
 SuperLink running. This wrapper gives each call its own Flower home folder and
 ports, waits for the run to end, checks that it finished ``completed`` and that
 its results file holds the last round, stops the SuperLink, and exits non-zero
-otherwise.
+otherwise. On SIGINT or SIGTERM it stops the run (``flwr stop``), ends every
+process it started (SuperLink, SuperExec, simulation, Ray), removes its Flower
+home folder and exits with 128 + the signal number.
 
 Usage::
 
@@ -15,8 +17,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +43,18 @@ MIB = 1024 * 1024
 
 class FlwrRunError(RuntimeError):
     """A `flwr run` that did not finish completed with a full results file."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM arrived while a run was going on; the run was stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise RunInterrupted(signum)
 
 
 @dataclass(frozen=True)
@@ -99,11 +117,25 @@ def run_app(
     for key, value in run_config.items():
         command += ["--run-config", f"{key}={_toml_value(value)}"]
     start = time.monotonic()
+    lines: list[str] = []
+    keep_home = False
     try:
-        log = _stream(command, env, timeout, echo, on_line)
+        _stream(command, env, timeout, echo, on_line, lines)
         status = _run_status(env)
+        keep_home = status != "finished:completed"  # its logs say why
+    except RunInterrupted:
+        _stop_run(env, "".join(lines))
+        raise
+    except BaseException:
+        keep_home = True
+        raise
     finally:
-        _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+        with _signals_deferred():
+            _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+            _stop_tree(home)
+            if not keep_home:
+                shutil.rmtree(home, ignore_errors=True)
+    log = "".join(lines)
     wall = time.monotonic() - start
     if status != "finished:completed":
         raise FlwrRunError(f"run ended '{status}'; Flower logs are in {home / 'local-superlink'}")
@@ -159,14 +191,18 @@ def _toml_value(value: Any) -> str:
 
 
 def _stream(
-    command: list[str], env: dict[str, str], timeout: float, echo: bool, on_line: Callable[[str], None] | None
-) -> str:
-    lines: list[str] = []
+    command: list[str],
+    env: dict[str, str],
+    timeout: float,
+    echo: bool,
+    on_line: Callable[[str], None] | None,
+    lines: list[str],
+) -> None:
+    """Run ``command``, keeping its output in ``lines``; kill it if this is left early."""
     deadline = time.monotonic() + timeout
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        assert proc.stdout is not None
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    try:
         for line in proc.stdout:
             lines.append(line)
             if echo:
@@ -175,9 +211,13 @@ def _stream(
             if on_line is not None:
                 on_line(line)
             if time.monotonic() > deadline:
-                proc.kill()
                 raise FlwrRunError(f"flwr run exceeded {timeout:.0f} s")
-    return "".join(lines)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 def _run_status(env: dict[str, str]) -> str:
@@ -191,6 +231,135 @@ def _run_status(env: dict[str, str]) -> str:
     if len(runs) != 1:
         raise FlwrRunError(f"expected one run on this SuperLink, found {len(runs)}")
     return str(runs[0]["status"])
+
+
+def _stop_run(env: dict[str, str], log: str) -> None:
+    """Ask the SuperLink to stop the run, so Flower marks it stopped (best effort)."""
+    run_ids = re.findall(r"Successfully started run (\d+)", log)
+    try:
+        if not run_ids:
+            out = subprocess.run([_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=20)
+            runs = json.loads(out.stdout).get("runs", [])
+            run_ids = [str(r["run-id"]) for r in runs if not str(r.get("status", "")).startswith("finished")]
+        for run_id in run_ids:
+            subprocess.run([_flwr(), "stop", run_id], env=env, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError, KeyError, AttributeError):
+        pass
+
+
+class _signals_deferred:
+    """Hold SIGINT and SIGTERM off while cleaning up; a second Ctrl-C must not cut it short."""
+
+    def __enter__(self) -> None:
+        self._old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+
+
+def _become_subreaper() -> None:
+    """Adopt orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``); a no-op elsewhere."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        tasks = list(task_dir.iterdir())
+    except OSError:
+        return []
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _descendants(pid: int) -> Iterator[int]:
+    stack = _children(pid)
+    seen: set[int] = set()
+    while stack:
+        child = stack.pop()
+        if child in seen:
+            continue
+        seen.add(child)
+        yield child
+        stack.extend(_children(child))
+
+
+def _processes_of(home: Path) -> set[int]:
+    """The processes of one run: those whose environment names ``home`` as FLWR_HOME, and their descendants.
+
+    Every process `flwr run` starts (SuperLink, SuperExec, simulation, Ray)
+    inherits the environment this module gives it, and ``home`` is a fresh
+    temporary folder, so the marker names this run's processes and no others,
+    even those whose parent exited.
+    """
+    marker = f"FLWR_HOME={home}".encode()
+    pids: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.add(int(proc.name))
+        except OSError:
+            continue
+    for pid in list(pids):
+        pids.update(_descendants(pid))
+    pids.discard(os.getpid())
+    return {p for p in pids if _alive(p)}
+
+
+def _stop_tree(home: Path, grace: float = 5.0) -> None:
+    """SIGTERM every process of this run, SIGKILL what is left after ``grace`` seconds, reap them."""
+    pids = _processes_of(home)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        _reap(pids)
+        time.sleep(0.1)
+        pids |= _processes_of(home)
+    pids |= _processes_of(home)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        _reap(pids)
+        time.sleep(0.05)
+    _reap(pids)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _reap(pids: set[int]) -> None:
+    """Collect those of ``pids`` that are exited children of this process (adopted ones included)."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
 
 
 def _stop_superlink(control_port: str) -> None:
@@ -253,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides["output-dir"] = str(Path(args.output_dir).resolve())
     overrides["run-name"] = args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{overrides.get('algorithm', 'fsl-sage')}"
     overrides.setdefault("num-server-rounds", _default_rounds())
+    # Processes whose parents exit are handed to this process, not to init, so
+    # the whole tree stays findable (they also carry FLWR_HOME in their environment).
+    _become_subreaper()
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         outcome = run_app(
             overrides,
@@ -263,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     except FlwrRunError as err:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
+    except RunInterrupted as err:
+        print(f"STOPPED: {err}; the run was stopped and its processes ended", file=sys.stderr)
+        return 128 + err.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     last = outcome.rows[-1]
     print(
         f"\nrun {outcome.status} in {outcome.wall_seconds:.0f} s: round {last['round']} "

@@ -148,3 +148,34 @@ def _copy_content(message: Message) -> Message:
         {key: type(record)(dict(record)) for key, record in content.items()}
     )
     return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the package's apps in this process: ``python -m simulations.in_process --nodes 4 --run-config '{...}'``.
+
+    ``--run-config`` is a JSON object of overrides on the defaults in ``pyproject.toml``.
+    """
+    import argparse
+    import json
+    import tomllib
+    from pathlib import Path
+
+    from fsl_sage_flwr.client_app import app as client_app
+    from fsl_sage_flwr.server_app import app as server_app
+
+    parser = argparse.ArgumentParser(description="Run the ServerApp against in-process ClientApps.")
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--node-id-seed", type=int, default=0)
+    parser.add_argument("--run-config", default="{}", help="JSON object of run-config overrides")
+    args = parser.parse_args(argv)
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    config = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    config.update(json.loads(args.run_config))
+    run_in_process(server_app, client_app, config, args.nodes, node_id_seed=args.node_id_seed)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +84,80 @@ def test_compare_exits_non_zero_and_names_the_failed_strategy(tmp_path, capsys):
     # Assert
     assert code == 1
     assert "FAILED strategies: fedavg" in capsys.readouterr().err
+
+
+def _tree(pid: int) -> set[int]:
+    """``pid`` and its descendants now."""
+    found, stack = set(), [pid]
+    while stack:
+        current = stack.pop()
+        found.add(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                stack += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def _with_marker(marker: bytes) -> set[int]:
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_wrapper_with_every_process_it_started_and_removes_its_home(tmp_path, request):
+    # Prepare: a long run through the wrapper, its temporary Flower home in a folder of
+    # this test's (a short path: Ray's socket paths must stay under 108 bytes)
+    temp = Path(tempfile.mkdtemp(prefix="fr-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    wrapper = subprocess.Popen(
+        [
+            sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--output-dir", str(tmp_path),
+            "--run-name", "s", "--run-config", "num-server-rounds=200 align-epochs=2 align-interval=1",
+        ],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "TMPDIR": str(temp)},
+        stdout=(tmp_path / "wrapper.log").open("w"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    results = tmp_path / "s" / "results.jsonl"
+    seen: set[int] = set()
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and wrapper.poll() is None:
+            seen |= _tree(wrapper.pid) | _with_marker(str(temp).encode())
+            if results.exists() and len(results.read_text().splitlines()) >= 3:  # rounds 0-2: clients run
+                break
+            time.sleep(0.2)
+        seen |= _tree(wrapper.pid) | _with_marker(str(temp).encode())
+        assert wrapper.poll() is None, (tmp_path / "wrapper.log").read_text()[-3000:]
+        homes = list(temp.glob("flwr-home-*"))
+        assert len(homes) == 1
+        # Execute
+        wrapper.send_signal(signal.SIGTERM)
+        _, err = wrapper.communicate(timeout=120)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+    # Assert: non-zero exit; nothing it started survives; the home folder is gone
+    assert wrapper.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "STOPPED" in err
+    seen.discard(wrapper.pid)
+    assert len(seen) >= 3  # flwr run, SuperLink and more were seen running
+    survivors = [p for p in seen | _with_marker(str(temp).encode()) if _running(p)]
+    assert not survivors, [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in survivors]
+    assert not homes[0].exists()

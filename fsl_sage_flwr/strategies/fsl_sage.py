@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,21 +17,38 @@ from torch import nn
 
 from fsl_sage_flwr.alignment import AlignmentReport, AlignmentSettings, align_auxiliary
 from fsl_sage_flwr.buffer import SmashedBuffer
+from fsl_sage_flwr.checkpoint import ClientState, ClientStore
 from fsl_sage_flwr.training import derive_seed, make_adam
-from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes, optimizer_bytes
+from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
 from fsl_sage_flwr.wire import MalformedReplyError, ParsedReply, request_content
 
 
 @dataclass
 class _ClientSlot:
-    """What the server keeps for one client: its buffer and its aux copy."""
+    """What the server keeps for one client: flags in memory, buffer and aux copy in the store."""
 
     partition_id: int
-    buffer: SmashedBuffer
-    aux: nn.Module
-    aux_optimizer: torch.optim.Optimizer
+    store: ClientStore
     aux_pending: bool = True  # aligned since it was last delivered
     buffer_changed: bool = False
+    restored: bool = False  # from a checkpoint, and its node not heard from since
+
+    @property
+    def state(self) -> ClientState:
+        """Aux model, aux optimizer and buffer (loaded from disk if not cached)."""
+        return self.store.get(self.partition_id)
+
+    @property
+    def aux(self) -> nn.Module:
+        return self.state.aux
+
+    @property
+    def aux_optimizer(self) -> torch.optim.Optimizer:
+        return self.state.aux_optimizer
+
+    @property
+    def buffer(self) -> SmashedBuffer:
+        return self.state.buffer
 
 
 class FSLSage(SplitFedAvg):
@@ -54,6 +72,12 @@ class FSLSage(SplitFedAvg):
         Alignment interval, buffer cap, epochs, batch size, optimizer, seed.
     warm_up_attempts : int
         How often a node whose warm-up fails is asked again (once per round).
+    state_dir : Path, optional
+        Folder for per-client state (aux model, aux optimizer, buffer); with
+        it, at most ``max_cached_clients`` clients' state is held in memory and
+        the rest lives in one file per client. Without it all stays in memory.
+    max_cached_clients : int
+        Clients whose state is held in memory at most, with ``state_dir``.
     **kwargs
         As for :class:`SplitFedAvg` (``shared_model`` is the client model).
     """
@@ -64,11 +88,14 @@ class FSLSage(SplitFedAvg):
         aux_factory: Callable[[], nn.Module],
         alignment: AlignmentSettings,
         warm_up_attempts: int = 3,
+        state_dir: Path | None = None,
+        max_cached_clients: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.aux_factory = aux_factory
         self.alignment = alignment
+        self._store = ClientStore(self._empty_state, state_dir, max_cached_clients)
         self._slots: dict[int, _ClientSlot] = {}
         self._aux_in_flight: set[int] = set()
         self.warm_up_attempts = warm_up_attempts
@@ -121,7 +148,15 @@ class FSLSage(SplitFedAvg):
             except MalformedReplyError as err:
                 self.log_dropped(node_id, err)
         taken = {slot.partition_id for slot in self._slots.values()}
+        restored = {slot.partition_id: n for n, slot in self._slots.items() if slot.restored}
         for reply in sorted(parsed, key=lambda r: r.partition_id):
+            if reply.partition_id in restored:
+                # A resumed run meets a client under a new node id: it keeps its state.
+                slot = self._slots.pop(restored.pop(reply.partition_id))
+                slot.restored = False
+                self._slots[reply.node_id] = slot
+                log(INFO, "node %d is partition %d of the checkpoint", reply.node_id, reply.partition_id)
+                continue
             if reply.partition_id in taken:
                 self.log_dropped(reply.node_id, f"warm-up claims partition {reply.partition_id}, which is taken")
                 continue
@@ -174,15 +209,19 @@ class FSLSage(SplitFedAvg):
                 raise MalformedReplyError(
                     f"partition-id {reply.partition_id} differs from the warm-up's {slot.partition_id}"
                 )
+            slot.restored = False
         return reply
 
     def train_server_on(self, reply: ParsedReply) -> None:
         """Train the server model on a reply's uploads and buffer them."""
         super().train_server_on(reply)
         slot = self._slots[reply.node_id]
-        for z, y in reply.upload.batches:
-            slot.buffer.append(z.to(self.device), y.to(self.device))
-        slot.buffer_changed = slot.buffer_changed or bool(reply.upload.batches)
+        if reply.upload.batches:
+            buffer = slot.buffer
+            for z, y in reply.upload.batches:
+                buffer.append(z.to(self.device), y.to(self.device))
+            self._store.changed(slot.partition_id)
+            slot.buffer_changed = True
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Mark delivered auxes; every ``interval`` rounds, align changed buffers."""
@@ -207,12 +246,41 @@ class FSLSage(SplitFedAvg):
 
     def server_memory_bytes(self) -> int:
         """Bytes the server keeps: server model and optimizer, aux copies, buffers."""
-        total = super().server_memory_bytes()
-        for slot in self._slots.values():
-            total += module_bytes(slot.aux) + optimizer_bytes(slot.aux_optimizer)
-            if len(slot.buffer):
-                total += sum(t.nbytes for t in slot.buffer.tensors())
-        return total
+        return super().server_memory_bytes() + self._store.nbytes()
+
+    def server_state(self) -> dict[str, Any]:
+        """The server's state for a checkpoint: server model and optimizer, and every client's.
+
+        Per-client state is written to the store's files (or embedded, without a
+        folder); call :meth:`checkpoint_saved` once the checkpoint is on disk.
+        """
+        return {
+            **super().server_state(),
+            "slots": [
+                [node_id, s.partition_id, s.aux_pending, s.buffer_changed]
+                for node_id, s in sorted(self._slots.items(), key=lambda item: item[1].partition_id)
+            ],
+            "clients": self._store.snapshot(),
+        }
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`server_state`.
+
+        A resumed run is a new Flower run, whose clients start with empty state:
+        every aux travels again with its client's next request. A client that
+        comes back under a new node id is recognised in the warm-up by its
+        partition id.
+        """
+        super().load_server_state(state)
+        self._store.restore(state["clients"])
+        self._slots = {
+            int(node_id): _ClientSlot(int(partition_id), self._store, aux_pending=True, buffer_changed=bool(changed), restored=True)
+            for node_id, partition_id, _, changed in state["slots"]
+        }
+
+    def checkpoint_saved(self) -> None:
+        """The checkpoint naming the store's files is on disk: drop superseded client files."""
+        self._store.commit()
 
     def may_warm_up(self, node_id: int) -> bool:
         """Count a warm-up attempt of ``node_id``; False once it has used them all."""
@@ -234,16 +302,25 @@ class FSLSage(SplitFedAvg):
         torch.manual_seed(derive_seed(self.alignment.seed, partition_id, "aux-init"))
         aux = self.aux_factory().to(self.device)
         optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
-        return _ClientSlot(partition_id, SmashedBuffer(self.alignment.buffer_size), aux, optimizer)
+        self._store.add(partition_id, ClientState(aux, optimizer, SmashedBuffer(self.alignment.buffer_size)))
+        return _ClientSlot(partition_id, self._store)
+
+    def _empty_state(self, partition_id: int) -> ClientState:
+        """A blank client state to load a stored one into; leaves the global RNG alone."""
+        with torch.random.fork_rng(devices=[]):
+            aux = self.aux_factory()
+        optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
+        return ClientState(aux, optimizer, SmashedBuffer(self.alignment.buffer_size))
 
     def _align(self, slot: _ClientSlot, server_round: int) -> None:
-        if len(slot.buffer) == 0:
+        state = slot.state
+        if len(state.buffer) == 0:
             return
-        z, y = slot.buffer.tensors()
+        z, y = state.buffer.tensors()
         seed = derive_seed(self.alignment.seed, server_round, slot.partition_id, "align")
         report = align_auxiliary(
-            slot.aux,
-            slot.aux_optimizer,
+            state.aux,
+            state.aux_optimizer,
             self.server_model,
             z,
             y,
@@ -253,6 +330,7 @@ class FSLSage(SplitFedAvg):
             patience=self.alignment.patience,
             min_improvement=self.alignment.min_improvement,
         )
+        self._store.changed(slot.partition_id)
         slot.aux_pending = True
         slot.buffer_changed = False
         self._recent_alignments.append(report)

@@ -145,8 +145,7 @@ class SplitFedAvg(FedAvg):
 
         ``timeout`` bounds every exchange with the nodes, the warm-up included.
         """
-        self.round_timeout = float(timeout)
-        self.num_rounds = num_rounds
+        self.prepare_run(num_rounds, timeout)
         return super().start(
             grid,
             initial_arrays,
@@ -156,6 +155,11 @@ class SplitFedAvg(FedAvg):
             evaluate_config=evaluate_config,
             evaluate_fn=evaluate_fn,
         )
+
+    def prepare_run(self, num_rounds: int, timeout: float = 3600) -> None:
+        """Remember the run's length and the timeout of every exchange (``start`` calls it)."""
+        self.round_timeout = float(timeout)
+        self.num_rounds = num_rounds
 
     def initial_arrays(self) -> ArrayRecord:
         """The shared model's current state: pass it as ``start(initial_arrays=...)``."""
@@ -285,6 +289,25 @@ class SplitFedAvg(FedAvg):
     def server_memory_bytes(self) -> int:
         """Bytes of the tensors the server keeps: model, optimizer state."""
         return module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer)
+
+    def server_state(self) -> dict:
+        """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies."""
+        return {
+            "server_model": self.server_model.state_dict(),
+            "server_optimizer": self.server_optimizer.state_dict(),
+            "rounds_without_replies": self._rounds_without_replies,
+            "drop_reasons": list(self._drop_reasons),
+        }
+
+    def load_server_state(self, state: dict) -> None:
+        """Restore what :meth:`server_state` returned."""
+        self.server_model.load_state_dict(state["server_model"])
+        self.server_optimizer.load_state_dict(state["server_optimizer"])
+        self._rounds_without_replies = int(state["rounds_without_replies"])
+        self._drop_reasons = list(state["drop_reasons"])
+
+    def checkpoint_saved(self) -> None:
+        """Hook run once a checkpoint holding :meth:`server_state` is on disk."""
 
     # ------------------------------------------------------------ for subclasses
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:

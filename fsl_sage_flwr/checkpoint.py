@@ -1,0 +1,268 @@
+"""Checkpoints of the server's whole state, and the disk-backed store of per-client state.
+
+Everything is written with ``torch.save`` as plain tensors, dicts, lists and
+numbers, and read back with ``weights_only=True``: a checkpoint cannot run code
+when it is loaded. Every file is written atomically (a temporary file in the
+same folder, fsync, ``os.replace``), so a server killed at any moment leaves
+either the previous file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fsl_sage_flwr.buffer import SmashedBuffer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (temporary file, fsync, replace)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def safe_load(path: Path) -> Any:
+    """Load a file written by :func:`atomic_save`, tensors and plain containers only."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states the server draws from: Python's ``random`` and torch's."""
+    version, internal, gauss = random.getstate()
+    return {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+
+
+# ------------------------------------------------------------ per-client state
+@dataclass
+class ClientState:
+    """The heavy part of what the FSL-SAGE server keeps per client."""
+
+    aux: nn.Module
+    aux_optimizer: torch.optim.Optimizer
+    buffer: SmashedBuffer
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and dicts, as written to disk and into checkpoints."""
+        return {
+            "aux": self.aux.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+        }
+
+    def load_dict(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`to_dict` returned."""
+        self.aux.load_state_dict(state["aux"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+
+    def nbytes(self) -> int:
+        """Bytes of the aux model, its optimizer state and the buffer."""
+        model = sum(t.nbytes for t in self.aux.state_dict().values())
+        optim = sum(
+            v.nbytes for slots in self.aux_optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor)
+        )
+        return model + optim + self.buffer.nbytes()
+
+
+class ClientStore:
+    """Per-client state keyed by partition id, on disk, with a bounded LRU cache in memory.
+
+    Without a folder everything stays in memory (and a checkpoint embeds it).
+    With one, at most ``max_cached`` clients are held in memory; the least
+    recently used one is written to ``<folder>/<partition>.<generation>.pt``
+    when it leaves the cache, if it changed. Each checkpoint starts a new
+    generation, so files written after a checkpoint never overwrite the files
+    it names: :meth:`commit` (once the checkpoint file is in place) deletes the
+    versions it superseded, and :meth:`restore` deletes versions newer than the
+    checkpoint's.
+
+    Parameters
+    ----------
+    factory : Callable[[int], ClientState]
+        Builds a fresh state for a partition; loaded states are written into one.
+    folder : Path, optional
+        Where client files go; ``None`` keeps everything in memory.
+    max_cached : int
+        Clients held in memory at most (with a folder).
+    """
+
+    def __init__(self, factory: Callable[[int], ClientState], folder: Path | None = None, max_cached: int = 64) -> None:
+        if max_cached < 1:
+            raise ValueError(f"max_cached must be >= 1, got {max_cached}")
+        self.factory = factory
+        self.folder = Path(folder) if folder is not None else None
+        self.max_cached = max_cached
+        self.tag = 0
+        self._cache: OrderedDict[int, ClientState] = OrderedDict()
+        self._dirty: set[int] = set()
+        self._files: dict[int, int] = {}  # partition -> tag of its newest file
+        self._pinned: dict[int, int] = {}  # partition -> tag named by the last checkpoint
+        self._nbytes: dict[int, int] = {}
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __contains__(self, partition_id: int) -> bool:
+        return partition_id in self._nbytes
+
+    def __len__(self) -> int:
+        return len(self._nbytes)
+
+    @property
+    def cached(self) -> list[int]:
+        """Partitions held in memory, least recently used first."""
+        return list(self._cache)
+
+    def add(self, partition_id: int, state: ClientState) -> None:
+        """Add a new client's state."""
+        self._put(partition_id, state)
+        self._dirty.add(partition_id)
+        self._nbytes[partition_id] = state.nbytes()
+        self._evict()
+
+    def get(self, partition_id: int) -> ClientState:
+        """Return a client's state, loading it from disk if it left the cache.
+
+        Call :meth:`changed` after modifying it.
+        """
+        if partition_id in self._cache:
+            self._cache.move_to_end(partition_id)
+            return self._cache[partition_id]
+        if partition_id not in self._files:
+            raise KeyError(f"no state for partition {partition_id}")
+        state = self.factory(partition_id)
+        state.load_dict(safe_load(self._path(partition_id, self._files[partition_id])))
+        self._put(partition_id, state)
+        self._evict(keep=partition_id)
+        return state
+
+    def changed(self, partition_id: int) -> None:
+        """Mark a cached client's state as modified (it is written when it leaves the cache)."""
+        self._dirty.add(partition_id)
+        self._nbytes[partition_id] = self._cache[partition_id].nbytes()
+
+    def nbytes(self) -> int:
+        """Bytes of every client's state, cached or not."""
+        return sum(self._nbytes.values())
+
+    def items(self) -> Iterator[tuple[int, ClientState]]:
+        """Every client's state, by partition id (loads each in turn)."""
+        for partition_id in sorted(self._nbytes):
+            yield partition_id, self.get(partition_id)
+
+    # ------------------------------------------------------------ checkpoints
+    def snapshot(self) -> dict[str, Any]:
+        """Write every changed client and return what a checkpoint must hold to find them again."""
+        if self.folder is None:
+            return {"embedded": {p: s.to_dict() for p, s in self._cache.items()}}
+        for partition_id in list(self._dirty):
+            if partition_id in self._cache:
+                self._write(partition_id)
+        return {"files": dict(self._files), "nbytes": dict(self._nbytes)}
+
+    def commit(self) -> None:
+        """The checkpoint naming :meth:`snapshot`'s files is in place: drop older versions."""
+        if self.folder is None:
+            return
+        self._pinned = dict(self._files)
+        self.tag += 1
+        self._remove_unreferenced()
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Go back to the state of ``snapshot`` (from :meth:`snapshot`, read from a checkpoint)."""
+        self._cache.clear()
+        self._dirty.clear()
+        self._nbytes.clear()
+        if "embedded" in snapshot:
+            for partition_id, data in snapshot["embedded"].items():
+                state = self.factory(int(partition_id))
+                state.load_dict(data)
+                self.add(int(partition_id), state)
+            return
+        if self.folder is None:
+            raise ValueError("this checkpoint keeps client state in files; the store needs a folder")
+        self._files = {int(p): int(t) for p, t in snapshot["files"].items()}
+        self._pinned = dict(self._files)
+        self.tag = max(self._files.values(), default=0) + 1
+        for partition_id, tag in self._files.items():
+            path = self._path(partition_id, tag)
+            if not path.exists():
+                raise FileNotFoundError(f"checkpoint names {path}, which is missing")
+        self._nbytes = {int(p): int(n) for p, n in snapshot["nbytes"].items()}
+        self._remove_unreferenced()
+
+    # --------------------------------------------------------------- helpers
+    def _put(self, partition_id: int, state: ClientState) -> None:
+        self._cache[partition_id] = state
+        self._cache.move_to_end(partition_id)
+
+    def _evict(self, keep: int | None = None) -> None:
+        if self.folder is None:
+            return
+        while len(self._cache) > self.max_cached:
+            partition_id = next(iter(self._cache))
+            if partition_id == keep:
+                self._cache.move_to_end(partition_id)
+                continue
+            if partition_id in self._dirty:
+                self._write(partition_id)
+            del self._cache[partition_id]
+
+    def _write(self, partition_id: int) -> None:
+        atomic_save(self._cache[partition_id].to_dict(), self._path(partition_id, self.tag))
+        previous = self._files.get(partition_id)
+        self._files[partition_id] = self.tag
+        self._dirty.discard(partition_id)
+        if previous is not None and previous != self.tag and self._pinned.get(partition_id) != previous:
+            self._path(partition_id, previous).unlink(missing_ok=True)
+
+    def _path(self, partition_id: int, tag: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{partition_id}.{tag}.pt"
+
+    def _remove_unreferenced(self) -> None:
+        assert self.folder is not None
+        keep = {self._path(p, t).name for p, t in self._files.items()}
+        for path in self.folder.glob("*.pt"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
