@@ -49,7 +49,7 @@ def _rounds_written(path: Path) -> list[int]:
 
 
 def _strip(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]  # timings vary
 
 
 def test_a_server_killed_mid_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
