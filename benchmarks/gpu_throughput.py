@@ -90,7 +90,9 @@ def _measure(args: argparse.Namespace, device: torch.device, precision: str, ste
         a, opt = copy.deepcopy(aux), None
         opt = make_adam(a, 1e-3, 1e-4)
         _sync(device)
-        with autocast:
+        # autocast's weight cache would keep the aux's first bf16 weights for the whole
+        # alignment (it lives until the context exits); without it every step sees the update.
+        with _autocast(device, precision, cache_enabled=False):
             report = align_auxiliary(
                 a, opt, server, buffer_z, buffer_y, epochs=epochs, batch_size=1000,
                 generator=torch.Generator().manual_seed(2), patience=patience,
@@ -136,10 +138,10 @@ def _timed(device: torch.device, steps: int, fn) -> float:
     return time.perf_counter() - start
 
 
-def _autocast(device: torch.device, precision: str):
+def _autocast(device: torch.device, precision: str, cache_enabled: bool = True):
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
 
 def _sync(device: torch.device) -> None:
