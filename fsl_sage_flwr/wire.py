@@ -210,6 +210,12 @@ def reply_metric(content: RecordDict, key: str) -> int | float:
     return value
 
 
+def reply_int(content: RecordDict, key: str) -> int:
+    """Return one integer of the reply's ``metrics`` record; a float or bool is refused, not truncated."""
+    value = reply_metric(content, key)
+    return _strict_int(value, key)
+
+
 def check_metrics(content: RecordDict) -> None:
     """Require exactly one ``metrics`` record of finite scalars and no config record."""
     if set(content.metric_records) != {METRICS_KEY} or content.config_records:

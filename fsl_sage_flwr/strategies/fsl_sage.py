@@ -155,12 +155,9 @@ class FSLSage(SplitFedAvg):
                 parsed.append(self.parse_reply(node_id, content, expect_model=False))
             except MalformedReplyError as err:
                 self.log_dropped(node_id, err)
-        taken = {slot.partition_id for slot in self._slots.values()}
-        for reply in sorted(parsed, key=lambda r: r.partition_id):
-            if reply.partition_id in taken:
-                self.log_dropped(reply.node_id, f"warm-up claims partition {reply.partition_id}, which is taken")
-                continue
-            taken.add(reply.partition_id)
+        # A node's warm-up declares its partition and its number of samples for good.
+        for reply in self.resolve_claims(parsed):
+            self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
             slot = self._new_slot(reply.partition_id)
             self._slots[reply.node_id] = slot
             self.train_server_on(reply)
@@ -198,25 +195,24 @@ class FSLSage(SplitFedAvg):
         return requests
 
     def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
-        """Check a reply; a training reply must come from a warmed-up node and keep its partition."""
-        reply = super().parse_reply(node_id, content, expect_model=expect_model)
-        if expect_model:
-            slot = self._slots.get(reply.node_id)
-            if slot is None:
-                raise MalformedReplyError("reply from a node that never warmed up")
-            if slot.partition_id != reply.partition_id:
-                raise MalformedReplyError(
-                    f"partition-id {reply.partition_id} differs from the warm-up's {slot.partition_id}"
-                )
-        return reply
+        """Check a reply; a training reply must come from a warmed-up node.
 
-    def train_server_on(self, reply: ParsedReply) -> None:
-        """Train the server model on a reply's uploads and buffer them."""
-        super().train_server_on(reply)
+        Its partition id and sample count are bounded by the warm-up's
+        (see :meth:`SplitFedAvg.parse_reply`); a warm-up reply may not claim a
+        partition another node holds.
+        """
+        if expect_model and node_id not in self._slots:
+            raise MalformedReplyError("reply from a node that never warmed up")
+        return super().parse_reply(node_id, content, expect_model=expect_model)
+
+    def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Train the server model on a reply's uploads and buffer the batches it trained on."""
+        trained = super().train_server_on(reply)
         slot = self._slots[reply.node_id]
-        for z, y in reply.upload.batches:
+        for z, y in trained:
             slot.buffer.append(z, y)
-        slot.buffer_changed = slot.buffer_changed or bool(reply.upload.batches)
+        slot.buffer_changed = slot.buffer_changed or bool(trained)
+        return trained
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Mark delivered auxes; every ``interval`` rounds, align changed buffers."""
@@ -233,11 +229,6 @@ class FSLSage(SplitFedAvg):
     def is_registered(self, node_id: int) -> bool:
         """Whether ``node_id`` took part in a warm-up and has a slot."""
         return node_id in self._slots
-
-    def describe_node(self, node_id: int) -> str:
-        """Name the node's partition in log lines."""
-        slot = self._slots.get(node_id)
-        return f" (partition {slot.partition_id})" if slot else ""
 
     def server_memory_bytes(self) -> int:
         """Bytes the server keeps: server model and optimizer, aux copies, buffers."""
