@@ -550,6 +550,8 @@ def split_upload(z: np.ndarray, y: np.ndarray, sizes: np.ndarray, *, num_classes
         raise MalformedReplyError("smashed 'z' holds NaN or inf")
     if n and (y.min() < 0 or y.max() >= num_classes):
         raise MalformedReplyError(f"labels outside [0, {num_classes})")
+    if n == 0:
+        return SmashedUpload([])  # np.split would make one empty batch of it
     bounds = np.cumsum(sizes)[:-1]
     return SmashedUpload(
         [
