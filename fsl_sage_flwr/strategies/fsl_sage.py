@@ -201,9 +201,10 @@ class FSLSage(SplitFedAvg):
         (see :meth:`SplitFedAvg.parse_reply`); a warm-up reply may not claim a
         partition another node holds.
         """
+        reply = super().parse_reply(node_id, content, expect_model=expect_model)
         if expect_model and node_id not in self._slots:
             raise MalformedReplyError("reply from a node that never warmed up")
-        return super().parse_reply(node_id, content, expect_model=expect_model)
+        return reply
 
     def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Train the server model on a reply's uploads and buffer the batches it trained on."""
