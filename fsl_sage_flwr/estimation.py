@@ -173,6 +173,14 @@ def _finish_step(
     return z.detach()
 
 
+# Beyond this a squared gradient overflows float32 in Adam's second moment.
+_GRAD_LIMIT = 1e18
+
+
+class UnsafeStepError(ValueError):
+    """A server step that was skipped because it would leave non-finite state; the reason is the message."""
+
+
 def server_step(
     server: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -181,14 +189,51 @@ def server_step(
 ) -> float:
     """Run one optimizer step of the server-side model on uploaded ``(z, y)``.
 
+    The step is taken only when the loss, every parameter gradient (and, when
+    ``z`` requires a gradient, ``z.grad``) and the BatchNorm statistics moved by
+    the forward pass are finite, the gradients below 1e18 in magnitude.
+    Otherwise the buffers are restored, the gradients cleared, and
+    UnsafeStepError says why: the model and optimizer are as before the call.
+
     Returns
     -------
     float
         The batch-mean training loss before the step.
+
+    Raises
+    ------
+    UnsafeStepError
+        When the step was skipped.
     """
     server.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(server(z), y)
-    loss.backward()
+    saved = {name: buf.detach().clone() for name, buf in server.named_buffers()}
+    try:
+        loss = F.cross_entropy(server(z), y)
+        if not torch.isfinite(loss):
+            raise UnsafeStepError(f"loss is {float(loss)}")
+        loss.backward()
+        _check_gradients(server, z)
+        for name, buf in server.named_buffers():
+            if buf.is_floating_point() and not torch.isfinite(buf).all():
+                raise UnsafeStepError(f"buffer '{name}' became non-finite")
+    except UnsafeStepError:
+        optimizer.zero_grad(set_to_none=True)
+        if z.grad is not None:
+            z.grad = None
+        with torch.no_grad():
+            for name, buf in server.named_buffers():
+                buf.copy_(saved[name])
+        raise
     optimizer.step()
     return float(loss.detach())
+
+
+def _check_gradients(server: nn.Module, z: torch.Tensor) -> None:
+    named = [(name, p.grad) for name, p in server.named_parameters() if p.grad is not None]
+    if z.requires_grad and z.grad is not None:
+        named.append(("cut-layer input", z.grad))
+    for name, grad in named:
+        peak = float(grad.detach().abs().max()) if grad.numel() else 0.0
+        if not peak <= _GRAD_LIMIT:  # also catches NaN
+            raise UnsafeStepError(f"gradient of '{name}' reaches {peak:.3g}")

@@ -210,6 +210,12 @@ def reply_metric(content: RecordDict, key: str) -> int | float:
     return value
 
 
+def reply_int(content: RecordDict, key: str) -> int:
+    """Return one integer of the reply's ``metrics`` record; a float or bool is refused, not truncated."""
+    value = reply_metric(content, key)
+    return _strict_int(value, key)
+
+
 def check_metrics(content: RecordDict) -> None:
     """Require exactly one ``metrics`` record of finite scalars and no config record."""
     if set(content.metric_records) != {METRICS_KEY} or content.config_records:
@@ -544,6 +550,8 @@ def split_upload(z: np.ndarray, y: np.ndarray, sizes: np.ndarray, *, num_classes
         raise MalformedReplyError("smashed 'z' holds NaN or inf")
     if n and (y.min() < 0 or y.max() >= num_classes):
         raise MalformedReplyError(f"labels outside [0, {num_classes})")
+    if n == 0:
+        return SmashedUpload([])  # np.split would make one empty batch of it
     bounds = np.cumsum(sizes)[:-1]
     return SmashedUpload(
         [

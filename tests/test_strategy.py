@@ -59,7 +59,7 @@ def _warm(strategy: FSLSage, split) -> None:
     def respond(msg):
         node = msg.metadata.dst_node_id
         z, y, _ = _smashed(NODES[node], n=8, batches=1)
-        reply = TrainReply(partition_id=NODES[node], num_examples=50, smashed=(z, y, np.asarray([8], np.int64)))
+        reply = TrainReply(partition_id=NODES[node], num_examples=100, smashed=(z, y, np.asarray([8], np.int64)))
         return reply_from(node, fit_reply_content(reply))
 
     strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()))

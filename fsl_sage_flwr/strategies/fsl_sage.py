@@ -147,9 +147,10 @@ class FSLSage(SplitFedAvg):
                 parsed.append(self.parse_reply(node_id, content, expect_model=False))
             except MalformedReplyError as err:
                 self.log_dropped(node_id, err)
-        taken = {slot.partition_id for slot in self._slots.values()}
         restored = {slot.partition_id: n for n, slot in self._slots.items() if slot.restored}
-        for reply in sorted(parsed, key=lambda r: r.partition_id):
+        # A node's warm-up declares its partition and its number of samples for good.
+        for reply in self.resolve_claims(parsed):
+            self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
             if reply.partition_id in restored:
                 # A resumed run meets a client under a new node id: it keeps its state.
                 slot = self._slots.pop(restored.pop(reply.partition_id))
@@ -157,10 +158,6 @@ class FSLSage(SplitFedAvg):
                 self._slots[reply.node_id] = slot
                 log(INFO, "node %d is partition %d of the checkpoint", reply.node_id, reply.partition_id)
                 continue
-            if reply.partition_id in taken:
-                self.log_dropped(reply.node_id, f"warm-up claims partition {reply.partition_id}, which is taken")
-                continue
-            taken.add(reply.partition_id)
             slot = self._new_slot(reply.partition_id)
             self._slots[reply.node_id] = slot
             self.train_server_on(reply)
@@ -199,29 +196,31 @@ class FSLSage(SplitFedAvg):
         return requests
 
     def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
-        """Check a reply; a training reply must come from a warmed-up node and keep its partition."""
+        """Check a reply; a training reply must come from a warmed-up node.
+
+        Its partition id and sample count are bounded by the warm-up's
+        (see :meth:`SplitFedAvg.parse_reply`); a warm-up reply may not claim a
+        partition another node holds.
+        """
         reply = super().parse_reply(node_id, content, expect_model=expect_model)
         if expect_model:
-            slot = self._slots.get(reply.node_id)
+            slot = self._slots.get(node_id)
             if slot is None:
                 raise MalformedReplyError("reply from a node that never warmed up")
-            if slot.partition_id != reply.partition_id:
-                raise MalformedReplyError(
-                    f"partition-id {reply.partition_id} differs from the warm-up's {slot.partition_id}"
-                )
             slot.restored = False
         return reply
 
-    def train_server_on(self, reply: ParsedReply) -> None:
-        """Train the server model on a reply's uploads and buffer them."""
-        super().train_server_on(reply)
+    def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Train the server model on a reply's uploads and buffer the batches it trained on."""
+        trained = super().train_server_on(reply)
         slot = self._slots[reply.node_id]
-        if reply.upload.batches:
+        if trained:
             buffer = slot.buffer
-            for z, y in reply.upload.batches:
-                buffer.append(z.to(self.device), y.to(self.device))
+            for z, y in trained:
+                buffer.append(z, y)
             self._store.changed(slot.partition_id)
             slot.buffer_changed = True
+        return trained
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Mark delivered auxes; every ``interval`` rounds, align changed buffers."""
@@ -238,11 +237,6 @@ class FSLSage(SplitFedAvg):
     def is_registered(self, node_id: int) -> bool:
         """Whether ``node_id`` took part in a warm-up and has a slot."""
         return node_id in self._slots
-
-    def describe_node(self, node_id: int) -> str:
-        """Name the node's partition in log lines."""
-        slot = self._slots.get(node_id)
-        return f" (partition {slot.partition_id})" if slot else ""
 
     def server_memory_bytes(self) -> int:
         """Bytes the server keeps: server model and optimizer, aux copies, buffers."""
@@ -308,7 +302,7 @@ class FSLSage(SplitFedAvg):
     def _empty_state(self, partition_id: int) -> ClientState:
         """A blank client state to load a stored one into; leaves the global RNG alone."""
         with torch.random.fork_rng(devices=[]):
-            aux = self.aux_factory()
+            aux = self.aux_factory().to(self.device)
         optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
         return ClientState(aux, optimizer, SmashedBuffer(self.alignment.buffer_size))
 
@@ -316,7 +310,7 @@ class FSLSage(SplitFedAvg):
         state = slot.state
         if len(state.buffer) == 0:
             return
-        z, y = state.buffer.tensors()
+        z, y = (t.to(self.device) for t in state.buffer.tensors())  # a stored buffer loads on the CPU
         seed = derive_seed(self.alignment.seed, server_round, slot.partition_id, "align")
         report = align_auxiliary(
             state.aux,

@@ -16,7 +16,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sampl
 from torch import nn
 
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.estimation import server_step
+from fsl_sage_flwr.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.guard import ActivationScale, IdentityRegistry, UploadLimits
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.wire import (
@@ -45,7 +46,12 @@ class SplitFedAvg(FedAvg):
     optimizer step per uploaded batch, replies taken in partition-id order; the
     client-side arrays are averaged by Flower's FedAvg weighted by sample counts.
     Every reply is checked whole before it changes anything; a malformed one is
-    dropped with one log line naming its node and the reason.
+    dropped with one log line naming its node and the reason. Beyond the wire
+    contract a reply must upload at least one batch, keep the partition id and
+    stay within the sample count its node first declared (a partition belongs
+    to the node that first took it), and its activations must stay within
+    ``upload_limits``; a server step whose loss, gradients or BatchNorm
+    statistics would not be finite is skipped (see ``server_step``).
 
     Parameters
     ----------
@@ -66,7 +72,11 @@ class SplitFedAvg(FedAvg):
     testset : ArrayDataset, optional
         Held-out data for ``evaluate_global``.
     max_examples : int
-        The largest ``num-examples`` a reply may claim.
+        The largest ``num-examples`` a reply may claim; partition ids must lie
+        in ``[0, max_examples)`` (every partition holds a sample).
+    upload_limits : UploadLimits, optional
+        Bounds on uploaded activations (default ``UploadLimits()``: a cap of
+        1e6, and 100 times the running scale of accepted uploads).
     max_rounds_without_replies : int
         Stop the run with an error after this many consecutive rounds in which
         no reply was accepted (it names the first reasons replies were dropped).
@@ -89,6 +99,7 @@ class SplitFedAvg(FedAvg):
         training: LocalTraining,
         testset: ArrayDataset | None = None,
         max_examples: int = 1_000_000,
+        upload_limits: UploadLimits | None = None,
         max_rounds_without_replies: int = 3,
         node_wait_timeout: float = 600.0,
         device: torch.device | str = "cpu",
@@ -121,6 +132,8 @@ class SplitFedAvg(FedAvg):
         self.server_optimizer = make_adam(server_model, training.lr, training.weight_decay)
         self.shared_spec = state_dict_spec(shared_model.state_dict())
         self.bounds = ReplyBounds(self.cut_shape, num_classes, training, max_examples)
+        self.activation_scale = ActivationScale(upload_limits or UploadLimits())
+        self.identities = IdentityRegistry(max_partitions=max_examples)
         if max_rounds_without_replies < 1:
             raise ValueError(f"max_rounds_without_replies must be >= 1, got {max_rounds_without_replies}")
         self.max_rounds_without_replies = max_rounds_without_replies
@@ -230,22 +243,24 @@ class SplitFedAvg(FedAvg):
             When this is the ``max_rounds_without_replies``-th round in a row
             without an accepted reply.
         """
-        accepted: list[ParsedReply] = []
+        parsed: list[ParsedReply] = []
         for node_id, content in replies:
             try:
-                accepted.append(self.parse_reply(node_id, content, expect_model=True))
+                parsed.append(self.parse_reply(node_id, content, expect_model=True))
             except MalformedReplyError as err:
                 self.log_dropped(node_id, err)
+        accepted = self.resolve_claims(parsed)
         self.check_progress(server_round, len(accepted))
         if not accepted:
             return None, None
-        accepted.sort(key=lambda r: r.partition_id)
         # Everything that can fail runs before the server state changes.
         metrics = self.train_metrics_aggr_fn(
             [RecordDict({METRICS_KEY: MetricRecord({**r.metrics, WEIGHT_KEY: r.num_examples})}) for r in accepted],
             WEIGHT_KEY,
         )
         arrays = self.average_shared(accepted)
+        for reply in accepted:
+            self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
         for reply in accepted:
             self.train_server_on(reply)
         self.after_server_training(server_round, accepted)
@@ -314,16 +329,58 @@ class SplitFedAvg(FedAvg):
         """Hook run after the server model trained on a round's uploads."""
 
     def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
-        """Check a whole reply before anything changes; raise MalformedReplyError."""
-        return parse_train_reply(
+        """Check a whole reply before anything changes; raise MalformedReplyError.
+
+        On top of the wire contract: at least one uploaded batch, the node's
+        identity (:class:`~fsl_sage_flwr.guard.IdentityRegistry`) and the size
+        of its activations (:class:`~fsl_sage_flwr.guard.ActivationScale`).
+        """
+        reply = parse_train_reply(
             node_id, content, shared_spec=self.shared_spec if expect_model else None, bounds=self.bounds
         )
+        if not reply.upload.batches:
+            raise MalformedReplyError("uploads no activations")
+        self.identities.check(node_id, reply.partition_id, reply.num_examples)
+        self.activation_scale.check(reply.upload.batches)
+        return reply
 
-    def train_server_on(self, reply: ParsedReply) -> None:
-        """One server step per uploaded batch, in upload order."""
-        for z, y in reply.upload.batches:
-            if z.shape[0] >= 2:  # BatchNorm needs two samples in train mode
-                server_step(self.server_model, self.server_optimizer, z.to(self.device), y.to(self.device))
+    def resolve_claims(self, parsed: list[ParsedReply]) -> list[ParsedReply]:
+        """Sort replies by partition id; drop all but the lowest node id of a partition claimed twice.
+
+        A registered partition only passes ``parse_reply`` for its owner, so two
+        claims in one round are two new nodes taking the same partition.
+        """
+        accepted: list[ParsedReply] = []
+        for reply in sorted(parsed, key=lambda r: (r.partition_id, r.node_id)):
+            if accepted and accepted[-1].partition_id == reply.partition_id:
+                self.log_dropped(
+                    reply.node_id,
+                    f"partition-id {reply.partition_id} is claimed by node {accepted[-1].node_id} in the same round",
+                )
+            else:
+                accepted.append(reply)
+        return accepted
+
+    def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One server step per uploaded batch, in upload order; return the batches trained on.
+
+        The batches enter the running activation scale first. A step that
+        ``server_step`` skips is logged with the node and the reason.
+        """
+        self.activation_scale.accept(reply.upload.batches)
+        trained = []
+        for index, (z, y) in enumerate(reply.upload.batches):
+            if z.shape[0] < 2:  # BatchNorm needs two samples in train mode
+                continue
+            z, y = z.to(self.device), y.to(self.device)
+            try:
+                server_step(self.server_model, self.server_optimizer, z, y)
+            except UnsafeStepError as err:
+                log(WARNING, "skipped server step on batch %d of node %d%s: %s",
+                    index, reply.node_id, self.describe_node(reply.node_id), err)
+                continue
+            trained.append((z, y))
+        return trained
 
     def log_dropped(self, node_id: int, err: Exception | str) -> None:
         """Log one line naming the node of a dropped reply and the reason; keep the reason."""
@@ -333,8 +390,9 @@ class SplitFedAvg(FedAvg):
             self._drop_reasons.append(reason[:300])
 
     def describe_node(self, node_id: int) -> str:
-        """Extra words about a node for log lines (subclasses know partitions)."""
-        return ""
+        """Name the node's registered partition in log lines."""
+        identity = self.identities.get(node_id)
+        return f" (partition {identity.partition_id})" if identity else ""
 
     def average_shared(self, accepted: list[ParsedReply]) -> ArrayRecord:
         """FedAvg of the accepted replies' arrays, weighted by sample counts."""

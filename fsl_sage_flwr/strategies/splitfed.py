@@ -6,16 +6,16 @@ import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from logging import INFO, WARNING
+from logging import INFO
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
+from fsl_sage_flwr.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.training import make_adam
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
@@ -34,7 +34,7 @@ from fsl_sage_flwr.wire import (
     check_metrics,
     check_model_record,
     parse_smashed,
-    reply_metric,
+    reply_int,
     to_array,
 )
 from fsl_sage_flwr.strategies.split_fedavg import WEIGHT_KEY, SplitFedAvg, module_bytes, optimizer_bytes
@@ -72,6 +72,12 @@ class SplitFed(SplitFedAvg):
     SFL-V2): one server-side model; at every batch step it is updated on each
     client's batch in turn, in partition-id order. The server-side copies of
     SplitFed-MS start each round with fresh Adam state.
+
+    A step reply is checked whole before the server trains on it, as in
+    :class:`SplitFedAvg`: integer metrics, the node's partition and first
+    declared sample count, one non-empty batch within ``upload_limits``. A node
+    whose reply fails a check, or whose server step ``server_step`` skips,
+    leaves the round; its server-side copy (SplitFed-MS) is not averaged.
     """
 
     def __init__(self, *, mode: str, batch_size: int, **kwargs) -> None:
@@ -104,12 +110,16 @@ class SplitFed(SplitFedAvg):
             for session in active:
                 session.message_pairs += 1
                 self._handle_step_reply(session, replies.get(session.node_id), step)
-            ordered = sorted((s for s in active if not s.failed), key=lambda s: s.partition_id)
+            ordered = self._checked_sessions(active, step)
+            # Every check of this step's replies passed: the server state may change.
+            self.activation_scale.accept([s.pending for s in ordered])
             for session in ordered:
                 self._server_step(session)
             step += 1
             still = []
             for session in ordered:
+                if session.failed:
+                    continue
                 if step == session.num_batches:  # its last gradient goes with the closing message
                     closing.append(self._step_message(session, step, base, None))
                     session.message_pairs += 1
@@ -163,6 +173,9 @@ class SplitFed(SplitFedAvg):
         if set(msg.content.array_records) != {ARRAYS_KEY}:
             raise MalformedReplyError("closing reply must carry exactly the client model arrays")
         check_metrics(msg.content)
+        declared = tuple(reply_int(msg.content, key) for key in (PARTITION_ID_KEY, NUM_BATCHES_KEY, WEIGHT_KEY))
+        if declared != (session.partition_id, session.num_batches, session.num_examples):
+            raise MalformedReplyError("partition-id, num-batches or num-examples changed within the round")
         arrays = msg.content.array_records[ARRAYS_KEY]
         check_model_record(arrays, self.shared_spec)
         return ParsedReply(session.node_id, session.partition_id, session.num_examples, arrays, SmashedUpload([]))
@@ -184,21 +197,22 @@ class SplitFed(SplitFedAvg):
         return Message(content=content, dst_node_id=session.node_id, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP_ACTION}")
 
     def _handle_step_reply(self, session: _Session, msg: Message | None, step: int) -> None:
+        """Check one step reply whole; keep its batch as pending, or fail the session. Trains nothing."""
         try:
             if msg is None or msg.has_error():
                 raise MalformedReplyError(msg.error.reason if msg is not None else "no reply")
             content = msg.content
             check_metrics(content)
-            partition_id = int(reply_metric(content, PARTITION_ID_KEY))
-            num_batches = int(reply_metric(content, NUM_BATCHES_KEY))
-            num_examples = int(reply_metric(content, WEIGHT_KEY))
+            partition_id = reply_int(content, PARTITION_ID_KEY)
+            num_batches = reply_int(content, NUM_BATCHES_KEY)
+            num_examples = reply_int(content, WEIGHT_KEY)
             if not 1 <= num_examples <= self.bounds.max_examples:
                 raise MalformedReplyError(f"num-examples {num_examples} out of range")
             most = self.training.local_epochs * math.ceil(num_examples / self.batch_size)
             if not 1 <= num_batches <= most:
                 raise MalformedReplyError(f"num-batches {num_batches} outside [1, {most}]")
             if step == 0:
-                session.partition_id, session.num_batches, session.num_examples = partition_id, num_batches, num_examples
+                self.identities.check(session.node_id, partition_id, num_examples)
             elif (partition_id, num_batches, num_examples) != (session.partition_id, session.num_batches, session.num_examples):
                 raise MalformedReplyError("partition-id, num-batches or num-examples changed within the round")
             if set(content.array_records) != {SMASHED_KEY}:
@@ -210,23 +224,48 @@ class SplitFed(SplitFedAvg):
                 max_samples=self.batch_size,
                 max_batch=self.batch_size,
             )
+            if not upload.batches:
+                raise MalformedReplyError("uploads no activations")
             if len(upload.batches) != 1:
                 raise MalformedReplyError("a step reply carries exactly one batch")
-            session.pending = upload.batches[0]
+            self.activation_scale.check(upload.batches)
         except MalformedReplyError as err:
-            log(WARNING, "node %d leaves round: %s", session.node_id, err)
-            session.failed = True
+            self._leave(session, err)
+            return
+        session.partition_id, session.num_batches, session.num_examples = partition_id, num_batches, num_examples
+        session.pending = upload.batches[0]
+
+    def _checked_sessions(self, active: list[_Session], step: int) -> list[_Session]:
+        """The sessions still in the round, in partition-id order; at step 0 register their identities.
+
+        Of two new nodes claiming one partition at step 0, the lower node id keeps it.
+        """
+        ordered: list[_Session] = []
+        for session in sorted((s for s in active if not s.failed), key=lambda s: (s.partition_id, s.node_id)):
+            if ordered and ordered[-1].partition_id == session.partition_id:
+                self._leave(session, f"partition-id {session.partition_id} is claimed by node {ordered[-1].node_id} in the same round")
+            else:
+                ordered.append(session)
+        if step == 0:
+            for session in ordered:
+                self.identities.register(session.node_id, session.partition_id, session.num_examples)
+        return ordered
+
+    def _leave(self, session: _Session, reason: Exception | str) -> None:
+        """Drop a node from the round, with a log line naming it and the reason."""
+        self.log_dropped(session.node_id, f"leaves the round: {reason}")
+        session.failed = True
 
     def _server_step(self, session: _Session) -> None:
         z, y = (t.to(self.device) for t in session.pending)
         model = session.model if self.mode == "ms" else self.server_model
         optimizer = session.optimizer if self.mode == "ms" else self.server_optimizer
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
         z = z.clone().requires_grad_(True)
-        loss = F.cross_entropy(model(z), y)
-        loss.backward()
-        optimizer.step()
+        try:
+            server_step(model, optimizer, z, y)
+        except UnsafeStepError as err:
+            self._leave(session, f"server step skipped: {err}")
+            return
         session.grad = z.grad.cpu().numpy().astype(np.float32)
 
     def _book_fed_server_exchange(self, sessions: list[_Session]) -> None:
