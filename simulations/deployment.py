@@ -315,6 +315,8 @@ class LoopbackFederation:
             new = [r for r in self.list_runs() if int(r["run-id"]) not in before]
             if new and str(new[0]["status"]).startswith("finished"):
                 return DeploymentRun(int(new[0]["run-id"]), str(new[0]["status"]), log, time.monotonic() - start)
+            if not new and proc.returncode not in (0, None):
+                raise DeploymentError(f"flwr run exited {proc.returncode} without submitting a run; log:\n{log[-3000:]}")
             if time.monotonic() - start > timeout:
                 state = new[0]["status"] if new else "not submitted"
                 raise DeploymentError(f"run {state} after {timeout:.0f} s; log:\n{log[-3000:]}")
