@@ -92,11 +92,11 @@ def _tree(pid: int) -> set[int]:
     while stack:
         current = stack.pop()
         found.add(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
+        try:  # a process may end while it is read
+            for task in Path(f"/proc/{current}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
+        except OSError:
+            pass
     return found
 
 
