@@ -293,7 +293,7 @@ def _descendants(pid: int) -> Iterator[int]:
         stack.extend(_children(child))
 
 
-def _processes_of(home: Path) -> set[int]:
+def processes_of(home: Path) -> set[int]:
     """The processes of one run: those whose environment names ``home`` as FLWR_HOME, and their descendants.
 
     Every process `flwr run` starts (SuperLink, SuperExec, simulation, Ray)
@@ -319,15 +319,15 @@ def _processes_of(home: Path) -> set[int]:
 
 def _stop_tree(home: Path, grace: float = 5.0) -> None:
     """SIGTERM every process of this run, SIGKILL what is left after ``grace`` seconds, reap them."""
-    pids = _processes_of(home)
+    pids = processes_of(home)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         _reap(pids)
         time.sleep(0.1)
-        pids |= _processes_of(home)
-    pids |= _processes_of(home)
+        pids |= processes_of(home)
+    pids |= processes_of(home)
     for pid in pids:
         _signal(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace

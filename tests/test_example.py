@@ -11,33 +11,18 @@ import time
 import zipfile
 from pathlib import Path
 
-from simulations.flwr_run import PROJECT_DIR, _flower_env, _flwr, _stop_superlink
+from simulations.flwr_run import PROJECT_DIR, _flower_env, _flwr, _stop_superlink, processes_of
 
 EXAMPLE = PROJECT_DIR / "examples" / "tabular-mlp"
 ROUNDS = 10
 
 
-def _pids_with_home(home: Path) -> list[int]:
-    """Processes whose environment names this Flower home: everything the run started."""
-    marker = f"FLWR_HOME={home}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 def _stop_leftovers(home: Path) -> list[int]:
     """Wait for the run's processes to end; stop any that stay, one by one; return them."""
     deadline = time.monotonic() + 15
-    while _pids_with_home(home) and time.monotonic() < deadline:
+    while sorted(processes_of(home)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = _pids_with_home(home)
+    left = sorted(processes_of(home))
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
