@@ -129,22 +129,12 @@ def check_model_record(record: ArrayRecord, spec: Mapping[str, ArraySpec]) -> No
 def load_array(name: str, array: Array, expected: ArraySpec) -> np.ndarray:
     """Deserialise one received array after checking it is what ``expected`` says.
 
-    The declared shape and dtype are checked first and the raw size is bounded,
-    so nothing large or foreign is decoded; the decoded array is checked again,
-    since Flower does not tie an array's bytes to its declared header.
+    The declared shape and dtype are checked first, then :func:`_read_npy` bounds
+    the raw size and checks the ``.npy`` header and the decoded array, since
+    Flower does not tie an array's bytes to its declared header.
     """
     _check_array_header(name, tuple(array.shape), str(array.dtype), expected)
-    if array.stype != "numpy.ndarray":
-        raise MalformedReplyError(f"array '{name}' is not a numpy array ({array.stype})")
-    limit = math.prod(expected.shape) * np.dtype(expected.dtype).itemsize + _NPY_HEADER_BYTES
-    if len(array.data) > limit:
-        raise MalformedReplyError(f"array '{name}' carries {len(array.data)} bytes, more than {limit}")
-    try:
-        values = array.numpy()
-    except Exception as err:  # any decoding failure is the sender's fault
-        raise MalformedReplyError(f"array '{name}' does not decode: {type(err).__name__}") from err
-    _check_array_header(f"{name} (decoded)", values.shape, str(values.dtype), expected)
-    return values
+    return _read_npy(name, array, expected)
 
 
 def parse_smashed(
@@ -568,7 +558,7 @@ def _read_npy(name: str, array: Array, expected: ArraySpec | None, *, max_bytes:
     nothing large or foreign is materialised; pickled (object) arrays are refused.
     """
     if not isinstance(array, Array) or array.stype != "numpy.ndarray":
-        raise MalformedReplyError(f"array '{name}' is not a numpy array")
+        raise MalformedReplyError(f"array '{name}' is not a numpy array ({getattr(array, 'stype', type(array).__name__)})")
     if expected is not None:
         max_bytes = math.prod(expected.shape) * np.dtype(expected.dtype).itemsize
     limit = (max_bytes or 0) + _NPY_HEADER_BYTES
