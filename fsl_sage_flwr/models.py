@@ -51,6 +51,13 @@ class SplitModel:
     aux: nn.Module | None
     cut_shape: tuple[int, ...]
 
+    def to(self, device: torch.device) -> "SplitModel":
+        """Move every part this split holds to ``device``; return the split."""
+        for module in (self.client, self.server, self.aux):
+            if module is not None:
+                module.to(device)
+        return self
+
 
 class SplitArchitecture(ABC):
     """Recipe for one split network; subclass it and register it by name.

@@ -7,10 +7,17 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
+from fsl_sage_flwr.data import ArrayDataset
+
 
 def state_to_numpy(module: nn.Module) -> list[np.ndarray]:
     """Return a module's state dict as a flat list of arrays, in state-dict order."""
     return [t.detach().cpu().numpy().copy() for t in module.state_dict().values()]
+
+
+def dataset_tensors(trainset: ArrayDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's inputs and labels as tensors on ``device``."""
+    return torch.from_numpy(trainset.images).to(device), torch.from_numpy(trainset.labels).to(device)
 
 
 def load_named(module: nn.Module, arrays: dict[str, np.ndarray]) -> None:

@@ -10,7 +10,7 @@ from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from torch import nn
 
-from fsl_sage_flwr.clients.common import load_named, load_optimizer_state, save_optimizer_state, state_to_numpy
+from fsl_sage_flwr.clients.common import dataset_tensors, load_named, load_optimizer_state, save_optimizer_state, state_to_numpy
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.memory import PeakMemoryMeter
 from fsl_sage_flwr.models import SplitModel
@@ -57,12 +57,8 @@ class LocalTrainingClient(NumPyClient):
         if len(trainset) < 2:
             raise ValueError(f"partition {partition_id} holds {len(trainset)} samples; training needs at least 2")
         self.device = torch.device(device)
-        for module in (split.client, split.server, split.aux):
-            if module is not None:
-                module.to(self.device)
-        self.split = split
-        self.x = torch.from_numpy(trainset.images).to(self.device)
-        self.y = torch.from_numpy(trainset.labels).to(self.device)
+        self.split = split.to(self.device)
+        self.x, self.y = dataset_tensors(trainset, self.device)
         self.partition_id = int(partition_id)
         self.state = state
 

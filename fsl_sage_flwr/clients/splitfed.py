@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fsl_sage_flwr.clients.common import load_numpy, load_optimizer_state, save_optimizer_state
+from fsl_sage_flwr.clients.common import dataset_tensors, load_numpy, load_optimizer_state, save_optimizer_state
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.estimation import apply_cut_gradient
 from fsl_sage_flwr.memory import PeakMemoryMeter
@@ -62,10 +62,9 @@ class SplitFedClient:
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.split = split
-        self.shared_model = split.client.to(self.device)
-        self.x = torch.from_numpy(trainset.images).to(self.device)
-        self.y = torch.from_numpy(trainset.labels).to(self.device)
+        self.split = split.to(self.device)
+        self.shared_model = split.client
+        self.x, self.y = dataset_tensors(trainset, self.device)
         self.partition_id = partition_id
         self.state = state
 
