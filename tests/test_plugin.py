@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import Grid, ServerApp
@@ -23,7 +23,7 @@ from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset, partition_indices
 from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.server_app import app as server_app
-from fsl_sage_flwr.wire import decode_request
+from fsl_sage_flwr.wire import ArraySpec, MalformedReplyError, decode_request, load_array
 from simulations.in_process import run_in_process
 from tests.conftest import ScriptedGrid, reply_from
 
@@ -314,3 +314,16 @@ def test_the_training_seed_fixes_the_initial_models_without_touching_the_callers
     assert torch.equal(after, expected_next)
     assert all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first.keys())
     assert not all(np.array_equal(first[k].numpy(), other[k].numpy()) for k in first.keys())
+
+
+def test_an_array_whose_bytes_differ_from_its_declared_header_is_refused():
+    # Prepare: declared float32 (4, 2), bytes of another shape, and bytes far too large
+    expected = ArraySpec((4, 2), "float32")
+    other_shape = Array(dtype="float32", shape=(4, 2), stype="numpy.ndarray", data=Array(np.zeros(3, np.float32)).data)
+    too_large = Array(dtype="float32", shape=(4, 2), stype="numpy.ndarray", data=Array(np.zeros(5000, np.float32)).data)
+    # Execute / Assert
+    with pytest.raises(MalformedReplyError, match=r"has shape \(3,\), expected \(4, 2\)"):
+        load_array("z", other_shape, expected)
+    with pytest.raises(MalformedReplyError, match="more than"):
+        load_array("z", too_large, expected)
+    assert load_array("z", Array(np.ones((4, 2), np.float32)), expected).sum() == 8
