@@ -10,6 +10,16 @@ fit-record layout, so the server parses, checks and trains on it as it would a
 real reply. Each client count runs in a fresh process, which reports its peak
 resident set size (``VmHWM`` in ``/proc/self/status``).
 
+The peak has two parts: what the server keeps (bounded by the cache of client
+states, whatever the number of clients) and the working set of one alignment,
+which grows with the samples in the aligned client's buffer. With the paper's
+1,000-sample buffer, the 100-client run's clients (600 samples each) fill far
+larger buffers than the 1,000-client run's (60 each), so that comparison mixes
+the client count with the per-client work. The check therefore caps every buffer
+at ``--buffer-size`` samples (default 64, which clients of both runs fill), so
+the two runs differ in the number of clients only; pass ``--buffer-size 1000``
+for the paper's buffer.
+
 Usage (from the repository folder)::
 
     python -m benchmarks.server_memory                 # both client counts, then the ratio
@@ -64,7 +74,7 @@ def _data_dir() -> str:
     raise SystemExit(f"Fashion-MNIST not found in {', '.join(map(str, DATA_DIRS))}")
 
 
-def _settings(num_clients: int, rounds: int, align_epochs: int, max_cached: int) -> RunSettings:
+def _settings(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffer_size: int) -> RunSettings:
     config = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     config.update(
         {
@@ -77,6 +87,7 @@ def _settings(num_clients: int, rounds: int, align_epochs: int, max_cached: int)
             "min-available-nodes": num_clients,
             "align-epochs": align_epochs,
             "max-cached-clients": max_cached,
+            "buffer-size": buffer_size,
         }
     )
     return RunSettings.from_run_config(config)
@@ -148,11 +159,11 @@ class _Grid:
         return replies
 
 
-def run(num_clients: int, rounds: int, align_epochs: int, max_cached: int) -> dict:
+def run(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffer_size: int) -> dict:
     """Run the server for ``rounds`` rounds with ``num_clients`` clients; return the figures."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     torch.set_num_threads(1)
-    settings = _settings(num_clients, rounds, align_epochs, max_cached)
+    settings = _settings(num_clients, rounds, align_epochs, max_cached, buffer_size)
     torch.manual_seed(0)
     data = load_dataset(settings.dataset, data_dir=settings.data_dir)
     start = time.monotonic()
@@ -179,6 +190,7 @@ def run(num_clients: int, rounds: int, align_epochs: int, max_cached: int) -> di
         "clients": num_clients,
         "rounds": rounds,
         "max_cached_clients": max_cached,
+        "buffer_size": buffer_size,
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "server_state_mib": kept / 2**20,
         "client_state_on_disk_mib": disk / 2**20,
@@ -194,15 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--align-epochs", type=int, default=5)
     parser.add_argument("--max-cached-clients", type=int, default=64)
+    parser.add_argument("--buffer-size", type=int, default=64, help="per-client buffer cap (paper: 1000)")
     args = parser.parse_args(argv)
     if args.clients is not None:
-        print(json.dumps(run(args.clients, args.rounds, args.align_epochs, args.max_cached_clients)), flush=True)
+        figures = run(args.clients, args.rounds, args.align_epochs, args.max_cached_clients, args.buffer_size)
+        print(json.dumps(figures), flush=True)
         return 0
     figures = []
     for clients in (100, 1000):
         command = [
             sys.executable, "-m", "benchmarks.server_memory", "--clients", str(clients), "--rounds", str(args.rounds),
             "--align-epochs", str(args.align_epochs), "--max-cached-clients", str(args.max_cached_clients),
+            "--buffer-size", str(args.buffer_size),
         ]
         out = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=True)
         figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
