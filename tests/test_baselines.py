@@ -14,7 +14,7 @@ from fsl_sage_flwr.client_app import _build_client
 from fsl_sage_flwr.client_app import app as client_app
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.ledger import MeteredGrid, record_nbytes
+from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.results import read_results
 from fsl_sage_flwr.server_app import app as server_app
@@ -66,9 +66,10 @@ def test_splitfed_exchanges_one_message_pair_per_batch_and_books_their_bytes(tmp
     config = app_config(tmp_path, algorithm=algorithm, num_server_rounds=1, batch_size=32, min_available_nodes=3)
     settings = RunSettings.from_run_config(config)
     data = load_dataset("digits")
-    setup = get_algorithm(algorithm).build_server(settings, data, TrainMetricsTap())
+    ledger = ByteLedger()
+    setup = get_algorithm(algorithm).build_server(settings, data, TrainMetricsTap(), ledger=ledger)
     recording = RecordingGrid(client_app, 3, config)
-    metered = MeteredGrid(recording)
+    metered = MeteredGrid(recording, ledger)
     # Execute
     setup.strategy.start(metered, setup.initial_arrays, num_rounds=1, train_config=ConfigRecord({"seed": 0}))
     # Assert: per node, one pair per local batch plus the closing pair that returns the model
