@@ -135,8 +135,8 @@ class SplitServer(FedAvg):
             raise ValueError(f"max_rounds_without_replies must be >= 1, got {max_rounds_without_replies}")
         self.max_rounds_without_replies = max_rounds_without_replies
         self.node_wait_timeout = node_wait_timeout
-        self.round_timeout = 3600.0  # set by ``start``
-        self.num_rounds: int | None = None  # set by ``start``
+        self.round_timeout = 3600.0  # set by ``prepare_run``
+        self.num_rounds: int | None = None  # set by ``prepare_run``
         self._rounds_without_replies = 0
         self._drop_reasons: list[str] = []
 
