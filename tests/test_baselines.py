@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import numpy as np
@@ -169,3 +170,17 @@ def test_a_client_builds_only_its_parts_once_per_process(tmp_path, algorithm, se
     assert first.split is second.split
     assert (first.split.server is not None) == server_part
     assert (first.split.aux is not None) == aux_part
+
+
+def test_splitfed_summary_names_its_mode(tmp_path, caplog):
+    # Prepare
+    settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="splitfed-ms"))
+    setup = get_algorithm("splitfed-ms").build_server(settings, load_dataset("digits"), TrainMetricsTap())
+    # Execute: what the start-up log shows
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        setup.strategy.summary()
+    # Assert: FedAvg's sampling, the split settings, the mode
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Minimum available nodes: 2" in text
+    assert "batch 16 | epochs 1" in text
+    assert "SplitFed-MS: one server-side copy per client (SFL-V1)" in text
