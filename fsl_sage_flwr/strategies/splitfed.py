@@ -345,7 +345,21 @@ class SplitFed(SplitServer):
             self.ledger.add_down(session.node_id, nbytes)
 
     def _average_server_copies(self, sessions: list[_Session]) -> None:
-        """Average the server-side copies as the client models are, weighted by sample counts."""
-        copies = [(ArrayRecord(s.model.state_dict()), s.num_examples) for s in sessions]
+        """Average the server-side copies, weighted by sample counts, as the fed server of SFL-V1 does.
+
+        The copies are averaged in double precision and rounded back once (the
+        client models follow Flower's FedAvg in their own precision).
+        """
+        copies = [(_double_precision(s.model), s.num_examples) for s in sessions]
         averaged = weighted_average(copies, self.server_spec)
         self.server_model.load_state_dict(averaged.to_torch_state_dict())
+
+
+def _double_precision(module: nn.Module) -> ArrayRecord:
+    """A module's state with floating-point tensors in float64, on the CPU."""
+    return ArrayRecord(
+        array_dict={
+            name: to_array((t.double() if t.is_floating_point() else t).detach().cpu().numpy())
+            for name, t in module.state_dict().items()
+        }
+    )
