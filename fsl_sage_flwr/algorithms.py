@@ -22,6 +22,7 @@ from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, Spl
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import DatasetSplits
 from fsl_sage_flwr.devices import resolve_device
+from fsl_sage_flwr.ledger import ByteLedger
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.models import SplitModel, build_full_model, build_split_model
 from fsl_sage_flwr.training import evaluate_classifier
@@ -55,8 +56,9 @@ class Algorithm:
 
     name: str
     description: str
-    #: ``build_server(settings, data, tap, state_dir=None)``; ``state_dir`` is a folder
-    #: the server may keep per-client state in
+    #: ``build_server(settings, data, tap, state_dir=None, ledger=None)``; ``state_dir`` is a
+    #: folder the server may keep per-client state in, ``ledger`` the run's byte ledger,
+    #: for bytes that travel outside the grid (SplitFed-MS's fed server)
     build_server: Callable[..., ServerSetup]
     client_class: type[NumPyClient] | type[SplitFedClient]
     client_parts: tuple[str, ...]
@@ -107,7 +109,11 @@ def _split_setup(strategy: SplitFedAvg, split: SplitModel) -> ServerSetup:
 
 
 def _fsl_sage_server(
-    settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+    settings: RunSettings,
+    data: DatasetSplits,
+    tap: TrainMetricsTap,
+    state_dir: Path | None = None,
+    ledger: ByteLedger | None = None,
 ) -> ServerSetup:
     split = build_split(settings, data)
     strategy = FSLSage(
@@ -125,7 +131,11 @@ def _fsl_sage_server(
 
 
 def _cse_fsl_server(
-    settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+    settings: RunSettings,
+    data: DatasetSplits,
+    tap: TrainMetricsTap,
+    state_dir: Path | None = None,
+    ledger: ByteLedger | None = None,
 ) -> ServerSetup:
     split = build_split(settings, data)
     shared = nn.ModuleDict({"client": split.client, "aux": split.aux})
@@ -134,7 +144,11 @@ def _cse_fsl_server(
 
 
 def _fedavg_server(
-    settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+    settings: RunSettings,
+    data: DatasetSplits,
+    tap: TrainMetricsTap,
+    state_dir: Path | None = None,
+    ledger: ByteLedger | None = None,
 ) -> ServerSetup:
     full = build_full_model(build_split(settings, data))
     # Flower's own FedAvg, unmodified: only the client side is ours.
@@ -170,10 +184,16 @@ def _fedavg_server(
 
 def _splitfed_server(mode: str) -> Callable[..., ServerSetup]:
     def build(
-        settings: RunSettings, data: DatasetSplits, tap: TrainMetricsTap, state_dir: Path | None = None
+        settings: RunSettings,
+        data: DatasetSplits,
+        tap: TrainMetricsTap,
+        state_dir: Path | None = None,
+        ledger: ByteLedger | None = None,
     ) -> ServerSetup:
         split = build_split(settings, data)
-        strategy = SplitFed(mode=mode, batch_size=settings.batch_size, **_split_kwargs(settings, data, split, tap))
+        strategy = SplitFed(
+            mode=mode, batch_size=settings.batch_size, ledger=ledger, **_split_kwargs(settings, data, split, tap)
+        )
         return _split_setup(strategy, split)
 
     return build

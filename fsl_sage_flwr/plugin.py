@@ -151,7 +151,7 @@ class SplitSpec:
         training : LocalTraining, optional
             What every client trains with (sent to them each round).
         alignment : AlignmentSettings, optional
-            Auxiliary alignment schedule and optimizer (paper defaults).
+            Auxiliary alignment schedule and optimizer (the app's defaults, as in ``pyproject.toml``).
         **kwargs
             Passed to :class:`FSLSage`: ``fraction_train``, ``min_train_nodes``,
             ``min_available_nodes``, ``max_rounds_without_replies``, ``device``, ...

@@ -5,8 +5,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from logging import INFO
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import log
+
+from fsl_sage_flwr.ledger import ByteLedger
+from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
+
+if TYPE_CHECKING:
+    from fsl_sage_flwr.algorithms import ServerSetup
+
+MIB = 1024 * 1024
 
 
 class RunFolderError(ValueError):
@@ -77,6 +90,91 @@ class ResultsWriter:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+class RoundRecorder:
+    """Record each evaluated round: one results row, one log line, then the next round's bytes.
+
+    Pass it as ``evaluate_fn`` of the round loop. For round ``r`` it evaluates
+    the global arrays, reads round ``r``'s bytes from the ledger, times the
+    round, appends the row to ``results.jsonl`` and to :attr:`rows`, and books
+    every later byte to round ``r + 1``.
+
+    Parameters
+    ----------
+    algorithm : str
+        The run's algorithm, written in every row.
+    setup : ServerSetup
+        The algorithm's server: its evaluation, memory and per-round figures.
+    ledger : ByteLedger
+        The run's byte ledger.
+    writer : ResultsWriter
+        Where the rows go.
+    tap : TrainMetricsTap
+        The last aggregated train metrics (the clients' peak memory).
+    rows : list of dict, optional
+        Rows of earlier rounds (a resumed run's checkpoint).
+    clock : Callable[[], float]
+        Seconds of a monotonic clock.
+    """
+
+    def __init__(
+        self,
+        algorithm: str,
+        setup: ServerSetup,
+        ledger: ByteLedger,
+        writer: ResultsWriter,
+        tap: TrainMetricsTap,
+        rows: list[dict[str, Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.algorithm = algorithm
+        self.setup = setup
+        self.ledger = ledger
+        self.writer = writer
+        self.tap = tap
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self._clock = clock
+        self._round_start = clock()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate and record ``server_round``; return its test metrics."""
+        metrics = self.setup.evaluate(server_round, arrays)
+        row = self._row(server_round, metrics)
+        self.writer.write(row)
+        self.rows.append(row)
+        # Bytes after this evaluation belong to the next round.
+        self.ledger.current_round = server_round + 1
+        log(
+            INFO,
+            "round %d: test accuracy %.4f, loss %.4f, %.2f MiB sent so far",
+            server_round,
+            row["accuracy"],
+            row["loss"],
+            row["cumulative_bytes"] / MIB,
+        )
+        return metrics
+
+    def _row(self, server_round: int, metrics: MetricRecord) -> dict[str, Any]:
+        up, down = self.ledger.round_totals(server_round)
+        now = self._clock()
+        seconds, self._round_start = now - self._round_start, now
+        cumulative = self.ledger.cumulative_bytes(server_round)
+        return {
+            "algorithm": self.algorithm,
+            "round": server_round,
+            "accuracy": metrics["accuracy"],
+            "loss": metrics["loss"],
+            "bytes_up": up,
+            "bytes_down": down,
+            "cumulative_bytes": cumulative,
+            "cumulative_gib": cumulative / 1024**3,
+            "round_seconds": seconds,
+            # Round 0 evaluates the initial model: no client trained yet.
+            "client_peak_memory_bytes": int(self.tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
+            "server_memory_bytes": self.setup.server_memory_bytes(),
+            **self.setup.round_details(),
+        }
 
 
 def check_fresh_results(folder: Path) -> None:

@@ -1,7 +1,8 @@
 """The federated round loop, able to start at any round (for resumed runs).
 
 Flower's ``Strategy.start`` always begins at round 1. This loop makes the same
-calls in the same order (``configure_train``, the grid's ``send_and_receive``,
+calls in the same order (the start-up log with the strategy's ``summary``,
+``configure_train``, the grid's ``send_and_receive``,
 ``aggregate_train``, then the evaluation pair and the server-side evaluation),
 from any round on, and calls ``after_round`` once a round is complete, which is
 where the ServerApp writes checkpoints.
@@ -16,6 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
+
+from fsl_sage_flwr.strategies.split_fedavg import SplitServer
 
 
 def run_rounds(
@@ -40,9 +44,12 @@ def run_rounds(
         raise ValueError(f"first_round must be >= 1, got {first_round}")
     train_config = ConfigRecord() if train_config is None else train_config
     evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-    prepare = getattr(strategy, "prepare_run", None)
-    if prepare is not None:
-        prepare(num_rounds, timeout)
+    if isinstance(strategy, SplitServer):  # what ``SplitServer.start`` would remember
+        strategy.prepare_run(num_rounds, timeout)
+    # The start-up log of Flower's ``start``: the run, then the strategy's settings.
+    log(INFO, "Starting %s strategy:", type(strategy).__name__)
+    log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
+    strategy.summary()
     if first_round == 1 and evaluate_fn is not None:
         evaluate_fn(0, arrays)
     for current_round in range(first_round, num_rounds + 1):

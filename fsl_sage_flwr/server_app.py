@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,14 @@ from fsl_sage_flwr.algorithms import get_algorithm
 from fsl_sage_flwr.checkpoint import CHECKPOINT_FILE, FORMAT_VERSION, atomic_save, rng_state, safe_load, set_rng_state
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.ledger import MeteredGrid
-from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
+from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid
+from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.models import required_input_shape
-from fsl_sage_flwr.results import ResultsWriter, RunFolderError, check_fresh_results, run_folder
+from fsl_sage_flwr.results import ResultsWriter, RoundRecorder, RunFolderError, check_fresh_results, run_folder
 from fsl_sage_flwr.rounds import run_rounds
 from fsl_sage_flwr.strategies.split_fedavg import wait_for_nodes
 from fsl_sage_flwr.training import derive_seed
 
-MIB = 1024 * 1024
 CLIENT_STATE_DIR = "client-state"
 #: keys a resumed run may change; every other key must match the checkpoint's
 RESUMABLE_KEYS = frozenset(
@@ -57,8 +55,9 @@ def main(grid: Grid, context: Context) -> None:
     )
     settings.check_data(len(data.train), data.num_classes)
     tap = TrainMetricsTap()
-    setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR)
-    metered = MeteredGrid(grid)
+    ledger = ByteLedger()
+    setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
+    metered = MeteredGrid(grid, ledger)
     log(INFO, "%s: results go to %s", algorithm.description, folder)
     arrays = setup.initial_arrays
     rows: list[dict[str, Any]] = []
@@ -66,48 +65,14 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is not None:
         arrays = ArrayRecord(checkpoint["arrays"])
         setup.load_server_state(checkpoint["server"])
-        metered.ledger.load_state_dict(checkpoint["ledger"])
+        ledger.load_state_dict(checkpoint["ledger"])
         tap.last = MetricRecord(checkpoint["train_metrics"])
         set_rng_state(checkpoint["rng"])
         rows = list(checkpoint["rows"])
         first_round = int(checkpoint["round"]) + 1
         log(INFO, "resuming from the checkpoint of round %d in %s", first_round - 1, folder)
     writer = ResultsWriter(folder, resume_rows=rows if checkpoint is not None else None)
-    clock = {"last": time.monotonic()}
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        metrics = setup.evaluate(server_round, arrays)
-        ledger = metered.ledger
-        up, down = ledger.round_totals(server_round)
-        now = time.monotonic()
-        row = {
-            "algorithm": settings.algorithm,
-            "round": server_round,
-            "accuracy": metrics["accuracy"],
-            "loss": metrics["loss"],
-            "bytes_up": up,
-            "bytes_down": down,
-            "cumulative_bytes": ledger.cumulative_bytes(server_round),
-            "cumulative_gib": ledger.cumulative_bytes(server_round) / 1024**3,
-            "round_seconds": now - clock["last"],
-            "client_peak_memory_bytes": int(tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
-            "server_memory_bytes": setup.server_memory_bytes(),
-            **setup.round_details(),
-        }
-        clock["last"] = now
-        writer.write(row)
-        rows.append(row)
-        # Bytes after this evaluation belong to the next round.
-        ledger.current_round = server_round + 1
-        log(
-            INFO,
-            "round %d: test accuracy %.4f, loss %.4f, %.2f MiB sent so far",
-            server_round,
-            row["accuracy"],
-            row["loss"],
-            row["cumulative_bytes"] / MIB,
-        )
-        return metrics
+    recorder = RoundRecorder(settings.algorithm, setup, ledger, writer, tap, rows)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         interval = settings.checkpoint_interval
@@ -118,10 +83,10 @@ def main(grid: Grid, context: Context) -> None:
                 "settings": settings.to_config(),
                 "arrays": arrays.to_torch_state_dict(),
                 "server": setup.server_state(),
-                "ledger": metered.ledger.state_dict(),
+                "ledger": ledger.state_dict(),
                 "train_metrics": dict(tap.last),
                 "rng": rng_state(),
-                "rows": rows,
+                "rows": recorder.rows,
             }
             atomic_save(state, folder / CHECKPOINT_FILE)
             setup.checkpoint_saved()
@@ -139,7 +104,7 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=settings.num_server_rounds,
         timeout=settings.round_timeout,
         train_config=ConfigRecord(settings.local_training().to_config()),  # read by Flower's FedAvg only
-        evaluate_fn=evaluate,
+        evaluate_fn=recorder,
         after_round=after_round,
     )
     for name, state in setup.final_models(final_arrays).items():

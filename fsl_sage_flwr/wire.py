@@ -246,8 +246,10 @@ class LocalTraining:
 
     The strategy holds them, sends them in every train config and bounds each
     reply by them, so a client never trains with other values than the server
-    checks against. Defaults are the paper's (Nair et al., ICML 2025): B = 256,
-    E = 1, q = 5, Adam with learning rate 1e-3 and weight decay 1e-4.
+    checks against. These defaults are the app's (``RunSettings`` takes them,
+    ``pyproject.toml`` repeats them): B = 16 for the small digits set (the paper,
+    Nair et al., ICML 2025, uses 256), E = 1, q = 5, Adam with learning rate
+    1e-3 and weight decay 1e-4.
 
     Attributes
     ----------
@@ -265,7 +267,7 @@ class LocalTraining:
         Seeds the clients' batches and initialisation (with round and partition).
     """
 
-    batch_size: int = _setting("batch-size", 256)
+    batch_size: int = _setting("batch-size", 16)
     local_epochs: int = _setting("local-epochs", 1)
     upload_interval: int = _setting("upload-interval", 5)
     lr: float = _setting("lr", 1e-3)

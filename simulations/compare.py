@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
-import re
 import sys
 import time
 import tomllib
@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from fsl_sage_flwr.algorithms import ALGORITHMS
+from fsl_sage_flwr.results import ResultsWriter
 from simulations.flwr_run import FlwrRunError, parse_run_config, run_app
 
 GIB = 1024**3
 MIB = 1024**2
-ROUND_LINE = re.compile(r"round (\d+): test accuracy ([0-9.]+)")
 DEFAULTS: dict[str, Any] = {
     "strategies": "fsl-sage,cse-fsl,fedavg",
     "dataset": "digits",
@@ -163,7 +163,11 @@ def _plot(output_dir: Path, rows_by_strategy: dict[str, list[dict[str, Any]]]) -
 
 
 class Progress:
-    """One status line: which strategy and round runs, and the time left."""
+    """One status line: which strategy and round runs, and the time left.
+
+    It follows the running strategy's ``results.jsonl``, the rows the ServerApp
+    writes as each round ends, not Flower's log output.
+    """
 
     def __init__(self, strategies: list[str], rounds: int) -> None:
         self.strategies = strategies
@@ -171,18 +175,35 @@ class Progress:
         self.start = time.monotonic()
         self.done_rounds = 0
         self.current = 0
+        self.results_path: Path | None = None
+        self._seen_size = 0
+        self._last_round = 0
 
-    def begin(self, index: int) -> None:
-        """Mark strategy ``index`` as running."""
+    def begin(self, index: int, results_path: Path) -> None:
+        """Mark strategy ``index`` as running, writing its rows to ``results_path``."""
         self.current = index
+        self.results_path = results_path
+        self._seen_size = 0
+        self._last_round = 0
         self._show(0)
 
-    def line(self, text: str) -> None:
-        """Feed one line of Flower's output."""
-        match = ROUND_LINE.search(text)
-        if match and int(match.group(1)) > 0:
-            self.done_rounds = self.current * self.rounds + int(match.group(1))
-            self._show(int(match.group(1)), float(match.group(2)))
+    def poll(self, _line: str = "") -> None:
+        """Show the rounds the results file gained since the last call (an ``on_line`` hook)."""
+        if self.results_path is None:
+            return
+        try:
+            size = self.results_path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == self._seen_size:
+            return
+        self._seen_size = size
+        for row in _complete_rows(self.results_path):
+            round_no = int(row.get("round", 0))
+            if round_no > self._last_round:
+                self._last_round = round_no
+                self.done_rounds = self.current * self.rounds + round_no
+                self._show(round_no, float(row["accuracy"]))
 
     def _show(self, round_no: int, accuracy: float | None = None) -> None:
         elapsed = time.monotonic() - self.start
@@ -197,6 +218,12 @@ class Progress:
         )
 
 
+def _complete_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file being written: every line that already ends."""
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; exits non-zero if any strategy's run failed."""
     options = _parse_options(argv)
@@ -208,14 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     rows_by_strategy: dict[str, list[dict[str, Any]]] = {}
     failed: list[str] = []
     for index, name in enumerate(names):
-        progress.begin(index)
+        progress.begin(index, output_dir / configs[name]["run-name"] / ResultsWriter.FILE_NAME)
         try:
             outcome = run_app(
                 configs[name],
                 num_supernodes=int(options["clients"]),
                 timeout=float(options["timeout"]),
                 echo=False,
-                on_line=progress.line,
+                on_line=progress.poll,
             )
             rows_by_strategy[name] = outcome.rows
         except FlwrRunError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import numpy as np
@@ -14,7 +15,7 @@ from fsl_sage_flwr.client_app import _build_client
 from fsl_sage_flwr.client_app import app as client_app
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.ledger import MeteredGrid, record_nbytes
+from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.results import read_results
 from fsl_sage_flwr.server_app import app as server_app
@@ -66,9 +67,10 @@ def test_splitfed_exchanges_one_message_pair_per_batch_and_books_their_bytes(tmp
     config = app_config(tmp_path, algorithm=algorithm, num_server_rounds=1, batch_size=32, min_available_nodes=3)
     settings = RunSettings.from_run_config(config)
     data = load_dataset("digits")
-    setup = get_algorithm(algorithm).build_server(settings, data, TrainMetricsTap())
+    ledger = ByteLedger()
+    setup = get_algorithm(algorithm).build_server(settings, data, TrainMetricsTap(), ledger=ledger)
     recording = RecordingGrid(client_app, 3, config)
-    metered = MeteredGrid(recording)
+    metered = MeteredGrid(recording, ledger)
     # Execute
     setup.strategy.start(metered, setup.initial_arrays, num_rounds=1, train_config=ConfigRecord({"seed": 0}))
     # Assert: per node, one pair per local batch plus the closing pair that returns the model
@@ -168,3 +170,17 @@ def test_a_client_builds_only_its_parts_once_per_process(tmp_path, algorithm, se
     assert first.split is second.split
     assert (first.split.server is not None) == server_part
     assert (first.split.aux is not None) == aux_part
+
+
+def test_splitfed_summary_names_its_mode(tmp_path, caplog):
+    # Prepare
+    settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="splitfed-ms"))
+    setup = get_algorithm("splitfed-ms").build_server(settings, load_dataset("digits"), TrainMetricsTap())
+    # Execute: what the start-up log shows
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        setup.strategy.summary()
+    # Assert: FedAvg's sampling, the split settings, the mode
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Minimum available nodes: 2" in text
+    assert "batch 16 | epochs 1" in text
+    assert "SplitFed-MS: one server-side copy per client (SFL-V1)" in text

@@ -1,8 +1,10 @@
-"""Tests of the comparison's summary, table and plots (pure functions, no Flower run)."""
+"""Tests of the comparison's summary, table, plots and progress line (no Flower run)."""
 
 from __future__ import annotations
 
-from simulations.compare import GIB, markdown_table, summarise, write_outputs
+import json
+
+from simulations.compare import GIB, Progress, markdown_table, summarise, write_outputs
 
 
 def _rows(accuracies: list[float], bytes_per_round: int, seconds: float = 2.0) -> list[dict]:
@@ -43,3 +45,22 @@ def test_outputs_hold_table_csv_and_plots(tmp_path):
     assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("strategy,final_accuracy")
     for name in ("accuracy_vs_rounds.png", "accuracy_vs_gib.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_follows_the_results_file_not_the_log(tmp_path, capsys):
+    # Prepare: the second of two strategies, 4 rounds each; its results file has
+    # rounds 0 and 1 and half of round 2's line
+    path = tmp_path / "results.jsonl"
+    progress = Progress(["a", "b"], rounds=4)
+    progress.begin(1, path)
+    progress.poll("round 3: test accuracy 0.9999")  # a log line alone moves nothing
+    rows = "".join(json.dumps({"round": r, "accuracy": a}) + "\n" for r, a in [(0, 0.1), (1, 0.42)])
+    path.write_text(rows + '{"round": 2, "accu')
+    # Execute
+    progress.poll()
+    progress.poll()  # the file did not change: nothing new is shown
+    # Assert: one line for round 1, none for the log line's round 3 or the partial round 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[2/2 b] round 0/4;")
+    assert [line.split(";")[0] for line in lines[1:]] == ["[2/2 b] round 1/4, accuracy 0.4200"]
+    assert progress.done_rounds == 5

@@ -14,7 +14,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fsl_sage_flwr.estimation import server_step
 from fsl_sage_flwr.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
-from fsl_sage_flwr.wire import LocalTraining, TrainReply
+from fsl_sage_flwr.strategies.split_fedavg import weighted_average
+from fsl_sage_flwr.wire import LocalTraining, TrainReply, state_dict_spec
 from tests.conftest import ScriptedGrid, fit_reply_content, reply_from
 
 NODES = {101: 0, 202: 1}  # node id -> partition id
@@ -246,3 +247,30 @@ def test_a_one_sample_warm_up_batch_is_dropped_not_fatal(caplog):
     # Assert: node 101 is registered, node 202 is not, and the log says why
     assert set(strategy._slots) == {101}
     assert any("dropped reply from node 202" in r.getMessage() for r in caplog.records)
+
+
+def test_summary_logs_the_sampling_split_and_alignment_settings(caplog):
+    # Prepare
+    strategy, _ = _strategy(align_interval=7)
+    # Execute: what Flower's start logs before round 1
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        strategy.summary()
+    # Assert: FedAvg's sampling lines, then the split and the alignment settings
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Fraction: train (1.00)" in text
+    assert "batch 8 | epochs 1 | upload every 1 steps" in text
+    assert "Every 7 rounds | buffer 1000 samples" in text
+    assert "Epochs 3 | batch 64" in text
+
+
+def test_weighted_average_weights_by_sample_count_and_rounds_integer_counters():
+    # Prepare: two states, weights 1 and 3; the counters average to 11.75
+    spec = state_dict_spec({"w": torch.zeros(2), "count": torch.zeros((), dtype=torch.int64)})
+    first = ArrayRecord({"w": Array(np.array([1.0, 3.0], np.float32)), "count": Array(np.array(11, np.int64))})
+    second = ArrayRecord({"w": Array(np.array([3.0, 5.0], np.float32)), "count": Array(np.array(12, np.int64))})
+    # Execute
+    averaged = weighted_average([(first, 1), (second, 3)], spec).to_numpy_ndarrays()
+    # Assert: weighted mean; the counter rounded (12), not truncated (11), and still int64
+    np.testing.assert_allclose(averaged[0], [2.5, 4.5])
+    assert averaged[0].dtype == np.float32
+    assert averaged[1] == 12 and averaged[1].dtype == np.int64

@@ -102,6 +102,23 @@ class FSLSage(SplitFedAvg):
         self._warm_up_tries: dict[int, int] = {}
         self._recent_alignments: list[AlignmentReport] = []
 
+    def summary(self) -> None:
+        """Log the split-learning settings and FSL-SAGE's alignment ones."""
+        super().summary()
+        alignment = self.alignment
+        log(INFO, "\t└──> Auxiliary alignment (FSL-SAGE):")
+        log(INFO, "\t\t├──Every %d rounds | buffer %d samples per client", alignment.interval, alignment.buffer_size)
+        log(
+            INFO,
+            "\t\t├──Epochs %d | batch %d | Adam lr %g, weight decay %g",
+            alignment.epochs,
+            alignment.batch_size,
+            alignment.lr,
+            alignment.weight_decay,
+        )
+        log(INFO, "\t\t├──Early stop: patience %d, min. improvement %g", alignment.patience, alignment.min_improvement)
+        log(INFO, "\t\t└──Warm-up attempts per node: %d", self.warm_up_attempts)
+
     def warm_up(self, grid: Grid, arrays: ArrayRecord) -> None:
         """Register every connected node without a slot, and align its aux.
 

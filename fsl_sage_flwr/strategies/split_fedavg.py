@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 import time
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
+    ArraySpec,
     LocalTraining,
     MalformedReplyError,
     ParsedReply,
@@ -37,21 +39,16 @@ from fsl_sage_flwr.wire import (
 WEIGHT_KEY = NUM_EXAMPLES_KEY
 
 
-class SplitFedAvg(FedAvg):
-    """FedAvg of the client-side arrays plus one server model trained on uploads.
+class SplitServer(FedAvg):
+    """What every split strategy's server holds: one server model, the client side's spec, the guards.
 
-    The common server of FSL-SAGE and CSE-FSL (Nair et al., ICML 2025, Sec. 3;
-    Mu and Shen, CSE-FSL): each reply carries the client-side arrays and the
-    ``(z, y)`` batches kept every q-th local step; the server model takes one
-    optimizer step per uploaded batch, replies taken in partition-id order; the
-    client-side arrays are averaged by Flower's FedAvg weighted by sample counts.
-    Every reply is checked whole before it changes anything; a malformed one is
-    dropped with one log line naming its node and the reason. Beyond the wire
-    contract a reply must upload at least one batch, keep the partition id and
-    stay within the sample count its node first declared (a partition belongs
-    to the node that first took it), and its activations must stay within
-    ``upload_limits``; a server step whose loss, gradients or BatchNorm
-    statistics would not be finite is skipped (see ``server_step``).
+    The common base of :class:`SplitFedAvg` (FSL-SAGE, CSE-FSL) and the
+    SplitFed baselines (Nair et al., ICML 2025, Sec. 5): the server-side model
+    and its optimizer, the bounds a reply is checked against, the registry of
+    node identities, the running activation scale, node sampling, server-side
+    evaluation, checkpoint state and the one weighted average of client-side
+    arrays (:func:`weighted_average`). How a round exchanges messages is the
+    subclass's.
 
     Parameters
     ----------
@@ -138,11 +135,10 @@ class SplitFedAvg(FedAvg):
             raise ValueError(f"max_rounds_without_replies must be >= 1, got {max_rounds_without_replies}")
         self.max_rounds_without_replies = max_rounds_without_replies
         self.node_wait_timeout = node_wait_timeout
-        self.round_timeout = 3600.0  # set by ``start``
-        self.num_rounds: int | None = None  # set by ``start``
+        self.round_timeout = 3600.0  # set by ``prepare_run``
+        self.num_rounds: int | None = None  # set by ``prepare_run``
         self._rounds_without_replies = 0
         self._drop_reasons: list[str] = []
-        self._awaiting: set[int] = set()
 
     def start(
         self,
@@ -158,6 +154,9 @@ class SplitFedAvg(FedAvg):
 
         ``timeout`` bounds every exchange with the nodes, the warm-up included.
         """
+        # Flower's ``start`` keeps ``num_rounds`` and ``timeout`` to itself, yet the
+        # strategy needs both: its own exchanges (warm-up, SplitFed's per-batch
+        # steps) wait ``timeout``, and FSL-SAGE skips aligning after the last round.
         self.prepare_run(num_rounds, timeout)
         return super().start(
             grid,
@@ -170,13 +169,141 @@ class SplitFedAvg(FedAvg):
         )
 
     def prepare_run(self, num_rounds: int, timeout: float = 3600) -> None:
-        """Remember the run's length and the timeout of every exchange (``start`` calls it)."""
+        """Remember the run's length and the timeout of every exchange.
+
+        ``start`` calls it, and so does :func:`fsl_sage_flwr.rounds.run_rounds`.
+        """
         self.round_timeout = float(timeout)
         self.num_rounds = num_rounds
 
     def initial_arrays(self) -> ArrayRecord:
         """The shared model's current state: pass it as ``start(initial_arrays=...)``."""
         return ArrayRecord(self.shared_model.state_dict())
+
+    def summary(self) -> None:
+        """Log the sampling settings (as FedAvg does) and the split-learning ones."""
+        super().summary()
+        training = self.training
+        log(INFO, "\t├──> Split learning:")
+        log(INFO, "\t│\t├──Cut-layer shape: %s | classes: %d", self.cut_shape, self.num_classes)
+        log(
+            INFO,
+            "\t│\t├──Local training: batch %d | epochs %d | upload every %d steps",
+            training.batch_size,
+            training.local_epochs,
+            training.upload_interval,
+        )
+        log(INFO, "\t│\t├──Adam: lr %g | weight decay %g", training.lr, training.weight_decay)
+        log(INFO, "\t│\t├──Device: %s", self.device)
+        log(
+            INFO,
+            "\t│\t└──Stop after %d round(s) without an accepted reply; wait %.0f s for nodes",
+            self.max_rounds_without_replies,
+            self.node_wait_timeout,
+        )
+
+    def select_train_nodes(self, server_round: int, grid: Grid) -> list[int]:
+        """Sample nodes as Flower's FedAvg does, waiting at most ``node_wait_timeout``."""
+        wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
+        self.wait_for_nodes(grid, max(wanted, self.min_available_nodes))
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
+        return sorted(node_ids)
+
+    def wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]:
+        """Return the connected node ids once ``minimum`` are; see :func:`wait_for_nodes`."""
+        return wait_for_nodes(grid, minimum, self.node_wait_timeout)
+
+    def check_progress(self, server_round: int, num_accepted: int) -> None:
+        """Count rounds without an accepted reply; fail the run after too many in a row."""
+        if num_accepted:
+            self._rounds_without_replies = 0
+            self._drop_reasons = []
+            return
+        self._rounds_without_replies += 1
+        log(WARNING, "round %d: no reply accepted (%d round(s) in a row)", server_round, self._rounds_without_replies)
+        if self._rounds_without_replies >= self.max_rounds_without_replies:
+            reasons = "; ".join(self._drop_reasons[:3]) or "no node was sampled or no reply arrived"
+            raise RuntimeError(
+                f"{self._rounds_without_replies} rounds in a row without an accepted reply, "
+                f"the run trains nothing; first reasons: {reasons}"
+            )
+
+    def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate the server model on top of the averaged client model.
+
+        Auxiliary models play no part at test time (Nair et al., ICML 2025).
+        """
+        if self.testset is None:
+            return None
+        self.shared_model.load_state_dict(arrays.to_torch_state_dict())
+        if self._test_tensors is None:
+            x, y = torch.from_numpy(self.testset.images), torch.from_numpy(self.testset.labels)
+            self._test_tensors = (x.to(self.device), y.to(self.device))
+        loss, accuracy = evaluate_classifier(nn.Sequential(self.client_model, self.server_model), *self._test_tensors)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    def server_memory_bytes(self) -> int:
+        """Bytes of the tensors the server keeps: model, optimizer state."""
+        return module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer)
+
+    def server_state(self) -> dict:
+        """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies."""
+        return {
+            "server_model": self.server_model.state_dict(),
+            "server_optimizer": self.server_optimizer.state_dict(),
+            "rounds_without_replies": self._rounds_without_replies,
+            "drop_reasons": list(self._drop_reasons),
+        }
+
+    def load_server_state(self, state: dict) -> None:
+        """Restore what :meth:`server_state` returned."""
+        self.server_model.load_state_dict(state["server_model"])
+        self.server_optimizer.load_state_dict(state["server_optimizer"])
+        self._rounds_without_replies = int(state["rounds_without_replies"])
+        self._drop_reasons = list(state["drop_reasons"])
+
+    def checkpoint_saved(self) -> None:
+        """Hook run once a checkpoint holding :meth:`server_state` is on disk."""
+
+    def log_dropped(self, node_id: int, err: Exception | str) -> None:
+        """Log one line naming the node of a dropped reply and the reason; keep the reason."""
+        reason = f"node {node_id}{self.describe_node(node_id)}: {err}"
+        log(WARNING, "dropped reply from %s", reason)
+        if len(self._drop_reasons) < 10:
+            self._drop_reasons.append(reason[:300])
+
+    def describe_node(self, node_id: int) -> str:
+        """Name the node's registered partition in log lines."""
+        identity = self.identities.get(node_id)
+        return f" (partition {identity.partition_id})" if identity else ""
+
+    def average_shared(self, accepted: list[ParsedReply]) -> ArrayRecord:
+        """FedAvg of the accepted replies' arrays, weighted by sample counts."""
+        return weighted_average([(r.arrays, r.num_examples) for r in accepted], self.shared_spec)
+
+
+class SplitFedAvg(SplitServer):
+    """FedAvg of the client-side arrays plus one server model trained on uploads.
+
+    The common server of FSL-SAGE and CSE-FSL (Nair et al., ICML 2025, Sec. 3;
+    Mu and Shen, CSE-FSL): each reply carries the client-side arrays and the
+    ``(z, y)`` batches kept every q-th local step; the server model takes one
+    optimizer step per uploaded batch, replies taken in partition-id order; the
+    client-side arrays are averaged weighted by sample counts. Every reply is
+    checked whole before it changes anything; a malformed one is dropped with
+    one log line naming its node and the reason. Beyond the wire contract a
+    reply must upload at least one batch, keep the partition id and stay within
+    the sample count its node first declared (a partition belongs to the node
+    that first took it), and its activations must stay within
+    ``upload_limits``; a server step whose loss, gradients or BatchNorm
+    statistics would not be finite is skipped (see ``server_step``).
+
+    Parameters are those of :class:`SplitServer`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._awaiting: set[int] = set()  # nodes asked this round, to name those that never replied
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -193,17 +320,6 @@ class SplitFedAvg(FedAvg):
             Message(content=self.train_request(n, server_round, arrays), dst_node_id=n, message_type=MessageType.TRAIN)
             for n in node_ids
         ]
-
-    def select_train_nodes(self, server_round: int, grid: Grid) -> list[int]:
-        """Sample nodes as Flower's FedAvg does, waiting at most ``node_wait_timeout``."""
-        wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
-        self.wait_for_nodes(grid, max(wanted, self.min_available_nodes))
-        node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
-        return sorted(node_ids)
-
-    def wait_for_nodes(self, grid: Grid, minimum: int) -> list[int]:
-        """Return the connected node ids once ``minimum`` are; see :func:`wait_for_nodes`."""
-        return wait_for_nodes(grid, minimum, self.node_wait_timeout)
 
     def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
         """The content of one node's train request (see ``fsl_sage_flwr.wire``)."""
@@ -266,65 +382,6 @@ class SplitFedAvg(FedAvg):
         self.after_server_training(server_round, accepted)
         return arrays, metrics
 
-    def check_progress(self, server_round: int, num_accepted: int) -> None:
-        """Count rounds without an accepted reply; fail the run after too many in a row."""
-        if num_accepted:
-            self._rounds_without_replies = 0
-            self._drop_reasons = []
-            return
-        self._rounds_without_replies += 1
-        log(WARNING, "round %d: no reply accepted (%d round(s) in a row)", server_round, self._rounds_without_replies)
-        if self._rounds_without_replies >= self.max_rounds_without_replies:
-            reasons = "; ".join(self._drop_reasons[:3]) or "no node was sampled or no reply arrived"
-            raise RuntimeError(
-                f"{self._rounds_without_replies} rounds in a row without an accepted reply, "
-                f"the run trains nothing; first reasons: {reasons}"
-            )
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """No federated evaluation: the server evaluates (``evaluate_global``)."""
-        return []
-
-    def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Evaluate the server model on top of the averaged client model.
-
-        Auxiliary models play no part at test time (Nair et al., ICML 2025).
-        """
-        if self.testset is None:
-            return None
-        self.shared_model.load_state_dict(arrays.to_torch_state_dict())
-        if self._test_tensors is None:
-            x, y = torch.from_numpy(self.testset.images), torch.from_numpy(self.testset.labels)
-            self._test_tensors = (x.to(self.device), y.to(self.device))
-        loss, accuracy = evaluate_classifier(nn.Sequential(self.client_model, self.server_model), *self._test_tensors)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
-
-    def server_memory_bytes(self) -> int:
-        """Bytes of the tensors the server keeps: model, optimizer state."""
-        return module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer)
-
-    def server_state(self) -> dict:
-        """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies."""
-        return {
-            "server_model": self.server_model.state_dict(),
-            "server_optimizer": self.server_optimizer.state_dict(),
-            "rounds_without_replies": self._rounds_without_replies,
-            "drop_reasons": list(self._drop_reasons),
-        }
-
-    def load_server_state(self, state: dict) -> None:
-        """Restore what :meth:`server_state` returned."""
-        self.server_model.load_state_dict(state["server_model"])
-        self.server_optimizer.load_state_dict(state["server_optimizer"])
-        self._rounds_without_replies = int(state["rounds_without_replies"])
-        self._drop_reasons = list(state["drop_reasons"])
-
-    def checkpoint_saved(self) -> None:
-        """Hook run once a checkpoint holding :meth:`server_state` is on disk."""
-
-    # ------------------------------------------------------------ for subclasses
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Hook run after the server model trained on a round's uploads."""
 
@@ -382,30 +439,6 @@ class SplitFedAvg(FedAvg):
             trained.append((z, y))
         return trained
 
-    def log_dropped(self, node_id: int, err: Exception | str) -> None:
-        """Log one line naming the node of a dropped reply and the reason; keep the reason."""
-        reason = f"node {node_id}{self.describe_node(node_id)}: {err}"
-        log(WARNING, "dropped reply from %s", reason)
-        if len(self._drop_reasons) < 10:
-            self._drop_reasons.append(reason[:300])
-
-    def describe_node(self, node_id: int) -> str:
-        """Name the node's registered partition in log lines."""
-        identity = self.identities.get(node_id)
-        return f" (partition {identity.partition_id})" if identity else ""
-
-    def average_shared(self, accepted: list[ParsedReply]) -> ArrayRecord:
-        """FedAvg of the accepted replies' arrays, weighted by sample counts."""
-        records = [
-            RecordDict({ARRAYS_KEY: r.arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: r.num_examples})})
-            for r in accepted
-        ]
-        averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
-        # Averaging turns integer BatchNorm counters into floats; round them back.
-        return ArrayRecord(
-            {name: to_array(_restore_dtype(averaged[name].numpy(), spec.dtype)) for name, spec in self.shared_spec.items()}
-        )
-
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     """Return the connected node ids once ``minimum`` are connected.
@@ -431,7 +464,21 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     return node_ids
 
 
+def weighted_average(states: list[tuple[ArrayRecord, int]], spec: Mapping[str, ArraySpec]) -> ArrayRecord:
+    """Average ``(arrays, weight)`` pairs by weight, as Flower's FedAvg does; keep ``spec``'s dtypes.
+
+    Every split strategy averages through this one function: client models,
+    client and auxiliary models, SplitFed-MS's server-side copies. The sum runs
+    in the arrays' own precision, in the order given; integer arrays (BatchNorm
+    counters) are rounded back to integers, not truncated.
+    """
+    records = [RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: weight})}) for arrays, weight in states]
+    averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
+    return ArrayRecord({name: to_array(_restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()})
+
+
 def _restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    # Averaging turns integer counters into floats; round them back.
     if np.dtype(dtype).kind in "iu":
         values = np.rint(values)
     return values.astype(dtype)

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fsl_sage_flwr.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.ledger import ByteLedger
 from fsl_sage_flwr.training import make_adam
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
@@ -35,9 +37,16 @@ from fsl_sage_flwr.wire import (
     check_model_record,
     parse_smashed,
     reply_int,
+    state_dict_spec,
     to_array,
 )
-from fsl_sage_flwr.strategies.split_fedavg import WEIGHT_KEY, SplitFedAvg, module_bytes, optimizer_bytes
+from fsl_sage_flwr.strategies.split_fedavg import (
+    WEIGHT_KEY,
+    SplitServer,
+    module_bytes,
+    optimizer_bytes,
+    weighted_average,
+)
 
 
 @dataclass
@@ -56,85 +65,93 @@ class _Session:
     failed: bool = False
 
 
-class SplitFed(SplitFedAvg):
+class SplitFed(SplitServer):
     """SplitFed (Thapa et al., AAAI 2022), the split-learning baselines of Nair et al., ICML 2025.
 
     Every local batch is a real Flower round trip: the client sends its cut-layer
     activations and labels, the server runs its part and returns the true
     cut-layer gradient, and the client backpropagates it. All sampled clients
     work in lock-step, one message pair per batch each, plus the last pair that
-    returns the trained client model. Client models are averaged by FedAvg.
+    returns the trained client model. Client models are averaged by FedAvg
+    (:func:`~fsl_sage_flwr.strategies.split_fedavg.weighted_average`).
+
+    Flower's round loop carries one exchange per round, so ``configure_train``
+    sends the first step (the client model and the local-training settings)
+    and ``aggregate_train`` takes its replies, runs the remaining steps and the
+    closing pair on the same grid, then averages.
 
     ``mode="ms"`` (SplitFed-MS, SFL-V1): one server-side copy per client, averaged
     each round weighted by sample counts. As in SFL-V1 a separate fed server does
     that averaging, so each copy travels up and down once per round; those bytes
-    are booked on the grid's ledger when it has one. ``mode="ss"`` (SplitFed-SS,
+    are booked on ``ledger`` when one is given. ``mode="ss"`` (SplitFed-SS,
     SFL-V2): one server-side model; at every batch step it is updated on each
     client's batch in turn, in partition-id order. The server-side copies of
     SplitFed-MS start each round with fresh Adam state.
 
     A step reply is checked whole before the server trains on it, as in
-    :class:`SplitFedAvg`: integer metrics, the node's partition and first
-    declared sample count, one non-empty batch within ``upload_limits``. A node
-    whose reply fails a check, or whose server step ``server_step`` skips,
-    leaves the round; its server-side copy (SplitFed-MS) is not averaged.
+    :class:`~fsl_sage_flwr.strategies.split_fedavg.SplitFedAvg`: integer
+    metrics, the node's partition and first declared sample count, one
+    non-empty batch within ``upload_limits``. A node whose reply fails a check,
+    or whose server step ``server_step`` skips, leaves the round with a log line
+    naming it and the reason; its server-side copy (SplitFed-MS) is not averaged.
+
+    Parameters
+    ----------
+    mode : str
+        ``"ms"`` or ``"ss"``.
+    batch_size : int
+        The clients' batch size: bounds each step's upload and a reply's ``num-batches``.
+    ledger : ByteLedger, optional
+        The run's byte ledger (the one its :class:`~fsl_sage_flwr.ledger.MeteredGrid`
+        books on), for SplitFed-MS's exchange with the fed server.
+    **kwargs
+        As for :class:`~fsl_sage_flwr.strategies.split_fedavg.SplitServer`;
+        ``shared_model`` is the client model.
     """
 
-    def __init__(self, *, mode: str, batch_size: int, **kwargs) -> None:
+    def __init__(self, *, mode: str, batch_size: int, ledger: ByteLedger | None = None, **kwargs: Any) -> None:
         if mode not in ("ms", "ss"):
             raise ValueError(f"SplitFed mode must be 'ms' or 'ss', got {mode!r}")
         super().__init__(shared_model=kwargs["client_model"], **kwargs)
         self.mode = mode
         self.batch_size = batch_size
+        self.ledger = ledger
+        self.server_spec = state_dict_spec(self.server_model.state_dict())
         self._sessions: dict[int, _Session] = {}
-        self._grid: Grid | None = None
+        # Flower hands the grid to ``configure_train`` only; the later steps of the round need it.
+        self._round_grid: Grid | None = None
+        self._step_config: dict[str, Any] = {}
+
+    def summary(self) -> None:
+        """Log the split-learning settings and the SplitFed mode."""
+        super().summary()
+        variant = "one server-side copy per client (SFL-V1)" if self.mode == "ms" else "one server model (SFL-V2)"
+        log(INFO, "\t└──> SplitFed-%s: %s, a message pair per batch", self.mode.upper(), variant)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Run the round's per-batch exchanges; return the closing messages.
+        """Open a session per sampled node; return the first step's messages, with the client model.
 
-        Each closing message carries a node's last gradient; Flower's round loop
-        sends them and hands the replies, the trained client models, to
-        ``aggregate_train``.
+        The settings come from ``training``, not from ``config``: clients train
+        with exactly the values their replies are checked against.
         """
         self._sessions = {n: self._new_session(n) for n in self.select_train_nodes(server_round, grid)}
-        self._grid = grid
-        base = {**self.training.to_config(), SERVER_ROUND_KEY: server_round}
-        active = list(self._sessions.values())
-        closing: list[Message] = []
-        step = 0
-        while active:
-            messages = [self._step_message(s, step, base, arrays if step == 0 else None) for s in active]
-            replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=self.round_timeout)}
-            for session in active:
-                session.message_pairs += 1
-                self._handle_step_reply(session, replies.get(session.node_id), step)
-            ordered = self._checked_sessions(active, step)
-            # Every check of this step's replies passed: the server state may change.
-            self.activation_scale.accept([s.pending for s in ordered])
-            for session in ordered:
-                self._server_step(session)
-            step += 1
-            still = []
-            for session in ordered:
-                if session.failed:
-                    continue
-                if step == session.num_batches:  # its last gradient goes with the closing message
-                    closing.append(self._step_message(session, step, base, None))
-                    session.message_pairs += 1
-                else:
-                    still.append(session)
-            active = still
-        log(INFO, "splitfed-%s: %d batches exchanged per client at most", self.mode, step)
-        return closing
+        self._round_grid = grid
+        self._step_config = {**self.training.to_config(), SERVER_ROUND_KEY: server_round}
+        return [self._step_message(s, 0, arrays) for s in self._sessions.values()]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the client models (and, for SplitFed-MS, the server-side copies)."""
+        """Run the round's steps from the first replies on; average the returned client models.
+
+        SplitFed-MS also averages the server-side copies of the nodes that
+        returned their model.
+        """
+        closing = self._run_steps(list(replies))
         accepted: list[tuple[ParsedReply, RecordDict]] = []
-        for msg in replies:
+        for msg in closing:
             try:
                 accepted.append((self._parse_closing(msg), msg.content))
             except MalformedReplyError as err:
@@ -163,7 +180,65 @@ class SplitFed(SplitFedAvg):
             module_bytes(s.model) + optimizer_bytes(s.optimizer) for s in copies
         )
 
+    def _run_steps(self, replies: list[Message]) -> list[Message]:
+        """Exchange step after step until every session closed or left; return the closing replies.
+
+        A session's step replies are checked whole and the sessions still in
+        the round ordered by partition id before any server step runs. A session
+        closes with the message carrying its last gradient; all closing
+        messages go out together once the last session finished its batches.
+        """
+        grid = self._round_grid
+        active = list(self._sessions.values())
+        closing: list[Message] = []
+        step = 0
+        while active:
+            by_node = {m.metadata.src_node_id: m for m in replies}
+            for session in active:
+                session.message_pairs += 1
+                self._handle_step_reply(session, by_node.get(session.node_id), step)
+            ordered = self._checked_sessions(active, step)
+            # Every check of this step's replies passed: the server state may change.
+            self.activation_scale.accept([s.pending for s in ordered])
+            for session in ordered:
+                self._server_step(session)
+            step += 1
+            active = []
+            for session in ordered:
+                if session.failed:
+                    continue
+                if step == session.num_batches:  # its last gradient goes with the closing message
+                    closing.append(self._step_message(session, step, None))
+                    session.message_pairs += 1
+                else:
+                    active.append(session)
+            if active:
+                messages = [self._step_message(s, step, None) for s in active]
+                replies = list(grid.send_and_receive(messages, timeout=self.round_timeout))
+        log(INFO, "splitfed-%s: %d batches exchanged per client at most", self.mode, step)
+        if not closing:
+            return []
+        return list(grid.send_and_receive(closing, timeout=self.round_timeout))
+
     # ----------------------------------------------------------------- helpers
+    def _read_header(self, content: RecordDict) -> tuple[int, int, int]:
+        """``(partition-id, num-batches, num-examples)`` of a step or closing reply, range-checked.
+
+        The one parser of a SplitFed reply's header: integer metrics only, a
+        sample count within ``max_examples`` and no more batches than
+        ``local_epochs`` passes over that many samples take.
+        """
+        check_metrics(content)
+        partition_id = reply_int(content, PARTITION_ID_KEY)
+        num_batches = reply_int(content, NUM_BATCHES_KEY)
+        num_examples = reply_int(content, WEIGHT_KEY)
+        if not 1 <= num_examples <= self.bounds.max_examples:
+            raise MalformedReplyError(f"num-examples {num_examples} out of range")
+        most = self.training.local_epochs * math.ceil(num_examples / self.batch_size)
+        if not 1 <= num_batches <= most:
+            raise MalformedReplyError(f"num-batches {num_batches} outside [1, {most}]")
+        return partition_id, num_batches, num_examples
+
     def _parse_closing(self, msg: Message) -> ParsedReply:
         session = self._sessions.get(msg.metadata.src_node_id)
         if session is None or session.failed:
@@ -172,9 +247,7 @@ class SplitFed(SplitFedAvg):
             raise MalformedReplyError(f"error reply: {msg.error.reason}")
         if set(msg.content.array_records) != {ARRAYS_KEY}:
             raise MalformedReplyError("closing reply must carry exactly the client model arrays")
-        check_metrics(msg.content)
-        declared = tuple(reply_int(msg.content, key) for key in (PARTITION_ID_KEY, NUM_BATCHES_KEY, WEIGHT_KEY))
-        if declared != (session.partition_id, session.num_batches, session.num_examples):
+        if self._read_header(msg.content) != (session.partition_id, session.num_batches, session.num_examples):
             raise MalformedReplyError("partition-id, num-batches or num-examples changed within the round")
         arrays = msg.content.array_records[ARRAYS_KEY]
         check_model_record(arrays, self.shared_spec)
@@ -187,8 +260,9 @@ class SplitFed(SplitFedAvg):
             session.optimizer = make_adam(session.model, self.training.lr, self.training.weight_decay)
         return session
 
-    def _step_message(self, session: _Session, step: int, base: dict, arrays: ArrayRecord | None) -> Message:
-        content = RecordDict({CONFIG_KEY: ConfigRecord({**base, STEP_KEY: step})})
+    def _step_message(self, session: _Session, step: int, arrays: ArrayRecord | None) -> Message:
+        """A step request: the config, the client model at step 0, the gradient of the last batch after it."""
+        content = RecordDict({CONFIG_KEY: ConfigRecord({**self._step_config, STEP_KEY: step})})
         if arrays is not None:
             content[ARRAYS_KEY] = arrays
         if session.grad is not None:
@@ -202,18 +276,11 @@ class SplitFed(SplitFedAvg):
             if msg is None or msg.has_error():
                 raise MalformedReplyError(msg.error.reason if msg is not None else "no reply")
             content = msg.content
-            check_metrics(content)
-            partition_id = reply_int(content, PARTITION_ID_KEY)
-            num_batches = reply_int(content, NUM_BATCHES_KEY)
-            num_examples = reply_int(content, WEIGHT_KEY)
-            if not 1 <= num_examples <= self.bounds.max_examples:
-                raise MalformedReplyError(f"num-examples {num_examples} out of range")
-            most = self.training.local_epochs * math.ceil(num_examples / self.batch_size)
-            if not 1 <= num_batches <= most:
-                raise MalformedReplyError(f"num-batches {num_batches} outside [1, {most}]")
+            header = self._read_header(content)
             if step == 0:
+                partition_id, _, num_examples = header
                 self.identities.check(session.node_id, partition_id, num_examples)
-            elif (partition_id, num_batches, num_examples) != (session.partition_id, session.num_batches, session.num_examples):
+            elif header != (session.partition_id, session.num_batches, session.num_examples):
                 raise MalformedReplyError("partition-id, num-batches or num-examples changed within the round")
             if set(content.array_records) != {SMASHED_KEY}:
                 raise MalformedReplyError("a step reply carries exactly the smashed activations")
@@ -232,7 +299,7 @@ class SplitFed(SplitFedAvg):
         except MalformedReplyError as err:
             self._leave(session, err)
             return
-        session.partition_id, session.num_batches, session.num_examples = partition_id, num_batches, num_examples
+        session.partition_id, session.num_batches, session.num_examples = header
         session.pending = upload.batches[0]
 
     def _checked_sessions(self, active: list[_Session], step: int) -> list[_Session]:
@@ -270,18 +337,29 @@ class SplitFed(SplitFedAvg):
 
     def _book_fed_server_exchange(self, sessions: list[_Session]) -> None:
         """Book each server-side copy going to the fed server and back (SFL-V1)."""
-        ledger = getattr(self._grid, "ledger", None)
-        if ledger is None:
+        if self.ledger is None:
             return
         nbytes = module_bytes(self.server_model)
         for session in sessions:
-            ledger.add_up(session.node_id, nbytes)
-            ledger.add_down(session.node_id, nbytes)
+            self.ledger.add_up(session.node_id, nbytes)
+            self.ledger.add_down(session.node_id, nbytes)
 
     def _average_server_copies(self, sessions: list[_Session]) -> None:
-        total = float(sum(s.num_examples for s in sessions))
-        averaged = {}
-        for name, value in self.server_model.state_dict().items():
-            stacked = sum(s.model.state_dict()[name].double() * (s.num_examples / total) for s in sessions)
-            averaged[name] = stacked.to(value.dtype)
-        self.server_model.load_state_dict(averaged)
+        """Average the server-side copies, weighted by sample counts, as the fed server of SFL-V1 does.
+
+        The copies are averaged in double precision and rounded back once (the
+        client models follow Flower's FedAvg in their own precision).
+        """
+        copies = [(_double_precision(s.model), s.num_examples) for s in sessions]
+        averaged = weighted_average(copies, self.server_spec)
+        self.server_model.load_state_dict(averaged.to_torch_state_dict())
+
+
+def _double_precision(module: nn.Module) -> ArrayRecord:
+    """A module's state with floating-point tensors in float64, on the CPU."""
+    return ArrayRecord(
+        array_dict={
+            name: to_array((t.double() if t.is_floating_point() else t).detach().cpu().numpy())
+            for name, t in module.state_dict().items()
+        }
+    )
