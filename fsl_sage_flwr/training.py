@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def derive_seed(*parts: int | str) -> int:
-    """Return a stable 63-bit seed from ``parts`` (seed, round, partition, ...).
-
-    Python's ``hash`` is salted per process, so a digest keeps seeds equal across
-    the server, the clients and separate runs.
-    """
-    text = "/".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+# Re-exported: the training code and its callers have always imported it from here.
+from fsl_sage_flwr.seeds import derive_seed as derive_seed
 
 
 def minibatches(
