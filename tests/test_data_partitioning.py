@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
+import datasets
 import numpy as np
 import pytest
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
 from fsl_sage_flwr.data import (
     ArrayDataset,
@@ -12,6 +16,7 @@ from fsl_sage_flwr.data import (
     load_partition,
     partition_indices,
 )
+from fsl_sage_flwr.seeds import derive_seed
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360
 
@@ -165,3 +170,71 @@ def test_load_dataset_cached_shares_one_entry_for_equivalent_arguments():
     # Assert: one load, not two copies; a different seed is a different entry.
     assert from_config is from_code
     assert load_dataset_cached("digits", input_shape=(1, 8, 8), seed=5) is not from_code
+
+
+# --------------------------------------------------------------------------- against Flower
+
+
+def _flower_partitions(partitioner, table) -> list[np.ndarray]:
+    """Sorted sample indices of every partition of ``table`` cut by ``partitioner``."""
+    partitioner.dataset = table
+    return [
+        np.sort(np.asarray(partitioner.load_partition(pid)["index"]))
+        for pid in range(partitioner.num_partitions)
+    ]
+
+
+def test_iid_partitions_are_flowers_shards_of_a_seeded_permutation(digits):
+    # Prepare: Flower's IidPartitioner on the labels in the order of a seed-0 permutation.
+    labels = digits.train.labels
+    order = np.random.default_rng(0).permutation(len(labels))
+    table = datasets.Dataset.from_dict({"label": labels[order], "index": order})
+    expected = _flower_partitions(IidPartitioner(10), table)
+
+    # Execute
+    parts = partition_indices(labels, 10, partitioning="iid", seed=0)
+
+    # Assert
+    for part, want in zip(parts, expected, strict=True):
+        np.testing.assert_array_equal(part, want)
+
+
+def _first_successful_dirichlet_draw(labels: np.ndarray, num_partitions: int, alpha: float):
+    """Flower's DirichletPartitioner with seed 0, then redraw seeds derived from 0.
+
+    Returns the partitions of the first draw that gives every client enough samples,
+    and the number of draws that failed before it.
+    """
+    table = datasets.Dataset.from_dict({"label": labels, "index": np.arange(len(labels))})
+    min_size = min(10, len(labels) // (2 * num_partitions))
+    for attempt in range(20):
+        seed = 0 if attempt == 0 else derive_seed(0, attempt, scheme="seed-sequence")
+        partitioner = DirichletPartitioner(
+            num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            seed=seed,
+            min_partition_size=min_size,
+        )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _flower_partitions(partitioner, table), attempt
+        except ValueError:
+            continue
+    raise AssertionError("no Dirichlet draw succeeded")
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.01])
+def test_dirichlet_partitions_are_flowers_draws_with_derived_redraw_seeds(digits, alpha):
+    # Prepare: alpha 1 succeeds at once; alpha 0.01 over 10 clients needs redraws.
+    labels = digits.train.labels
+    expected, failed_draws = _first_successful_dirichlet_draw(labels, 10, alpha)
+    assert (failed_draws > 0) == (alpha < 0.1)
+
+    # Execute
+    parts = partition_indices(labels, 10, partitioning="dirichlet", alpha=alpha, seed=0)
+
+    # Assert
+    for part, want in zip(parts, expected, strict=True):
+        np.testing.assert_array_equal(part, want)

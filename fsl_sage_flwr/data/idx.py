@@ -16,7 +16,7 @@ from fsl_sage_flwr.data.transforms import scale_to_unit
 
 #: Where Debian's dataset packages install their files (``dataset-fashion-mnist`` puts
 #: the IDX files in ``/usr/share/datasets/fashion-mnist``). Module-level so tests can
-#: point it elsewhere.
+#: point it elsewhere (here, in ``fsl_sage_flwr.data.idx``: the package's copy is not read).
 SYSTEM_DATASET_ROOT = Path("/usr/share/datasets")
 
 # IDX type byte -> big-endian element dtype.
