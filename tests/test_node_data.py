@@ -10,7 +10,7 @@ from fsl_sage_flwr.client_app import _build_client
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_partition
 from fsl_sage_flwr.node_data import load_node_data
-from tests.test_data import _write_fake_mnist
+from tests.test_data_sources import _write_fake_mnist
 from tests.test_end_to_end import app_config
 
 

@@ -113,7 +113,8 @@ def _dirichlet_partition(
     # 10 is Flower's default; small sets (digits over many clients) need less.
     min_size = min(10, len(labels) // (2 * num_partitions))
     for attempt in range(_DIRICHLET_ATTEMPTS):
-        # The first attempt uses the seed as given, so it matches a plain partitioner.
+        # The first attempt uses the seed as given, so it matches a plain partitioner; the
+        # redraws keep the seed-sequence scheme they have always used, so partitions stay put.
         attempt_seed = seed if attempt == 0 else derive_seed(seed, attempt, scheme="seed-sequence")
         partitioner = DirichletPartitioner(
             num_partitions,
