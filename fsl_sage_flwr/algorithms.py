@@ -123,6 +123,7 @@ def _fsl_sage_server(
         warm_up_attempts=settings.warm_up_attempts,
         state_dir=state_dir,
         max_cached_clients=settings.max_cached_clients,
+        server_order=settings.server_order,
         **_split_kwargs(settings, data, split, tap),
     )
     setup = _split_setup(strategy, split)
@@ -139,7 +140,7 @@ def _cse_fsl_server(
 ) -> ServerSetup:
     split = build_split(settings, data)
     shared = nn.ModuleDict({"client": split.client, "aux": split.aux})
-    strategy = CSEFSL(shared_model=shared, **_split_kwargs(settings, data, split, tap))
+    strategy = CSEFSL(shared_model=shared, server_order=settings.server_order, **_split_kwargs(settings, data, split, tap))
     return _split_setup(strategy, split)
 
 

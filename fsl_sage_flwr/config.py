@@ -17,6 +17,10 @@ from fsl_sage_flwr.wire import LocalTraining
 
 
 #: The defaults of the settings other dataclasses own: local training and alignment.
+#: How the server steps through a round's uploads (``server-order``): client after
+#: client as the paper does, or all the round's batches shuffled together.
+SERVER_ORDERS = ("partition", "mixed")
+
 _TRAINING = LocalTraining()
 _ALIGNMENT = AlignmentSettings()
 
@@ -68,6 +72,9 @@ class RunSettings:
     )
     keep_optimizer_state: bool = _key(
         "keep-optimizer-state", "keep client Adam state across rounds", _TRAINING.keep_optimizer_state
+    )
+    server_order: str = _key(
+        "server-order", "FSL-SAGE/CSE-FSL: server steps on a round's uploads client by client or mixed", "partition"
     )
     client_threads: int = _key("client-threads", "torch threads per client", 1)
     device: str = _key("device", "where models train: auto, cpu, cuda or cuda:N", "auto")
@@ -191,6 +198,7 @@ class RunSettings:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"run config 'device' is {self.device!r}; allowed: {DEVICE_CHOICES}")
         _check_choice("partitioning", self.partitioning, PARTITIONINGS)
+        _check_choice("server-order", self.server_order, SERVER_ORDERS)
         _check_choice("dataset", self.dataset, tuple(DATASETS))
         _check_choice("model", self.model, tuple(SPLIT_MODELS))
         _check_choice("aux-variant", self.aux_variant, aux_variants(self.model))

@@ -21,7 +21,7 @@ from tests.conftest import ScriptedGrid, fit_reply_content, reply_from
 NODES = {101: 0, 202: 1}  # node id -> partition id
 
 
-def _strategy(align_interval: int = 2) -> tuple[FSLSage, object]:
+def _strategy(align_interval: int = 2, server_order: str = "partition") -> tuple[FSLSage, object]:
     torch.manual_seed(0)
     split = build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8))
     strategy = FSLSage(
@@ -35,6 +35,7 @@ def _strategy(align_interval: int = 2) -> tuple[FSLSage, object]:
         num_classes=10,
         min_train_nodes=1,
         min_available_nodes=2,
+        server_order=server_order,
     )
     return strategy, split
 
@@ -145,6 +146,57 @@ def test_server_model_trains_on_uploads_in_partition_order_and_is_not_averaged()
     # Assert
     for (name, got), want in zip(strategy.server_model.state_dict().items(), expected.state_dict().values()):
         torch.testing.assert_close(got, want, msg=name)
+
+
+def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float], FSLSage]:
+    """Run one round of two 4-batch replies; return each server step's first z value."""
+    import fsl_sage_flwr.strategies.split_fedavg as split_fedavg
+
+    strategy, split = _strategy(align_interval=100, server_order=server_order)
+    _warm(strategy, split)
+    seen: list[float] = []
+
+    def recording_step(model, optimizer, z, y):
+        seen.append(float(z.flatten()[0]))
+        return server_step(model, optimizer, z, y)
+
+    weights = _scaled_weights(split, 1.0)
+    with monkeypatch.context() as patch:
+        patch.setattr(split_fedavg, "server_step", recording_step)
+        strategy.aggregate_train(
+            3,
+            [
+                reply_from(node, fit_reply_content(_named_reply(node, weights, 40, smashed=_smashed(part, batches=4))))
+                for node, part in NODES.items()
+            ],
+        )
+    return seen, strategy
+
+
+def test_mixed_server_order_trains_on_the_same_batches_interleaved_and_buffers_in_upload_order(monkeypatch):
+    # Prepare: each uploaded batch is known by its first value
+    first_values = {}
+    for node, partition in NODES.items():
+        z, _, sizes = _smashed(partition, batches=4)
+        first_values[node] = [float(b.flatten()[0]) for b in np.split(z, np.cumsum(sizes)[:-1])]
+    upload_order = first_values[101] + first_values[202]
+    # Execute
+    partition_steps, _ = _recorded_server_order(monkeypatch, "partition")
+    mixed_steps, mixed = _recorded_server_order(monkeypatch, "mixed")
+    mixed_again, _ = _recorded_server_order(monkeypatch, "mixed")
+    # Assert: client after client by default; the same batches, another (seeded) order when mixed
+    assert partition_steps == upload_order
+    assert sorted(mixed_steps) == sorted(upload_order) and mixed_steps != upload_order
+    assert mixed_steps == mixed_again
+    # each client's buffer keeps its own batches in upload order (warm-up batch first)
+    for node, slot in mixed._slots.items():
+        z, _ = slot.buffer.tensors()
+        assert [float(z[i].flatten()[0]) for i in range(8, len(z), 8)] == first_values[node]
+
+
+def test_an_unknown_server_order_is_refused():
+    with pytest.raises(ValueError, match="server_order must be one of"):
+        _strategy(server_order="random")
 
 
 def test_aux_models_are_aligned_per_client_and_never_averaged():

@@ -177,7 +177,7 @@ class FSLSage(SplitFedAvg):
                 continue
             slot = self._new_slot(reply.partition_id)
             self._slots[reply.node_id] = slot
-            self.train_server_on(reply)
+            self.train_server_on([reply], server_round=0)
             self._align(slot, server_round=0)
         if not self._slots:
             reasons = "; ".join(self._drop_reasons[:3]) or "no reply arrived"
@@ -227,17 +227,15 @@ class FSLSage(SplitFedAvg):
             slot.restored = False
         return reply
 
-    def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Train the server model on a reply's uploads and buffer the batches it trained on."""
-        trained = super().train_server_on(reply)
+    def server_trained(self, reply: ParsedReply, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Buffer the batches of ``reply`` the server model trained on."""
         slot = self._slots[reply.node_id]
-        if trained:
+        if batches:
             buffer = slot.buffer
-            for z, y in trained:
+            for z, y in batches:
                 buffer.append(z, y)
             self._store.changed(slot.partition_id)
             slot.buffer_changed = True
-        return trained
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Mark delivered auxes; every ``interval`` rounds, align changed buffers."""

@@ -16,11 +16,12 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from torch import nn
 
+from fsl_sage_flwr.config import SERVER_ORDERS
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.guard import ActivationScale, IdentityRegistry, UploadLimits
 from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.training import evaluate_classifier, make_adam
+from fsl_sage_flwr.training import derive_seed, evaluate_classifier, make_adam
 from fsl_sage_flwr.wire import (
     ARRAYS_KEY,
     METRICS_KEY,
@@ -301,8 +302,11 @@ class SplitFedAvg(SplitServer):
     Parameters are those of :class:`SplitServer`.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, server_order: str = "partition", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if server_order not in SERVER_ORDERS:
+            raise ValueError(f"server_order must be one of {list(SERVER_ORDERS)}, got {server_order!r}")
+        self.server_order = server_order
         self._awaiting: set[int] = set()  # nodes asked this round, to name those that never replied
 
     def configure_train(
@@ -377,8 +381,7 @@ class SplitFedAvg(SplitServer):
         arrays = self.average_shared(accepted)
         for reply in accepted:
             self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
-        for reply in accepted:
-            self.train_server_on(reply)
+        self.train_server_on(accepted, server_round)
         self.after_server_training(server_round, accepted)
         return arrays, metrics
 
@@ -418,15 +421,27 @@ class SplitFedAvg(SplitServer):
                 accepted.append(reply)
         return accepted
 
-    def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One server step per uploaded batch, in upload order; return the batches trained on.
+    def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:
+        """One server step per uploaded batch of ``replies``, in ``server_order``.
 
-        The batches enter the running activation scale first. A step that
-        ``server_step`` skips is logged with the node and the reason.
+        ``"partition"`` takes the replies one after another (in the order given)
+        and each reply's batches in upload order, as the reference code does;
+        ``"mixed"`` shuffles all the round's batches together (seeded by the
+        round), so that the server's last steps, and its BatchNorm statistics, do
+        not follow the last clients alone. The batches first enter the running
+        activation scale. A step that ``server_step`` skips is logged with the
+        node and the reason; :meth:`server_trained` then receives, per reply, the
+        batches the model did train on, in upload order.
         """
-        self.activation_scale.accept(reply.upload.batches)
-        trained = []
-        for index, (z, y) in enumerate(reply.upload.batches):
+        for reply in replies:
+            self.activation_scale.accept(reply.upload.batches)
+        steps = [(reply, index) for reply in replies for index in range(len(reply.upload.batches))]
+        if self.server_order == "mixed":
+            generator = torch.Generator().manual_seed(derive_seed(self.training.seed, server_round, "server-order"))
+            steps = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
+        trained: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {r.node_id: {} for r in replies}
+        for reply, index in steps:
+            z, y = reply.upload.batches[index]
             if z.shape[0] < 2:  # BatchNorm needs two samples in train mode
                 continue
             z, y = z.to(self.device), y.to(self.device)
@@ -436,8 +451,13 @@ class SplitFedAvg(SplitServer):
                 log(WARNING, "skipped server step on batch %d of node %d%s: %s",
                     index, reply.node_id, self.describe_node(reply.node_id), err)
                 continue
-            trained.append((z, y))
-        return trained
+            trained[reply.node_id][index] = (z, y)
+        for reply in replies:
+            batches = trained[reply.node_id]
+            self.server_trained(reply, [batches[i] for i in sorted(batches)])
+
+    def server_trained(self, reply: ParsedReply, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Hook: the server model trained on ``batches`` of ``reply`` (in upload order)."""
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
