@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class AlignmentSettings:
     """Stop after this many epochs without a ``min_improvement`` gain; 0 runs every epoch (the paper)."""
     min_improvement: float = 0.01
     """Relative drop of an epoch's matching loss that counts as a gain."""
+    stacked: bool = False
+    """Align all due clients in one vmapped pass per step (same result as one by one)."""
 
 
 @dataclass(frozen=True)
@@ -185,3 +188,160 @@ def _evaluate_match(
     loss = float((estimate - target).pow(2).sum())
     cosine = F.cosine_similarity(estimate.flatten(1), target.flatten(1), dim=1, eps=1e-12)
     return loss, float(cosine.mean())
+
+
+def align_auxiliaries_stacked(
+    auxes: list[nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    server: nn.Module,
+    buffers: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    batch_size: int,
+    generators: list[torch.Generator | None],
+    patience: int = 0,
+    min_improvement: float = 0.01,
+) -> list[AlignmentReport]:
+    """Align several clients' auxiliary models at once, one vmapped pass per step.
+
+    Computes the same per-client updates as :func:`align_auxiliary` called client
+    after client (Nair et al., ICML 2025, Eq. 6): clients whose buffers have the
+    same length are stacked (``torch.func.stack_module_state`` style) and their
+    double-backprop gradients come from one ``vmap`` over ``grad(grad(.))``.
+    Each client keeps its own optimizer (its own Adam moments), its own
+    BatchNorm buffers, minibatch order and early stop. Clients with different
+    buffer lengths fall into separate groups. A report's ``seconds`` is its
+    group's time shared evenly among the group's clients.
+
+    Parameters
+    ----------
+    auxes, optimizers : list
+        The clients' auxiliary models (same architecture) and their optimizers.
+    server : nn.Module
+        The current server-side model (not modified).
+    buffers : list of (torch.Tensor, torch.Tensor)
+        Each client's buffered activations and labels.
+    epochs, batch_size, patience, min_improvement
+        As in :func:`align_auxiliary`.
+    generators : list of torch.Generator or None
+        Each client's minibatch-order generator.
+
+    Returns
+    -------
+    list of AlignmentReport
+        One per client, in the order given.
+    """
+    if not len(auxes) == len(optimizers) == len(buffers) == len(generators):
+        raise ValueError("auxes, optimizers, buffers and generators must have the same length")
+    groups: dict[int, list[int]] = {}
+    for i, (z, _) in enumerate(buffers):
+        groups.setdefault(int(z.shape[0]), []).append(i)
+    reports: list[AlignmentReport | None] = [None] * len(auxes)
+    for members in groups.values():
+        group_reports = _align_group(
+            [auxes[i] for i in members],
+            [optimizers[i] for i in members],
+            server,
+            [buffers[i] for i in members],
+            epochs=epochs,
+            batch_size=batch_size,
+            generators=[generators[i] for i in members],
+            patience=patience,
+            min_improvement=min_improvement,
+        )
+        for i, report in zip(members, group_reports):
+            reports[i] = report
+    return [r for r in reports if r is not None]
+
+
+def _stacked_matching_step(template: nn.Module):
+    """``vmap``-ed ``(params, buffers, z, y, target) -> (grads, loss)`` of the matching loss."""
+
+    def matching_loss(params, buffers, z, y, target):
+        # BatchNorm updates its running statistics in place: they must be an input
+        # of every transformed function, never a captured tensor.
+        def summed_nll(z_in, buffers_in):
+            logits = torch.func.functional_call(template, (params, buffers_in), (z_in,))
+            return F.cross_entropy(logits, y, reduction="sum")
+
+        estimate = torch.func.grad(summed_nll)(z, buffers)
+        loss = (estimate - target).pow(2).sum()
+        return loss, loss.detach()
+
+    return torch.vmap(torch.func.grad(matching_loss, has_aux=True))
+
+
+def _align_group(
+    auxes: list[nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    server: nn.Module,
+    buffers: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    batch_size: int,
+    generators: list[torch.Generator | None],
+    patience: int,
+    min_improvement: float,
+) -> list[AlignmentReport]:
+    """Stacked alignment of clients whose buffers have one length."""
+    started = time.perf_counter()
+    n = int(buffers[0][0].shape[0])
+    device = buffers[0][0].device
+    targets = [server_cut_gradients(server, z, y, batch_size) for z, y in buffers]
+    before = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
+    # A stateless copy that only lends its structure to functional_call.
+    template = copy.deepcopy(auxes[0]).to("meta")
+    template.train()
+    step = _stacked_matching_step(template)
+    for aux in auxes:
+        aux.train()
+    best = [math.inf] * len(auxes)
+    stale = [0] * len(auxes)
+    epochs_run = [0] * len(auxes)
+    active = list(range(len(auxes)))
+    for _ in range(epochs):
+        if not active:
+            break
+        orders = [torch.randperm(n, generator=generators[i]).to(device) for i in active]
+        epoch_loss = torch.zeros(len(active), device=device)
+        for chunk in chunks(n, batch_size):
+            idx = [order[chunk] for order in orders]
+            params = _stack([dict(auxes[i].named_parameters()) for i in active])
+            stacked_buffers = _stack([dict(auxes[i].named_buffers()) for i in active])
+            z = torch.stack([buffers[i][0][j] for i, j in zip(active, idx)])
+            y = torch.stack([buffers[i][1][j] for i, j in zip(active, idx)])
+            target = torch.stack([targets[i][j] for i, j in zip(active, idx)])
+            grads, losses = step(params, stacked_buffers, z, y, target)
+            for k, i in enumerate(active):
+                with torch.no_grad():
+                    # BatchNorm running statistics moved in the stacked copy.
+                    for name, buf in auxes[i].named_buffers():
+                        buf.copy_(stacked_buffers[name][k])
+                optimizers[i].zero_grad(set_to_none=True)
+                for name, param in auxes[i].named_parameters():
+                    param.grad = grads[name][k].detach().clone()
+                optimizers[i].step()
+            epoch_loss += losses.detach()
+        still_active = []
+        for k, i in enumerate(active):
+            epochs_run[i] += 1
+            if patience:
+                value = float(epoch_loss[k])
+                if value < best[i] * (1.0 - min_improvement):
+                    best[i], stale[i] = value, 0
+                else:
+                    stale[i] += 1
+                    if stale[i] >= patience:
+                        continue
+            still_active.append(i)
+        active = still_active
+    after = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
+    seconds = (time.perf_counter() - started) / len(auxes)
+    return [
+        AlignmentReport(b[0], a[0], b[1], a[1], n, e, seconds) for b, a, e in zip(before, after, epochs_run)
+    ]
+
+
+def _stack(named: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack each named tensor across clients into a fresh, detached tensor."""
+    return {name: torch.stack([d[name].detach() for d in named]) for name in named[0]}

@@ -70,6 +70,9 @@ class RunSettings:
     align_min_improvement: float = _key(
         "align-min-improvement", "relative loss drop an alignment epoch must make", _ALIGNMENT.min_improvement
     )
+    align_stacked: bool = _key(
+        "align-stacked", "align all due auxiliary models at once (vmapped); same result", _ALIGNMENT.stacked
+    )
     keep_optimizer_state: bool = _key(
         "keep-optimizer-state", "keep client Adam state across rounds", _TRAINING.keep_optimizer_state
     )
@@ -137,6 +140,7 @@ class RunSettings:
             seed=self.seed,
             patience=self.align_patience,
             min_improvement=self.align_min_improvement,
+            stacked=self.align_stacked,
         )
 
     def to_config(self) -> dict[str, Any]:

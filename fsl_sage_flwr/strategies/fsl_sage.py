@@ -15,7 +15,12 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.alignment import AlignmentReport, AlignmentSettings, align_auxiliary
+from fsl_sage_flwr.alignment import (
+    AlignmentReport,
+    AlignmentSettings,
+    align_auxiliaries_stacked,
+    align_auxiliary,
+)
 from fsl_sage_flwr.buffer import SmashedBuffer
 from fsl_sage_flwr.checkpoint import ClientState, ClientStore
 from fsl_sage_flwr.training import derive_seed, make_adam
@@ -245,8 +250,16 @@ class FSLSage(SplitFedAvg):
         # An aux aligned after the last round would reach no client.
         last_round = self.num_rounds is not None and server_round >= self.num_rounds
         if server_round % self.alignment.interval == 0 and not last_round:
+            due = []
             for slot in sorted(self._slots.values(), key=lambda s: s.partition_id):
                 if slot.buffer_changed:
+                    due.append(slot)
+                else:
+                    log(INFO, "skipped aligning aux of partition %d: buffer unchanged", slot.partition_id)
+            if self.alignment.stacked:
+                self._align_stacked(due, server_round)
+            else:
+                for slot in due:
                     self._align(slot, server_round)
 
     def is_registered(self, node_id: int) -> bool:
@@ -339,6 +352,38 @@ class FSLSage(SplitFedAvg):
             patience=self.alignment.patience,
             min_improvement=self.alignment.min_improvement,
         )
+        self._record_alignment(slot, report)
+
+    def _align_stacked(self, slots: list[_ClientSlot], server_round: int) -> None:
+        """Align the auxes of ``slots`` at once; each gets what ``_align`` would give it."""
+        # No more clients at once than the store caches: an evicted state would lose its update.
+        size = self._store.max_cached
+        for start in range(0, len(slots), size):
+            self._align_stacked_batch(slots[start : start + size], server_round)
+
+    def _align_stacked_batch(self, slots: list[_ClientSlot], server_round: int) -> None:
+        slots = [slot for slot in slots if len(slot.state.buffer) > 0]
+        if not slots:
+            return
+        states = [slot.state for slot in slots]  # one lookup each: the store may load from disk
+        reports = align_auxiliaries_stacked(
+            [state.aux for state in states],
+            [state.aux_optimizer for state in states],
+            self.server_model,
+            [tuple(t.to(self.device) for t in state.buffer.tensors()) for state in states],
+            epochs=self.alignment.epochs,
+            batch_size=self.alignment.batch_size,
+            generators=[
+                torch.Generator().manual_seed(derive_seed(self.alignment.seed, server_round, s.partition_id, "align"))
+                for s in slots
+            ],
+            patience=self.alignment.patience,
+            min_improvement=self.alignment.min_improvement,
+        )
+        for slot, report in zip(slots, reports):
+            self._record_alignment(slot, report)
+
+    def _record_alignment(self, slot: _ClientSlot, report: AlignmentReport) -> None:
         self._store.changed(slot.partition_id)
         slot.aux_pending = True
         slot.buffer_changed = False
