@@ -17,7 +17,7 @@ from fsl_sage_flwr.buffer import SmashedBuffer
 from fsl_sage_flwr.checkpoint import CHECKPOINT_FILE, ClientState, ClientStore, safe_load
 from fsl_sage_flwr.results import RunFolderError, read_results
 from fsl_sage_flwr.training import make_adam
-from tests.test_end_to_end import app_config
+from simulations.testing import app_config
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = {
