@@ -24,6 +24,7 @@ from simulations.in_process import InProcessGrid, run_in_process
 from simulations.testing import app_config
 
 
+@pytest.mark.e2e  # four in-process runs of 6 rounds
 @pytest.mark.parametrize("algorithm", ["cse-fsl", "fedavg", "splitfed-ms", "splitfed-ss"])
 def test_each_baseline_reaches_80_percent_on_digits(tmp_path, algorithm):
     # Prepare: 4 clients, 6 rounds, the same digits partition as FSL-SAGE's test

@@ -12,6 +12,8 @@ from fsl_sage_flwr.server_app import app as server_app
 from simulations.in_process import run_in_process
 from simulations.testing import app_config
 
+pytestmark = pytest.mark.e2e  # in-process runs of the real apps for several rounds
+
 
 def _short_run(tmp_path: Path, node_id_seed: int, **overrides: object) -> list[dict]:
     settings = {"num_server_rounds": 8, "align_interval": 4, "align_epochs": 15, "min_available_nodes": 4}

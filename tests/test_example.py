@@ -11,7 +11,11 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from simulations.flwr_run import PROJECT_DIR, flower_env, flwr_executable, stop_superlink, processes_of
+
+pytestmark = pytest.mark.e2e  # the example app through `flwr run`, and a wheel build
 
 EXAMPLE = PROJECT_DIR / "examples" / "tabular-mlp"
 ROUNDS = 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks.floor import build_parser, run_floor
@@ -14,6 +15,8 @@ from fsl_sage_flwr.models import required_input_shape
 from fsl_sage_flwr.results import read_results
 from fsl_sage_flwr.server_app import app as server_app
 from simulations.in_process import run_in_process
+
+pytestmark = pytest.mark.e2e  # a 10-client in-process run of the apps and the reference loop
 
 
 def test_the_floor_loop_gives_the_flower_apps_accuracies(tmp_path):

@@ -17,6 +17,8 @@ import pytest
 
 from simulations.flwr_run import PROJECT_DIR, FlwrRunError, flower_env, flwr_executable, stop_superlink, run_app
 
+pytestmark = pytest.mark.e2e  # `flwr run` with Ray simulation and SuperLink processes
+
 SHORT = {"num-server-rounds": 2, "align-epochs": 2, "align-interval": 1}
 
 

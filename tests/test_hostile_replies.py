@@ -32,6 +32,8 @@ from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.wire import LocalTraining, TrainReply, smashed_arrays_record
 from simulations.testing import fit_reply_content, reply_from
 
+pytestmark = pytest.mark.slow  # over a thousand generated replies per strategy: minutes
+
 CUT = (16, 2, 2)
 BATCH = 8
 EXAMPLES = 40  # what nodes 101 and 202 declare (FSL-SAGE, CSE-FSL)
