@@ -2,8 +2,8 @@
 
 Meant for tests and quick experiments. Every message goes through the ClientApp
 as in a deployment, but the nodes run one after another in this process and the
-records are not serialised: each side gets its own copy of the record containers,
-which share the ``Array`` objects (whose data are immutable ``.npy`` bytes).
+records are not serialised: each side gets its own records, rebuilt from the
+sender's, whose arrays share the sender's immutable ``.npy`` bytes.
 """
 
 from __future__ import annotations
@@ -139,10 +139,11 @@ def run_in_process(
 
 
 def _copy_content(message: Message) -> Message:
-    """Give the receiver its own record containers; no serialisation to bytes.
+    """Give the receiver its own records, rebuilt from the sender's; no serialisation.
 
-    The ``Array`` objects are shared, not copied: their data are immutable ``.npy``
-    bytes, so neither side can change what the other sees through them.
+    Each record is built anew from the sender's entries; the arrays' data, immutable
+    ``.npy`` bytes, are shared rather than copied, so neither side can change what the
+    other sees through them.
     """
     if not message.has_content():
         return message
