@@ -34,7 +34,7 @@ from fsl_sage_flwr.training import derive_seed, evaluate_classifier, make_adam, 
 
 def main() -> None:
     """Parse arguments, run the loop, print one line per round and a summary."""
-    args = _parser().parse_args()
+    args = build_parser().parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -235,7 +235,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of the floor loop."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-dir", default="")

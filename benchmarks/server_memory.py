@@ -47,13 +47,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fsl_sage_flwr.algorithms import build_split, get_algorithm
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_dataset, load_partition
 from fsl_sage_flwr.metrics import TrainMetricsTap
 from fsl_sage_flwr.wire import WARMUP_KEY, TrainReply, pack_uploads
+from simulations.flower_internals import set_task_identity
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA_DIRS = [PROJECT.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
@@ -161,7 +161,7 @@ class _Grid:
 
 def run(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffer_size: int) -> dict:
     """Run the server for ``rounds`` rounds with ``num_clients`` clients; return the figures."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    set_task_identity(run_id=1)
     torch.set_num_threads(1)
     settings = _settings(num_clients, rounds, align_epochs, max_cached, buffer_size)
     torch.manual_seed(0)

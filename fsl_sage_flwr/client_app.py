@@ -40,7 +40,7 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run one local round (or FSL-SAGE's warm-up) of the run's algorithm."""
-    client, settings = _build_client(context)
+    client, settings = build_client(context)
     if isinstance(client, SplitFedClient):
         raise ValueError(f"'{settings.algorithm}' trains through per-batch '{SPLIT_STEP_ACTION}' messages")
     if isinstance(client, FedAvgClient):
@@ -65,7 +65,7 @@ def _fedavg_reply(client: FedAvgClient, msg: Message) -> Message:
 @app.train(SPLIT_STEP_ACTION)
 def split_step(msg: Message, context: Context) -> Message:
     """SplitFed: apply the previous batch's gradient, send the next batch's activations."""
-    client, settings = _build_client(context)
+    client, settings = build_client(context)
     if not isinstance(client, SplitFedClient):
         raise ValueError(f"per-batch steps are part of SplitFed, not of '{settings.algorithm}'")
     config = dict(msg.content.config_records[CONFIG_KEY])
@@ -84,7 +84,8 @@ def split_step(msg: Message, context: Context) -> Message:
     return Message(content=reply, reply_to=msg)
 
 
-def _build_client(context: Context) -> tuple[Any, RunSettings]:
+def build_client(context: Context) -> tuple[Any, RunSettings]:
+    """Build the client of the run's algorithm for the node in ``context``; return it and the settings."""
     settings = RunSettings.from_run_config(context.run_config)
     torch.set_num_threads(settings.client_threads)
     partition_id = int(context.node_config["partition-id"])

@@ -109,9 +109,9 @@ def run_app(
     run_config = _absolute_paths(run_config)
     results_path = Path(run_config["output-dir"]) / str(run_config["run-name"]) / ResultsWriter.FILE_NAME
     home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
-    env = _flower_env(home, install_dependencies)
+    env = flower_env(home, install_dependencies)
     command = [
-        _flwr(), "run", str(project_dir), "--stream",
+        flwr_executable(), "run", str(project_dir), "--stream",
         "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
     ]
     for key, value in run_config.items():
@@ -131,7 +131,7 @@ def run_app(
         raise
     finally:
         with _signals_deferred():
-            _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+            stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
             _stop_tree(home)
             if not keep_home:
                 shutil.rmtree(home, ignore_errors=True)
@@ -159,7 +159,11 @@ def _absolute_paths(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
+def flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
+    """Return the environment for `flwr` with its home in ``home`` and free local ports.
+
+    ``install_dependencies=False`` turns off the SuperLink's per-run dependency install.
+    """
     env = dict(os.environ)
     env["FLWR_HOME"] = str(home)
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(_free_port())
@@ -171,7 +175,8 @@ def _flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
     return env
 
 
-def _flwr() -> str:
+def flwr_executable() -> str:
+    """Return the `flwr` command of this environment, or plain ``flwr`` from PATH."""
     candidate = Path(sys.executable).parent / "flwr"
     return str(candidate) if candidate.exists() else "flwr"
 
@@ -222,7 +227,7 @@ def _stream(
 
 def _run_status(env: dict[str, str]) -> str:
     out = subprocess.run(
-        [_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
+        [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
     )
     try:
         runs = json.loads(out.stdout)["runs"]
@@ -238,11 +243,11 @@ def _stop_run(env: dict[str, str], log: str) -> None:
     run_ids = re.findall(r"Successfully started run (\d+)", log)
     try:
         if not run_ids:
-            out = subprocess.run([_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=20)
+            out = subprocess.run([flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=20)
             runs = json.loads(out.stdout).get("runs", [])
             run_ids = [str(r["run-id"]) for r in runs if not str(r.get("status", "")).startswith("finished")]
         for run_id in run_ids:
-            subprocess.run([_flwr(), "stop", run_id], env=env, capture_output=True, text=True, timeout=20)
+            subprocess.run([flwr_executable(), "stop", run_id], env=env, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError, json.JSONDecodeError, KeyError, AttributeError):
         pass
 
@@ -362,7 +367,7 @@ def _reap(pids: set[int]) -> None:
             continue
 
 
-def _stop_superlink(control_port: str) -> None:
+def stop_superlink(control_port: str) -> None:
     """Stop the SuperLink that `flwr run` started on ``control_port``, with its children."""
     marker = f"127.0.0.1:{control_port}"
     for proc in Path("/proc").iterdir():

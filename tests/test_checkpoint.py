@@ -17,7 +17,7 @@ from fsl_sage_flwr.buffer import SmashedBuffer
 from fsl_sage_flwr.checkpoint import CHECKPOINT_FILE, ClientState, ClientStore, safe_load
 from fsl_sage_flwr.results import RunFolderError, read_results
 from fsl_sage_flwr.training import make_adam
-from tests.test_end_to_end import app_config
+from simulations.testing import app_config
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = {
@@ -52,6 +52,7 @@ def _strip(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]  # timings vary
 
 
+@pytest.mark.e2e  # two server processes and an uninterrupted reference run
 def test_a_server_killed_mid_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
     # Prepare: the uninterrupted run, and the same run killed with SIGKILL once round 4 is recorded
     whole = _server_process(tmp_path / "whole")

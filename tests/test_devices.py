@@ -14,6 +14,8 @@ from fsl_sage_flwr.results import read_results
 from fsl_sage_flwr.server_app import app as server_app
 from simulations.in_process import run_in_process
 
+pytestmark = pytest.mark.e2e  # runs of every algorithm on each device
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

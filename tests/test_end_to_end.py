@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,9 @@ from fsl_sage_flwr.client_app import app as client_app
 from fsl_sage_flwr.results import read_results
 from fsl_sage_flwr.server_app import app as server_app
 from simulations.in_process import run_in_process
+from simulations.testing import app_config
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-
-
-def app_config(tmp_path: Path, **overrides: object) -> dict:
-    """The app's default run config, pointed at ``tmp_path``, with overrides."""
-    config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
-    config.update({"output-dir": str(tmp_path), "run-name": "run"})
-    config.update({key.replace("_", "-"): value for key, value in overrides.items()})
-    return config
+pytestmark = pytest.mark.e2e  # in-process runs of the real apps for several rounds
 
 
 def _short_run(tmp_path: Path, node_id_seed: int, **overrides: object) -> list[dict]:

@@ -11,7 +11,11 @@ import time
 import zipfile
 from pathlib import Path
 
-from simulations.flwr_run import PROJECT_DIR, _flower_env, _flwr, _stop_superlink, processes_of
+import pytest
+
+from simulations.flwr_run import PROJECT_DIR, flower_env, flwr_executable, stop_superlink, processes_of
+
+pytestmark = pytest.mark.e2e  # the example app through `flwr run`, and a wheel build
 
 EXAMPLE = PROJECT_DIR / "examples" / "tabular-mlp"
 ROUNDS = 10
@@ -35,9 +39,9 @@ def test_example_app_reaches_85_percent_through_flwr_run(tmp_path):
     # Prepare: a fresh Flower home, its own ports, the packages of this environment
     # (per-run dependency install off), 3 simulated SuperNodes
     home = tmp_path / "flwr-home"
-    env = _flower_env(home, install_dependencies=False)
+    env = flower_env(home, install_dependencies=False)
     command = [
-        _flwr(), "run", str(EXAMPLE), "--stream",
+        flwr_executable(), "run", str(EXAMPLE), "--stream",
         "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
         "--run-config", f"num-server-rounds={ROUNDS} min-available-nodes=3",
         "--run-config", f"output-dir={json.dumps(str(tmp_path / 'out'))} run-name='test'",
@@ -45,9 +49,9 @@ def test_example_app_reaches_85_percent_through_flwr_run(tmp_path):
     # Execute
     try:
         proc = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=240)
-        listing = subprocess.run([_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+        listing = subprocess.run([flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
     finally:
-        _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+        stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
         leftovers = _stop_leftovers(home)
     # Assert: completed, every round evaluated, final accuracy at least 85%, nothing left running
     log = proc.stdout + proc.stderr

@@ -30,7 +30,9 @@ from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.wire import LocalTraining, TrainReply, smashed_arrays_record
-from tests.conftest import fit_reply_content, reply_from
+from simulations.testing import fit_reply_content, reply_from
+
+pytestmark = pytest.mark.slow  # over a thousand generated replies per strategy: minutes
 
 CUT = (16, 2, 2)
 BATCH = 8

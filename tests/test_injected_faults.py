@@ -17,6 +17,8 @@ from fsl_sage_flwr.results import read_results
 from fsl_sage_flwr.server_app import app as server_app
 from simulations.in_process import InProcessGrid
 
+pytestmark = pytest.mark.e2e  # in-process runs of every split strategy, one per injected fault
+
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 NUM_NODES = 3
 FAULTY_PARTITION = 2

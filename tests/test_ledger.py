@@ -4,7 +4,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
-from tests.conftest import ScriptedGrid, reply_from
+from simulations.testing import ScriptedGrid, reply_from
 from fsl_sage_flwr.wire import smashed_arrays_record
 
 

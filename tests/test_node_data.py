@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from fsl_sage_flwr.client_app import _build_client
+from fsl_sage_flwr.client_app import build_client
 from fsl_sage_flwr.config import RunSettings
 from fsl_sage_flwr.data import load_partition
 from fsl_sage_flwr.node_data import load_node_data
-from tests.test_data import _write_fake_mnist
-from tests.test_end_to_end import app_config
+from simulations.testing import write_fake_mnist
+from simulations.testing import app_config
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_npz_with_flat_samples_is_accepted(tmp_path, settings):
 
 def test_dataset_in_data_dir_gives_its_whole_train_split(tmp_path):
     # Prepare: an MNIST folder with 20 training images, run dataset mnist
-    _write_fake_mnist(tmp_path / "mnist-node")
+    write_fake_mnist(tmp_path / "mnist-node")
     settings = RunSettings.from_run_config(app_config(tmp_path, dataset="mnist"))
     # Execute
     data = load_node_data({"partition-id": 0, "data-dir": str(tmp_path / "mnist-node")}, settings)
@@ -115,7 +115,7 @@ def test_client_app_trains_on_node_local_npz(tmp_path):
         run_config=app_config(tmp_path),
     )
     # Execute
-    client, _ = _build_client(context)
+    client, _ = build_client(context)
     # Assert
     assert client.partition_id == 2
     assert len(client.y) == 9

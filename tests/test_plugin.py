@@ -24,8 +24,9 @@ from fsl_sage_flwr.data import load_dataset, partition_indices
 from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.server_app import app as server_app
 from fsl_sage_flwr.wire import ArraySpec, MalformedReplyError, decode_request, load_array
+from simulations.flower_internals import assign_message_id
 from simulations.in_process import run_in_process
-from tests.conftest import ScriptedGrid, reply_from
+from simulations.testing import ScriptedGrid, reply_from
 
 NUM_NODES = 3
 ROUNDS = 3
@@ -218,7 +219,7 @@ def test_the_message_api_handler_answers_as_flowers_client_fn_path():
 
     def reply(app: ClientApp) -> RecordDict:
         message = Message(content=RecordDict(dict(content)), dst_node_id=5, message_type="train")
-        message.metadata.__dict__["_message_id"] = "m"
+        assign_message_id(message, "m")
         return app(message, context).content
 
     # Execute

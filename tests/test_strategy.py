@@ -16,7 +16,7 @@ from fsl_sage_flwr.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.split_fedavg import weighted_average
 from fsl_sage_flwr.wire import LocalTraining, TrainReply, state_dict_spec
-from tests.conftest import ScriptedGrid, fit_reply_content, reply_from
+from simulations.testing import ScriptedGrid, fit_reply_content, reply_from
 
 NODES = {101: 0, 202: 1}  # node id -> partition id
 
