@@ -99,32 +99,3 @@ def test_run_config_names_a_bad_align_stacked_value():
     with pytest.raises(ValueError, match="'align-stacked' must be"):
         RunSettings.from_run_config(config)
     assert RunSettings.from_run_config({**config, "align-stacked": True}).alignment().stacked
-
-
-def _strategy_run(stacked: bool, caplog):
-    """Warm up two nodes, then one alignment round in which only node 202 replies."""
-    from tests.conftest import reply_from
-    from tests.test_strategy import _scaled_weights, _strategy, _train_reply, _warm
-
-    strategy, split = _strategy(align_interval=1)
-    strategy.alignment = dataclasses.replace(strategy.alignment, stacked=stacked)
-    _warm(strategy, split)
-    caplog.clear()  # the warm-up aligns every aux; only the round's log lines count
-    with caplog.at_level(logging.INFO, logger="flwr"):
-        strategy.aggregate_train(1, [reply_from(202, _train_reply(202, _scaled_weights(split, 1.0), 20))])
-    return strategy
-
-
-def test_strategy_stacked_alignment_gives_the_one_by_one_auxes_and_logs_the_skip(caplog):
-    # Execute: the same run aligned one by one and stacked
-    one_by_one = _strategy_run(False, caplog)
-    stacked = _strategy_run(True, caplog)
-
-    # Assert: node 202's aux matches; node 101 (unchanged buffer) was skipped, with a log line
-    for name, value in one_by_one._slots[202].aux.state_dict().items():
-        torch.testing.assert_close(stacked._slots[202].aux.state_dict()[name], value, rtol=1e-3, atol=1e-3)
-    assert stacked._slots[202].aux_pending and not stacked._slots[202].buffer_changed
-    messages = [r.getMessage() for r in caplog.records]
-    assert "skipped aligning aux of partition 0: buffer unchanged" in messages
-    assert not any("aligned aux of partition 0" in m for m in messages)
-    assert any("aligned aux of partition 1" in m for m in messages)
