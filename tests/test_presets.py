@@ -193,15 +193,15 @@ def _write_synthetic_cifar(root: Path, name: str, rng: np.random.Generator) -> N
         _write_cifar_batch(folder / file_name, images, labels, label_key)
 
 
-@pytest.mark.parametrize("preset", PAPER_CIFAR)
-def test_paper_cifar_preset_runs_two_rounds_on_a_synthetic_folder(tmp_path, monkeypatch, preset):
+@pytest.mark.parametrize(("preset", "dataset"), zip(PAPER_CIFAR, ["cifar10", "cifar100"]))
+def test_paper_cifar_preset_runs_two_rounds_on_a_synthetic_folder(tmp_path, monkeypatch, preset, dataset):
     # Prepare: the preset as Flower passes it, pointed at a tiny folder, with small work
     def no_download(spec):
         raise AssertionError(f"tried to fetch {spec.hub_id}")
 
     monkeypatch.setattr(data, "_load_cifar_from_hub", no_download)
     config = _as_flower_reads_it(PRESETS_DIR / preset)
-    _write_synthetic_cifar(tmp_path / "data", config["dataset"], np.random.default_rng(0))
+    _write_synthetic_cifar(tmp_path / "data", dataset, np.random.default_rng(0))
     config.update({
         "data-dir": str(tmp_path / "data"),
         "num-server-rounds": 2,
