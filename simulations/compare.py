@@ -28,9 +28,9 @@ import shlex
 import sys
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 from fsl_sage_flwr.algorithms import ALGORITHMS
@@ -95,7 +95,10 @@ class StrategySummary:
 
 
 def build_run_configs(options: dict[str, Any], output_dir: Path) -> dict[str, dict[str, Any]]:
-    """Return each strategy's run config: identical but for ``algorithm`` and ``run-name``."""
+    """Return each strategy's run config: identical but for ``algorithm`` and ``run-name``.
+
+    ``options["run_config"]`` holds the extra keys, as a ``"key=value ..."`` string or a mapping.
+    """
     extra = options["run_config"]
     common = {
         **(parse_run_config(extra) if isinstance(extra, str) else dict(extra)),

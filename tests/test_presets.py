@@ -55,7 +55,7 @@ def test_the_paper_setups_are_there():
 def test_every_key_of_a_preset_is_a_run_config_key(preset):
     # Prepare
     keys = set(tomllib.loads(preset.read_text()))
-    known = set(RunSettings.__dataclass_fields__[f].metadata["key"] for f in RunSettings.__dataclass_fields__)
+    known = {f.metadata["key"] for f in RunSettings.__dataclass_fields__.values()}
     # Execute: Flower's reading, then the app's checks of every value
     fused = _as_flower_reads_it(preset)
     settings = RunSettings.from_run_config(fused)
@@ -66,10 +66,10 @@ def test_every_key_of_a_preset_is_a_run_config_key(preset):
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
-def test_compare_reads_every_preset(preset):
+def test_compare_reads_every_preset(tmp_path, preset):
     # Execute
     options = _parse_options(["--preset", str(preset)])
-    configs = build_run_configs(options, Path("/tmp/unused"))
+    configs = build_run_configs(options, tmp_path)
     # Assert: valid strategies; every strategy gets the preset's keys but its own algorithm
     names = _strategy_names(options["strategies"])
     preset_keys = tomllib.loads(preset.read_text())
