@@ -1,0 +1,102 @@
+"""Tests of the gradient-fidelity measure and its live recording by the FSL-SAGE server."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord
+
+from fsl_sage_flwr.fidelity import gradient_fidelity
+from fsl_sage_flwr.models import build_split_model
+from tests.conftest import reply_from
+from tests.test_strategy import NODES, _scaled_weights, _smashed, _strategy, _train_reply, _warm
+
+
+def _tiny_split():
+    torch.manual_seed(0)
+    return build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8))
+
+
+def _true_gradient(head, z, y):
+    head.train()
+    z = z.clone().requires_grad_(True)
+    F.cross_entropy(head(z), y).backward()
+    return z.grad
+
+
+def test_fidelity_equals_a_direct_computation():
+    # Prepare
+    split = _tiny_split()
+    g = torch.Generator().manual_seed(3)
+    z, y = torch.randn(12, 16, 2, 2, generator=g), torch.randint(0, 10, (12,), generator=g)
+    g_aux = _true_gradient(copy.deepcopy(split.aux), z, y)
+    g_server = _true_gradient(copy.deepcopy(split.server), z, y)
+    expected_cosine = float(F.cosine_similarity(g_aux.flatten(1), g_server.flatten(1), dim=1).mean())
+    expected_error = float((g_aux - g_server).norm() / g_server.norm())
+    # Execute
+    fidelity = gradient_fidelity(split.aux, split.server, z, y)
+    # Assert
+    assert fidelity.cosine == pytest.approx(expected_cosine, rel=1e-5)
+    assert fidelity.relative_error == pytest.approx(expected_error, rel=1e-5)
+    assert fidelity.num_samples == 12
+
+
+def test_fidelity_is_perfect_for_a_copy_and_leaves_both_models_untouched():
+    # Prepare
+    split = _tiny_split()
+    z, y = torch.randn(8, 16, 2, 2), torch.randint(0, 10, (8,))
+    split.server.eval()
+    before = copy.deepcopy(split.server.state_dict())
+    # Execute
+    fidelity = gradient_fidelity(copy.deepcopy(split.server), split.server, z, y)
+    # Assert: BatchNorm statistics, weights, mode and grads as they were
+    assert fidelity.cosine == pytest.approx(1.0, abs=1e-6)
+    assert fidelity.relative_error == pytest.approx(0.0, abs=1e-6)
+    for name, value in split.server.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+    assert not split.server.training
+    assert all(p.grad is None for p in split.server.parameters())
+
+
+def test_fidelity_refuses_a_single_sample():
+    split = _tiny_split()
+    with pytest.raises(ValueError, match="at least 2"):
+        gradient_fidelity(split.aux, split.server, torch.randn(1, 16, 2, 2), torch.tensor([0]))
+
+
+def test_server_records_fidelity_per_partition_before_training_on_the_upload():
+    # Prepare: warmed-up server; the expected value uses the server model before round 1
+    strategy, split = _strategy()
+    _warm(strategy, split)
+    strategy.pop_alignment_summary()  # drop the warm-up's measurements
+    server_before = copy.deepcopy(strategy.server_model)
+    z, y, _ = _smashed(NODES[101])
+    expected = gradient_fidelity(
+        copy.deepcopy(strategy._slots[101].aux), server_before, torch.from_numpy(z[:8]), torch.from_numpy(y[:8])
+    )
+    # Execute
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    summary = strategy.pop_alignment_summary()
+    # Assert
+    by_partition = summary["fidelity_by_partition"]
+    assert sorted(by_partition) == ["0", "1"]
+    assert by_partition["0"]["cosine"] == pytest.approx(expected.cosine, rel=1e-5)
+    assert by_partition["0"]["relative_error"] == pytest.approx(expected.relative_error, rel=1e-5)
+    cosines = [v["cosine"] for v in by_partition.values()]
+    assert summary["fidelity_cosine_min"] == pytest.approx(min(cosines))
+    assert summary["fidelity_cosine_mean"] == pytest.approx(np.mean(cosines))
+
+
+def test_fidelity_samples_zero_turns_the_measurement_off():
+    # Prepare
+    strategy, split = _strategy()
+    strategy.fidelity_samples = 0
+    _warm(strategy, split)
+    # Execute
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    # Assert
+    assert not any(key.startswith("fidelity") for key in strategy.pop_alignment_summary())
