@@ -100,3 +100,18 @@ def test_fidelity_samples_zero_turns_the_measurement_off():
     strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
     # Assert
     assert not any(key.startswith("fidelity") for key in strategy.pop_alignment_summary())
+
+
+def test_plot_series_takes_rounds_with_fidelity_and_marks_alignment_rounds():
+    # Prepare: round 0 has no uploads, round 2 aligned
+    from simulations.plot_fidelity import fidelity_series
+
+    rows = [
+        {"round": 0},
+        {"round": 1, "fidelity_cosine_mean": 0.1, "fidelity_cosine_min": 0.0},
+        {"round": 2, "fidelity_cosine_mean": 0.2, "fidelity_cosine_min": 0.1, "alignments": 2},
+    ]
+    # Execute
+    rounds, means, minima, aligned = fidelity_series(rows)
+    # Assert
+    assert (rounds, means, minima, aligned) == ([1, 2], [0.1, 0.2], [0.0, 0.1], [2])
