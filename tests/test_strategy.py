@@ -13,6 +13,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fsl_sage_flwr.estimation import server_step
+from fsl_sage_flwr.fidelity import gradient_fidelity
 from fsl_sage_flwr.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.split_fedavg import weighted_average
@@ -353,3 +354,40 @@ def test_strategy_stacked_alignment_gives_the_one_by_one_auxes_and_logs_the_skip
     assert "skipped aligning aux of partition 0: buffer unchanged" in messages
     assert not any("aligned aux of partition 0" in m for m in messages)
     assert any("aligned aux of partition 1" in m for m in messages)
+
+
+def test_server_records_fidelity_per_partition_against_the_model_before_the_rounds_training():
+    # Prepare: warmed-up server; the expected value uses the server model before round 1
+    strategy, split = _strategy()
+    _warm(strategy, split)
+    strategy.pop_alignment_summary()  # drop the warm-up's measurements
+    server_before = copy.deepcopy(strategy.server_model)
+    expected = {}
+    for node, partition in NODES.items():
+        z, y, _ = _smashed(partition)
+        expected[str(partition)] = gradient_fidelity(
+            copy.deepcopy(strategy._slots[node].aux), server_before, torch.from_numpy(z[:8]), torch.from_numpy(y[:8])
+        )
+    # Execute
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    summary = strategy.pop_alignment_summary()
+    # Assert
+    by_partition = summary["fidelity_by_partition"]
+    assert sorted(by_partition) == ["0", "1"]
+    for partition, want in expected.items():  # the second client too: same model as the first
+        assert by_partition[partition]["cosine"] == pytest.approx(want.cosine, rel=1e-5)
+        assert by_partition[partition]["relative_error"] == pytest.approx(want.relative_error, rel=1e-5)
+    cosines = [v["cosine"] for v in by_partition.values()]
+    assert summary["fidelity_cosine_min"] == pytest.approx(min(cosines))
+    assert summary["fidelity_cosine_mean"] == pytest.approx(np.mean(cosines))
+
+
+def test_fidelity_samples_zero_turns_the_measurement_off():
+    # Prepare
+    strategy, split = _strategy()
+    strategy.fidelity_samples = 0
+    _warm(strategy, split)
+    # Execute
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    # Assert
+    assert not any(key.startswith("fidelity") for key in strategy.pop_alignment_summary())

@@ -23,6 +23,7 @@ from fsl_sage_flwr.alignment import (
 )
 from fsl_sage_flwr.buffer import SmashedBuffer
 from fsl_sage_flwr.checkpoint import ClientState, ClientStore
+from fsl_sage_flwr.fidelity import Fidelity, gradient_fidelity
 from fsl_sage_flwr.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
 from fsl_sage_flwr.wire import MalformedReplyError, ParsedReply, request_content
@@ -83,6 +84,9 @@ class FSLSage(SplitFedAvg):
         the rest lives in one file per client. Without it all stays in memory.
     max_cached_clients : int
         Clients whose state is held in memory at most, with ``state_dir``.
+    fidelity_samples : int
+        Samples of each upload on which the server measures gradient fidelity
+        (see :meth:`measure_fidelity`); 0 turns the measurement off.
     **kwargs
         As for :class:`SplitFedAvg` (``shared_model`` is the client model).
     """
@@ -95,8 +99,11 @@ class FSLSage(SplitFedAvg):
         warm_up_attempts: int = 3,
         state_dir: Path | None = None,
         max_cached_clients: int = 64,
+        fidelity_samples: int = 64,
         **kwargs: Any,
     ) -> None:
+        if fidelity_samples < 0:
+            raise ValueError(f"fidelity_samples must be >= 0, got {fidelity_samples}")
         super().__init__(**kwargs)
         self.aux_factory = aux_factory
         self.alignment = alignment
@@ -106,6 +113,8 @@ class FSLSage(SplitFedAvg):
         self.warm_up_attempts = warm_up_attempts
         self._warm_up_tries: dict[int, int] = {}
         self._recent_alignments: list[AlignmentReport] = []
+        self.fidelity_samples = fidelity_samples
+        self._recent_fidelity: list[tuple[int, Fidelity]] = []
 
     def summary(self) -> None:
         """Log the split-learning settings and FSL-SAGE's alignment ones."""
@@ -232,6 +241,12 @@ class FSLSage(SplitFedAvg):
             slot.restored = False
         return reply
 
+    def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:
+        """Measure each reply's gradient fidelity, then train the server model on the uploads."""
+        for reply in replies:
+            self.measure_fidelity(reply)
+        super().train_server_on(replies, server_round)
+
     def server_trained(self, reply: ParsedReply, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Buffer the batches of ``reply`` the server model trained on."""
         slot = self._slots[reply.node_id]
@@ -241,6 +256,29 @@ class FSLSage(SplitFedAvg):
                 buffer.append(z, y)
             self._store.changed(slot.partition_id)
             slot.buffer_changed = True
+
+    def measure_fidelity(self, reply: ParsedReply) -> Fidelity | None:
+        """Compare the reply's client's aux estimate with the true cut-layer gradient.
+
+        Uses the server model as it is before it trains on this round's uploads
+        (so every client of a round is measured against the same model), on the first
+        ``fidelity_samples`` samples of the upload's first batch of at least two
+        (a view, no copy). Weights and BatchNorm statistics stay unchanged. No
+        communication: the server holds both the upload and the aux copy.
+        """
+        if self.fidelity_samples == 0:
+            return None
+        batch = next(((z, y) for z, y in reply.upload.batches if z.shape[0] >= 2), None)
+        if batch is None:
+            return None
+        count = min(self.fidelity_samples, batch[0].shape[0])
+        if count < 2:
+            return None
+        z, y = (t[:count].to(self.device) for t in batch)
+        slot = self._slots[reply.node_id]
+        fidelity = gradient_fidelity(slot.aux, self.server_model, z, y)
+        self._recent_fidelity.append((slot.partition_id, fidelity))
+        return fidelity
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Mark delivered auxes; every ``interval`` rounds, align changed buffers."""
@@ -402,18 +440,45 @@ class FSLSage(SplitFedAvg):
             report.cosine_after,
         )
 
-    def pop_alignment_summary(self) -> dict[str, float]:
-        """Sum up the alignments since the last call: count, epochs, seconds, mean cosines.
+    def pop_alignment_summary(self) -> dict[str, Any]:
+        """Sum up the alignments and fidelity measurements since the last call.
 
-        Empty when none ran. The ServerApp adds it to each round's results row.
+        Alignments: count, epochs, seconds, mean cosines before and after.
+        Fidelity (see :meth:`measure_fidelity`): mean and minimum cosine, mean
+        relative error, and per partition (keys are partition ids as strings)
+        the mean cosine and relative error of that round. Empty when neither
+        ran. The ServerApp adds it to each round's results row.
         """
+        summary = self._pop_fidelity_summary()
         reports, self._recent_alignments = self._recent_alignments, []
         if not reports:
-            return {}
+            return summary
         return {
+            **summary,
             "alignments": len(reports),
             "align_epochs": sum(r.epochs for r in reports),
             "align_seconds": sum(r.seconds for r in reports),
             "align_cosine_before": sum(r.cosine_before for r in reports) / len(reports),
             "align_cosine_after": sum(r.cosine_after for r in reports) / len(reports),
+        }
+
+    def _pop_fidelity_summary(self) -> dict[str, Any]:
+        measured, self._recent_fidelity = self._recent_fidelity, []
+        if not measured:
+            return {}
+        by_partition: dict[int, list[Fidelity]] = {}
+        for partition_id, fidelity in measured:
+            by_partition.setdefault(partition_id, []).append(fidelity)
+        cosines = [f.cosine for _, f in measured]
+        return {
+            "fidelity_cosine_mean": sum(cosines) / len(cosines),
+            "fidelity_cosine_min": min(cosines),
+            "fidelity_relative_error_mean": sum(f.relative_error for _, f in measured) / len(measured),
+            "fidelity_by_partition": {
+                str(pid): {
+                    "cosine": sum(f.cosine for f in items) / len(items),
+                    "relative_error": sum(f.relative_error for f in items) / len(items),
+                }
+                for pid, items in sorted(by_partition.items())
+            },
         }
