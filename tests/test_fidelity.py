@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord
 
 from fsl_sage_flwr.fidelity import gradient_fidelity
 from fsl_sage_flwr.models import build_split_model
