@@ -124,6 +124,7 @@ def _fsl_sage_server(
         state_dir=state_dir,
         max_cached_clients=settings.max_cached_clients,
         server_order=settings.server_order,
+        fidelity_samples=settings.fidelity_samples,
         **_split_kwargs(settings, data, split, tap),
     )
     setup = _split_setup(strategy, split)

@@ -76,6 +76,9 @@ class RunSettings:
     keep_optimizer_state: bool = _key(
         "keep-optimizer-state", "keep client Adam state across rounds", _TRAINING.keep_optimizer_state
     )
+    fidelity_samples: int = _key(
+        "fidelity-samples", "FSL-SAGE: samples per upload on which aux and server gradients are compared; 0 = off", 64
+    )
     server_order: str = _key(
         "server-order", "FSL-SAGE/CSE-FSL: server steps on a round's uploads client by client or mixed", "partition"
     )
@@ -188,6 +191,7 @@ class RunSettings:
             "seed": self.seed,
             "align-patience": self.align_patience,
             "checkpoint-interval": self.checkpoint_interval,
+            "fidelity-samples": self.fidelity_samples,
         }
         if not 0.0 <= self.align_min_improvement < 1.0:
             raise ValueError(f"run config 'align-min-improvement' must be in [0, 1), got {self.align_min_improvement}")

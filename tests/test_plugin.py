@@ -239,6 +239,8 @@ def test_the_message_api_handler_answers_as_flowers_client_fn_path():
         ("lr", float("inf"), "'lr' must be a finite number > 0"),
         ("aux-variant", "huge", "'aux-variant' is 'huge'; allowed:"),
         ("min-train-nodes", 5, "'min-train-nodes' \\(5\\) exceeds 'min-available-nodes'"),
+        ("server-order", "random", "'server-order' is 'random'; allowed: partition, mixed"),
+        ("fidelity-samples", -1, "'fidelity-samples' must be >= 0"),
     ],
 )
 def test_the_server_refuses_a_bad_run_config_before_any_message(key, value, message):
