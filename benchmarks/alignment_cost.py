@@ -11,7 +11,7 @@ one process, so the printed ratios compare like with like:
 - ``full``: ``--epochs`` epochs, client after client (Nair et al., ICML 2025);
 - ``early``: the same with early stop (``--patience``, ``--min-improvement``);
 - ``stacked`` and ``stacked+early``: all clients at once
-  (:func:`fsl_sage_flwr.alignment.align_auxiliaries_stacked`).
+  (:func:`fsl_sage_flwr.core.alignment.align_auxiliaries_stacked`).
 
 It also times one local client epoch over a client's samples (batch ``--batch-size``).
 
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsl_sage_flwr.alignment import AlignmentReport, align_auxiliaries_stacked, align_auxiliary
+from fsl_sage_flwr.core.alignment import AlignmentReport, align_auxiliaries_stacked, align_auxiliary
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.estimation import client_step
-from fsl_sage_flwr.models import build_split_model, required_input_shape
-from fsl_sage_flwr.training import make_adam
+from fsl_sage_flwr.core.estimation import client_step
+from fsl_sage_flwr.core.models import build_split_model, required_input_shape
+from fsl_sage_flwr.core.training import make_adam
 
 
 def _parse() -> argparse.Namespace:

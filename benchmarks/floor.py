@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fsl_sage_flwr.alignment import align_auxiliary
-from fsl_sage_flwr.buffer import SmashedBuffer
+from fsl_sage_flwr.core.alignment import align_auxiliary
+from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.estimation import client_step, preserved_buffers, server_step
-from fsl_sage_flwr.models import build_split_model, required_input_shape
-from fsl_sage_flwr.training import derive_seed, evaluate_classifier, make_adam, minibatches, run_local_epochs
+from fsl_sage_flwr.core.estimation import client_step, preserved_buffers, server_step
+from fsl_sage_flwr.core.models import build_split_model, required_input_shape
+from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam, minibatches, run_local_epochs
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fsl_sage_flwr.alignment import align_auxiliary
-from fsl_sage_flwr.estimation import client_step, server_step
-from fsl_sage_flwr.models import build_split_model
-from fsl_sage_flwr.training import make_adam
+from fsl_sage_flwr.core.alignment import align_auxiliary
+from fsl_sage_flwr.core.estimation import client_step, server_step
+from fsl_sage_flwr.core.models import build_split_model
+from fsl_sage_flwr.core.training import make_adam
 
 # Dense peak matrix throughput in TFLOP/s by card name (vendor data sheets; SXM parts).
 PEAK_TFLOPS = {

@@ -48,11 +48,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from fsl_sage_flwr.algorithms import build_split, get_algorithm
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.algorithms import build_split, get_algorithm
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import load_dataset, load_partition
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.wire import WARMUP_KEY, TrainReply, pack_uploads
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.transport.wire import WARMUP_KEY, TrainReply, pack_uploads
 from simulations.flower_internals import set_task_identity
 
 PROJECT = Path(__file__).resolve().parent.parent

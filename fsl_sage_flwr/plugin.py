@@ -17,11 +17,11 @@ from torch import nn
 
 from fsl_sage_flwr.clients.fsl_sage import FSLSageClient
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.models import SplitModel
+from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
-from fsl_sage_flwr.training import derive_seed
-from fsl_sage_flwr.wire import PARTITION_ID_KEY, LocalTraining
+from fsl_sage_flwr.core.training import derive_seed
+from fsl_sage_flwr.transport.wire import PARTITION_ID_KEY, LocalTraining
 
 #: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
 #: ``Dataset`` of ``(input, label)`` pairs, or an :class:`ArrayDataset`.

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsl_sage_flwr.algorithms import ALGORITHMS
-from fsl_sage_flwr.config import RunSettings
-from fsl_sage_flwr.results import ResultsWriter
+from fsl_sage_flwr.app.algorithms import ALGORITHMS
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.results import ResultsWriter
 from simulations.flwr_run import FlwrRunError, parse_run_config, run_app
 
 GIB = 1024**3

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsl_sage_flwr.results import ResultsWriter, read_results
+from fsl_sage_flwr.app.results import ResultsWriter, read_results
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024

@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     import tomllib
     from pathlib import Path
 
-    from fsl_sage_flwr.client_app import app as client_app
-    from fsl_sage_flwr.server_app import app as server_app
+    from fsl_sage_flwr.app.client_app import app as client_app
+    from fsl_sage_flwr.app.server_app import app as server_app
 
     parser = argparse.ArgumentParser(description="Run the ServerApp against in-process ClientApps.")
     parser.add_argument("--nodes", type=int, default=4)

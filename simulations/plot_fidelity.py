@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fsl_sage_flwr.results import read_results
+from fsl_sage_flwr.app.results import read_results
 
 
 def fidelity_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float], list[int]]:

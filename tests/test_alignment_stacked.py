@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from fsl_sage_flwr.alignment import align_auxiliaries_stacked, align_auxiliary
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.alignment import align_auxiliaries_stacked, align_auxiliary
+from fsl_sage_flwr.core.models import build_split_model
 
 #: In the ``cnn`` aux head, the biases of the convolutions that feed a BatchNorm.
 _BIASES_BEFORE_BATCHNORM = {"0.bias", "3.bias"}
@@ -92,7 +92,7 @@ def test_stacked_alignment_rejects_lists_of_different_lengths():
 
 def test_run_config_names_a_bad_align_stacked_value():
     # Prepare: a run config whose align-stacked is not a boolean
-    from fsl_sage_flwr.config import RunSettings
+    from fsl_sage_flwr.app.config import RunSettings
 
     config = {**RunSettings().to_config(), "align-stacked": "yes"}
     # Execute / Assert

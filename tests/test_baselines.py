@@ -10,15 +10,15 @@ import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fsl_sage_flwr.algorithms import get_algorithm
-from fsl_sage_flwr.client_app import build_client
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.algorithms import get_algorithm
+from fsl_sage_flwr.app.client_app import build_client
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from simulations.compare import build_run_configs
 from simulations.in_process import InProcessGrid, run_in_process
 from simulations.testing import app_config

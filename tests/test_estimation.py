@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsl_sage_flwr.alignment import align_auxiliary, chunks, gradient_matching_loss, server_cut_gradients
-from fsl_sage_flwr.estimation import client_step, estimate_cut_gradient, input_gradient
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.alignment import align_auxiliary, chunks, gradient_matching_loss, server_cut_gradients
+from fsl_sage_flwr.core.estimation import client_step, estimate_cut_gradient, input_gradient
+from fsl_sage_flwr.core.models import build_split_model
 
 
 def _split(aux_variant: str = "default"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsl_sage_flwr.fidelity import gradient_fidelity
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.fidelity import gradient_fidelity
+from fsl_sage_flwr.core.models import build_split_model
 
 
 def _tiny_split():

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from benchmarks.floor import build_parser, run_floor
-from fsl_sage_flwr.client_app import app as client_app
+from fsl_sage_flwr.app.client_app import app as client_app
 from fsl_sage_flwr.data import load_dataset, partition_indices
-from fsl_sage_flwr.models import required_input_shape
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.core.models import required_input_shape
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from simulations.in_process import run_in_process
 
 pytestmark = pytest.mark.e2e  # a 10-client in-process run of the apps and the reference loop

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.splitfed import SplitFed
-from fsl_sage_flwr.wire import LocalTraining, TrainReply, smashed_arrays_record
+from fsl_sage_flwr.transport.wire import LocalTraining, TrainReply, smashed_arrays_record
 from simulations.testing import fit_reply_content, reply_from
 
 pytestmark = pytest.mark.slow  # over a thousand generated replies per strategy: minutes

@@ -3,9 +3,9 @@
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
+from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
 from simulations.testing import ScriptedGrid, reply_from
-from fsl_sage_flwr.wire import smashed_arrays_record
+from fsl_sage_flwr.transport.wire import smashed_arrays_record
 
 
 def _content(n_samples: int) -> RecordDict:

@@ -2,7 +2,7 @@
 
 from flwr.app import MetricRecord, RecordDict
 
-from fsl_sage_flwr.metrics import TrainMetricsTap
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 
 
 def _reply(n: int, loss: float, peak: int, partition: int) -> RecordDict:

@@ -1,11 +1,11 @@
-"""Tests for fsl_sage_flwr.models: split model sizes, shapes, registry and errors."""
+"""Tests for fsl_sage_flwr.core.models: split model sizes, shapes, registry and errors."""
 
 import pytest
 import torch
 from torch import nn
 
-from fsl_sage_flwr import models
-from fsl_sage_flwr.models import (
+from fsl_sage_flwr.core import models
+from fsl_sage_flwr.core.models import (
     SPLIT_MODELS,
     SmallSplitCNN,
     SplitArchitecture,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from fsl_sage_flwr.client_app import build_client
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.client_app import build_client
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import load_partition
-from fsl_sage_flwr.node_data import load_node_data
+from fsl_sage_flwr.app.node_data import load_node_data
 from simulations.testing import write_fake_mnist
 from simulations.testing import app_config
 

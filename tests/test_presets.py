@@ -12,10 +12,10 @@ import pytest
 from flwr.common.config import flatten_dict, fuse_dicts, parse_config_args
 
 from fsl_sage_flwr import data
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.config import RunSettings
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from simulations.compare import _parse_options, _strategy_names, build_run_configs, read_preset
 from simulations.in_process import run_in_process
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fsl_sage_flwr.estimation import server_step
-from fsl_sage_flwr.fidelity import gradient_fidelity
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.estimation import server_step
+from fsl_sage_flwr.core.fidelity import gradient_fidelity
+from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.split_fedavg import weighted_average
-from fsl_sage_flwr.wire import LocalTraining, TrainReply, state_dict_spec
+from fsl_sage_flwr.transport.wire import LocalTraining, TrainReply, state_dict_spec
 from simulations.testing import ScriptedGrid, fit_reply_content, reply_from
 
 NODES = {101: 0, 202: 1}  # node id -> partition id

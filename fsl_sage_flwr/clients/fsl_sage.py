@@ -9,10 +9,10 @@ from torch import nn
 
 from fsl_sage_flwr.clients.common import load_named
 from fsl_sage_flwr.clients.local_training import LocalTrainingClient
-from fsl_sage_flwr.estimation import client_step, preserved_buffers
-from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.training import derive_seed, minibatches
-from fsl_sage_flwr.wire import TrainReply, TrainRequest
+from fsl_sage_flwr.core.estimation import client_step, preserved_buffers
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.training import derive_seed, minibatches
+from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest
 
 AUX_STATE_KEY = "fsl-sage.aux"
 

@@ -12,10 +12,10 @@ from torch import nn
 
 from fsl_sage_flwr.clients.common import dataset_tensors, load_named, load_optimizer_state, save_optimizer_state, state_to_numpy
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.models import SplitModel
-from fsl_sage_flwr.training import derive_seed, make_adam, run_local_epochs
-from fsl_sage_flwr.wire import TrainReply, TrainRequest, decode_request, pack_uploads
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.models import SplitModel
+from fsl_sage_flwr.core.training import derive_seed, make_adam, run_local_epochs
+from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest, decode_request, pack_uploads
 
 OPTIMIZER_STATE_KEY = "client-optimizer"
 
@@ -26,7 +26,7 @@ class LocalTrainingClient(NumPyClient):
     Subclasses say which module travels (``shared_model``), which one the
     optimizer trains (``trained_model``), which models the client holds
     (``held_models``, for the memory meter), and what one step is (``step``).
-    Every training setting comes from the request (``fsl_sage_flwr.wire``), so a
+    Every training setting comes from the request (``fsl_sage_flwr.transport.wire``), so a
     client trains with exactly what the server checks its reply against. Seeds
     derive from (seed, round, partition), so runs repeat exactly.
 
@@ -41,7 +41,7 @@ class LocalTrainingClient(NumPyClient):
     state : RecordDict
         Flower's per-node ``Context.state``.
     device : torch.device or str
-        Where the client trains (see ``fsl_sage_flwr.devices``).
+        Where the client trains (see ``fsl_sage_flwr.core.devices``).
     """
 
     uploads_smashed = True
@@ -103,7 +103,7 @@ class LocalTrainingClient(NumPyClient):
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        """Run a local round (or a warm-up); return the arrays laid out by ``fsl_sage_flwr.wire``."""
+        """Run a local round (or a warm-up); return the arrays laid out by ``fsl_sage_flwr.transport.wire``."""
         request = decode_request(
             parameters, config, shared_keys=list(self.shared_model.state_dict()), aux_keys=self.aux_keys
         )

@@ -15,18 +15,18 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.alignment import (
+from fsl_sage_flwr.core.alignment import (
     AlignmentReport,
     AlignmentSettings,
     align_auxiliaries_stacked,
     align_auxiliary,
 )
-from fsl_sage_flwr.buffer import SmashedBuffer
-from fsl_sage_flwr.checkpoint import ClientState, ClientStore
-from fsl_sage_flwr.fidelity import Fidelity, gradient_fidelity
-from fsl_sage_flwr.training import derive_seed, make_adam
+from fsl_sage_flwr.core.buffer import SmashedBuffer
+from fsl_sage_flwr.core.checkpoint import ClientState, ClientStore
+from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
+from fsl_sage_flwr.core.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
-from fsl_sage_flwr.wire import MalformedReplyError, ParsedReply, request_content
+from fsl_sage_flwr.transport.wire import MalformedReplyError, ParsedReply, request_content
 
 
 @dataclass

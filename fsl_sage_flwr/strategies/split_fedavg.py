@@ -16,13 +16,13 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from torch import nn
 
-from fsl_sage_flwr.config import SERVER_ORDERS
+from fsl_sage_flwr.app.config import SERVER_ORDERS
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.estimation import UnsafeStepError, server_step
-from fsl_sage_flwr.guard import ActivationScale, IdentityRegistry, UploadLimits
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.training import derive_seed, evaluate_classifier, make_adam
-from fsl_sage_flwr.wire import (
+from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
+from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
@@ -81,7 +81,7 @@ class SplitServer(FedAvg):
     node_wait_timeout : float
         Seconds to wait for ``min_available_nodes`` nodes before the run fails.
     device : torch.device or str
-        Where the server keeps and trains its models (see ``fsl_sage_flwr.devices``).
+        Where the server keeps and trains its models (see ``fsl_sage_flwr.core.devices``).
     fraction_train, min_train_nodes, min_available_nodes, train_metrics_aggr_fn
         As in Flower's FedAvg.
     """
@@ -172,7 +172,7 @@ class SplitServer(FedAvg):
     def prepare_run(self, num_rounds: int, timeout: float = 3600) -> None:
         """Remember the run's length and the timeout of every exchange.
 
-        ``start`` calls it, and so does :func:`fsl_sage_flwr.rounds.run_rounds`.
+        ``start`` calls it, and so does :func:`fsl_sage_flwr.app.rounds.run_rounds`.
         """
         self.round_timeout = float(timeout)
         self.num_rounds = num_rounds
@@ -326,7 +326,7 @@ class SplitFedAvg(SplitServer):
         ]
 
     def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
-        """The content of one node's train request (see ``fsl_sage_flwr.wire``)."""
+        """The content of one node's train request (see ``fsl_sage_flwr.transport.wire``)."""
         return request_content(arrays, server_round=server_round, training=self.training)
 
     def aggregate_train(
@@ -392,8 +392,8 @@ class SplitFedAvg(SplitServer):
         """Check a whole reply before anything changes; raise MalformedReplyError.
 
         On top of the wire contract: at least one uploaded batch, the node's
-        identity (:class:`~fsl_sage_flwr.guard.IdentityRegistry`) and the size
-        of its activations (:class:`~fsl_sage_flwr.guard.ActivationScale`).
+        identity (:class:`~fsl_sage_flwr.transport.guard.IdentityRegistry`) and the size
+        of its activations (:class:`~fsl_sage_flwr.transport.guard.ActivationScale`).
         """
         reply = parse_train_reply(
             node_id, content, shared_spec=self.shared_spec if expect_model else None, bounds=self.bounds

@@ -16,10 +16,10 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.estimation import UnsafeStepError, server_step
-from fsl_sage_flwr.ledger import ByteLedger
-from fsl_sage_flwr.training import make_adam
-from fsl_sage_flwr.wire import (
+from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.core.training import make_adam
+from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
     GRAD_KEY,
@@ -102,7 +102,7 @@ class SplitFed(SplitServer):
     batch_size : int
         The clients' batch size: bounds each step's upload and a reply's ``num-batches``.
     ledger : ByteLedger, optional
-        The run's byte ledger (the one its :class:`~fsl_sage_flwr.ledger.MeteredGrid`
+        The run's byte ledger (the one its :class:`~fsl_sage_flwr.transport.ledger.MeteredGrid`
         books on), for SplitFed-MS's exchange with the fed server.
     **kwargs
         As for :class:`~fsl_sage_flwr.strategies.split_fedavg.SplitServer`;

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl_sage_flwr.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 A reply can be finite and well-formed and still ruin the server: one activation
 of 1e30 makes a BatchNorm running variance overflow, after which the server
 model predicts one class for ever. The checks here run while a reply is parsed,
-before anything changes; :func:`fsl_sage_flwr.estimation.server_step` guards the
+before anything changes; :func:`fsl_sage_flwr.core.estimation.server_step` guards the
 optimizer step itself.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fsl_sage_flwr.wire import MalformedReplyError
+from fsl_sage_flwr.transport.wire import MalformedReplyError
 
 
 @dataclass(frozen=True)

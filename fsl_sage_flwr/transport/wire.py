@@ -25,7 +25,7 @@ Reply, client to server (what Flower makes of a ``NumPyClient.fit`` result):
 - ``"fitres.num_examples"`` (MetricRecord): the local training samples, the
   FedAvg weight.
 - ``"fitres.metrics"`` (ConfigRecord, integers): ``partition-id``, ``local-steps``
-  and ``peak-memory-bytes`` (see ``fsl_sage_flwr.memory``).
+  and ``peak-memory-bytes`` (see ``fsl_sage_flwr.core.memory``).
 - ``"fitres.status"`` (ConfigRecord): Flower's status code and message.
 
 SplitFed exchanges (message type ``train.splitstep``), one pair per batch: the

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
-from fsl_sage_flwr.ledger import ByteLedger
-from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
 
 if TYPE_CHECKING:
-    from fsl_sage_flwr.algorithms import ServerSetup
+    from fsl_sage_flwr.app.algorithms import ServerSetup
 
 MIB = 1024 * 1024
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsl_sage_flwr.buffer import SmashedBuffer
+from fsl_sage_flwr.core.buffer import SmashedBuffer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import ArrayDataset, adapt_images, load_dataset_cached, load_partition
-from fsl_sage_flwr.models import required_input_shape
+from fsl_sage_flwr.core.models import required_input_shape
 
 #: Node-config keys.
 PARTITION_ID = "partition-id"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl_sage_flwr.estimation import input_gradient, preserved_buffers
+from fsl_sage_flwr.core.estimation import input_gradient, preserved_buffers
 
 
 @dataclass(frozen=True)

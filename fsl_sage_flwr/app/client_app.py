@@ -3,7 +3,7 @@
 FSL-SAGE and CSE-FSL clients are NumPyClients served exactly as
 ``ClientApp(client_fn=...)`` would serve them (``fsl_sage_flwr.plugin``); the
 FedAvg client answers Flower's Message-API FedAvg; SplitFed has its per-batch
-handler. The records are specified in ``fsl_sage_flwr.wire``.
+handler. The records are specified in ``fsl_sage_flwr.transport.wire``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fsl_sage_flwr.algorithms import get_algorithm
+from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import load_dataset_cached
-from fsl_sage_flwr.devices import resolve_device
-from fsl_sage_flwr.models import SplitModel, build_split_model, required_input_shape
-from fsl_sage_flwr.node_data import load_node_data
+from fsl_sage_flwr.core.devices import resolve_device
+from fsl_sage_flwr.core.models import SplitModel, build_split_model, required_input_shape
+from fsl_sage_flwr.app.node_data import load_node_data
 from fsl_sage_flwr.plugin import numpy_client_reply
-from fsl_sage_flwr.wire import (
+from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
     GRAD_KEY,

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsl_sage_flwr.alignment import AlignmentSettings
+from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
-from fsl_sage_flwr.devices import DEVICE_CHOICES
-from fsl_sage_flwr.models import SPLIT_MODELS, aux_variants
-from fsl_sage_flwr.wire import LocalTraining
+from fsl_sage_flwr.core.devices import DEVICE_CHOICES
+from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
+from fsl_sage_flwr.transport.wire import LocalTraining
 
 
 #: The defaults of the settings other dataclasses own: local training and alignment.
@@ -34,8 +34,8 @@ class RunSettings:
     """Every knob a user tunes through ``--run-config``, named as in ``pyproject.toml``.
 
     The defaults here are the app's only ones: local-training defaults are
-    :class:`~fsl_sage_flwr.wire.LocalTraining`'s, alignment defaults
-    :class:`~fsl_sage_flwr.alignment.AlignmentSettings`', the rest are set
+    :class:`~fsl_sage_flwr.transport.wire.LocalTraining`'s, alignment defaults
+    :class:`~fsl_sage_flwr.core.alignment.AlignmentSettings`', the rest are set
     below, and ``pyproject.toml``'s run config repeats them all (a test keeps
     the two equal). They suit the embedded digits set; where the paper (Nair et
     al., ICML 2025) differs, ``pyproject.toml`` names its value: 200 rounds,

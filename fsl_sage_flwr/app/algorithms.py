@@ -19,13 +19,13 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import DatasetSplits
-from fsl_sage_flwr.devices import resolve_device
-from fsl_sage_flwr.ledger import ByteLedger
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.models import SplitModel, build_full_model, build_split_model
-from fsl_sage_flwr.training import evaluate_classifier
+from fsl_sage_flwr.core.devices import resolve_device
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.core.models import SplitModel, build_full_model, build_split_model
+from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.strategies import FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes
