@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from fsl_sage_flwr.core.alignment import AlignmentReport, align_auxiliaries_stacked, align_auxiliary
-from fsl_sage_flwr.data import load_dataset
 from fsl_sage_flwr.core.estimation import client_step
 from fsl_sage_flwr.core.models import build_split_model, required_input_shape
 from fsl_sage_flwr.core.training import make_adam
+from fsl_sage_flwr.data import load_dataset
 
 
 def _parse() -> argparse.Namespace:
@@ -90,7 +90,9 @@ def main() -> None:
         f"{args.epochs} epochs, threads {torch.get_num_threads()}"
     )
     full_cosine, full_seconds = results["full"][1], results["full"][2]
-    print(f"{'variant':<14} {'cos before':>10} {'cos after':>10} {'d cos':>7} {'epochs':>7} {'seconds':>8} {'x full':>7}")
+    print(
+        f"{'variant':<14} {'cos before':>10} {'cos after':>10} {'d cos':>7} {'epochs':>7} {'seconds':>8} {'x full':>7}"
+    )
     for name, (before, after, seconds, epochs) in results.items():
         print(
             f"{name:<14} {before:>10.4f} {after:>10.4f} {after - full_cosine:>+7.4f} {epochs:>7d} "

@@ -42,7 +42,6 @@ import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
@@ -105,8 +104,13 @@ class _Clients:
     def partition(self, node_id: int):
         s = self.settings
         return load_partition(
-            s.dataset, node_id - 1000, self.num_clients, partitioning=s.partitioning, alpha=s.alpha,
-            seed=s.seed, data_dir=s.data_dir,
+            s.dataset,
+            node_id - 1000,
+            self.num_clients,
+            partitioning=s.partitioning,
+            alpha=s.alpha,
+            seed=s.seed,
+            data_dir=s.data_dir,
         )
 
     def reply(self, node_id: int, arrays: ArrayRecord, warmup: bool) -> RecordDict:
@@ -133,8 +137,15 @@ class _Clients:
 
 def _reply_message(node_id: int, content: RecordDict) -> Message:
     metadata = Metadata(
-        run_id=1, message_id=f"reply-{node_id}", src_node_id=node_id, dst_node_id=0, reply_to_message_id="",
-        group_id="", created_at=time.time(), ttl=3600.0, message_type="train",
+        run_id=1,
+        message_id=f"reply-{node_id}",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type="train",
     )
     return Message(content=content, metadata=metadata)
 
@@ -215,9 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     figures = []
     for clients in (100, 1000):
         command = [
-            sys.executable, "-m", "benchmarks.server_memory", "--clients", str(clients), "--rounds", str(args.rounds),
-            "--align-epochs", str(args.align_epochs), "--max-cached-clients", str(args.max_cached_clients),
-            "--buffer-size", str(args.buffer_size),
+            sys.executable,
+            "-m",
+            "benchmarks.server_memory",
+            "--clients",
+            str(clients),
+            "--rounds",
+            str(args.rounds),
+            "--align-epochs",
+            str(args.align_epochs),
+            "--max-cached-clients",
+            str(args.max_cached_clients),
+            "--buffer-size",
+            str(args.buffer_size),
         ]
         out = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=True)
         figures.append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -64,9 +64,7 @@ class ArrayDataset:
         if self.images.ndim < 2:
             raise ValueError(f"inputs must be (N, ...) with one row per sample, got shape {self.images.shape}")
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):
-            raise ValueError(
-                f"labels must be (N,) with N = {len(self.images)}, got shape {self.labels.shape}"
-            )
+            raise ValueError(f"labels must be (N,) with N = {len(self.images)}, got shape {self.labels.shape}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -218,12 +216,8 @@ def load_dataset(
 
     raw = DATASETS[name](Path(data_dir) if data_dir else None)
     mean, std = _channel_stats(raw.train_images)
-    train = ArrayDataset(
-        _normalise(raw.train_images, mean, std), raw.train_labels.astype(np.int64, copy=False)
-    )
-    test = ArrayDataset(
-        _normalise(raw.test_images, mean, std), raw.test_labels.astype(np.int64, copy=False)
-    )
+    train = ArrayDataset(_normalise(raw.train_images, mean, std), raw.train_labels.astype(np.int64, copy=False))
+    test = ArrayDataset(_normalise(raw.test_images, mean, std), raw.test_labels.astype(np.int64, copy=False))
 
     if train_subset is not None and train_subset < len(train):
         train = train.subset(_stratified_sample(train.labels, train_subset, seed))
@@ -371,9 +365,7 @@ _IDX_STEMS = {
 }
 
 _IDX_HOW_TO_GET = {
-    "mnist": (
-        "download the four MNIST IDX .gz files into a folder and pass run-config data-dir=<folder>"
-    ),
+    "mnist": ("download the four MNIST IDX .gz files into a folder and pass run-config data-dir=<folder>"),
     "fashion-mnist": (
         "install the Debian package dataset-fashion-mnist (it fills "
         "/usr/share/datasets/fashion-mnist), or download the four Fashion-MNIST IDX .gz "
@@ -417,10 +409,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header_size != expected:
-        raise ValueError(
-            f"{path}: IDX payload has {len(raw) - header_size} bytes, "
-            f"shape {shape} needs {expected}"
-        )
+        raise ValueError(f"{path}: IDX payload has {len(raw) - header_size} bytes, shape {shape} needs {expected}")
     data = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
     return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
@@ -460,9 +449,7 @@ def _load_idx_dataset(name: str, data_dir: Path | None) -> RawSplits:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"{name}: {split} images {images.shape} and labels {labels.shape} do not match"
-            )
+            raise ValueError(f"{name}: {split} images {images.shape} and labels {labels.shape} do not match")
     logger.info("%s: loaded from %s", name, files["train_images"].parent)
     return RawSplits(
         _scale_to_unit(arrays["train_images"][:, None], 255),
@@ -596,9 +583,7 @@ _CIFAR_SPECS = {
 }
 
 
-def _read_cifar_files(
-    directory: Path, names: tuple[str, ...], label_key: bytes
-) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_files(directory: Path, names: tuple[str, ...], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate the batches ``names`` of ``directory`` into uint8 images and labels."""
     images, labels = [], []
     for name in names:
@@ -736,9 +721,7 @@ def partition_indices(
         if not (np.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a positive number, got {alpha}")
         return _dirichlet_partition(labels, num_partitions, alpha, seed)
-    raise ValueError(
-        f"unknown partitioning {partitioning!r}; choose one of {', '.join(PARTITIONINGS)}"
-    )
+    raise ValueError(f"unknown partitioning {partitioning!r}; choose one of {', '.join(PARTITIONINGS)}")
 
 
 def _label_table(labels: np.ndarray, order: np.ndarray) -> Any:
@@ -755,8 +738,7 @@ def _label_table(labels: np.ndarray, order: np.ndarray) -> Any:
 def _partition_index_arrays(partitioner: Any, num_partitions: int) -> list[np.ndarray]:
     """Read the ``index`` column of every partition, sorted."""
     return [
-        np.sort(np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64))
-        for pid in range(num_partitions)
+        np.sort(np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)) for pid in range(num_partitions)
     ]
 
 
@@ -770,9 +752,7 @@ def _iid_partition(labels: np.ndarray, num_partitions: int, seed: int) -> list[n
     return _partition_index_arrays(partitioner, num_partitions)
 
 
-def _dirichlet_partition(
-    labels: np.ndarray, num_partitions: int, alpha: float, seed: int
-) -> list[np.ndarray]:
+def _dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Dirichlet label-skewed partitions, redrawn until every client has enough samples."""
     from flwr_datasets.partitioner import DirichletPartitioner
 
@@ -914,9 +894,7 @@ def _memoised_dataset(
     seed: int,
 ) -> DatasetSplits:
     """Call :func:`load_dataset` once per canonical key."""
-    return load_dataset(
-        name, data_dir=data_dir, input_shape=input_shape, train_subset=train_subset, seed=seed
-    )
+    return load_dataset(name, data_dir=data_dir, input_shape=input_shape, train_subset=train_subset, seed=seed)
 
 
 @functools.lru_cache(maxsize=8)
@@ -926,6 +904,4 @@ def _memoised_partitions(
     """Call :func:`partition_indices` once per dataset key and partitioning."""
     labels = _memoised_dataset(*key).train.labels
     seed = key[-1]
-    return tuple(
-        partition_indices(labels, num_partitions, partitioning=partitioning, alpha=alpha, seed=seed)
-    )
+    return tuple(partition_indices(labels, num_partitions, partitioning=partitioning, alpha=alpha, seed=seed))

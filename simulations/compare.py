@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import shlex
 import sys
 import time
@@ -142,7 +141,8 @@ def summarise(rows_by_strategy: dict[str, list[dict[str, Any]]], target: float) 
 def markdown_table(summaries: list[StrategySummary], target: float) -> str:
     """Render the summary as a Markdown table."""
     lines = [
-        f"| strategy | final acc. | best acc. | GiB to {target:.2%} | total GiB | client peak MiB | server MiB | s / round |",
+        f"| strategy | final acc. | best acc. | GiB to {target:.2%} | total GiB "
+        "| client peak MiB | server MiB | s / round |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
@@ -341,8 +341,7 @@ def read_preset(path: str | Path) -> Preset:
     unknown = sorted(k for k in values if k not in known)
     if unknown:
         raise ValueError(
-            f"preset {path}: {', '.join(map(repr, unknown))} not run-config keys; "
-            f"known: {', '.join(sorted(known))}"
+            f"preset {path}: {', '.join(map(repr, unknown))} not run-config keys; known: {', '.join(sorted(known))}"
         )
     not_scalar = sorted(k for k, v in values.items() if not isinstance(v, (bool, int, float, str)))
     if not_scalar:
@@ -350,7 +349,7 @@ def read_preset(path: str | Path) -> Preset:
     compare_args: list[str] = []
     for line in text.splitlines():
         if line.startswith(COMPARE_LINE):
-            compare_args += shlex.split(line[len(COMPARE_LINE):])
+            compare_args += shlex.split(line[len(COMPARE_LINE) :])
     return Preset(run_config=values, compare_args=compare_args)
 
 

@@ -29,8 +29,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,8 +110,12 @@ def run_app(
     home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
     env = flower_env(home, install_dependencies)
     command = [
-        flwr_executable(), "run", str(project_dir), "--stream",
-        "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+        flwr_executable(),
+        "run",
+        str(project_dir),
+        "--stream",
+        "--federation-config",
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
     ]
     for key, value in run_config.items():
         command += ["--run-config", f"{key}={_toml_value(value)}"]
@@ -243,7 +246,9 @@ def _stop_run(env: dict[str, str], log: str) -> None:
     run_ids = re.findall(r"Successfully started run (\d+)", log)
     try:
         if not run_ids:
-            out = subprocess.run([flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=20
+            )
             runs = json.loads(out.stdout).get("runs", [])
             run_ids = [str(r["run-id"]) for r in runs if not str(r.get("status", "")).startswith("finished")]
         for run_id in run_ids:
@@ -425,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_run_config(args.run_config)
     overrides.setdefault("min-available-nodes", args.num_supernodes)
     overrides["output-dir"] = str(Path(args.output_dir).resolve())
-    overrides["run-name"] = args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{overrides.get('algorithm', 'fsl-sage')}"
+    overrides["run-name"] = (
+        args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{overrides.get('algorithm', 'fsl-sage')}"
+    )
     overrides.setdefault("num-server-rounds", _default_rounds())
     # Processes whose parents exit are handed to this process, not to init, so
     # the whole tree stays findable (they also carry FLWR_HOME in their environment).

@@ -148,9 +148,7 @@ def _copy_content(message: Message) -> Message:
     if not message.has_content():
         return message
     content = message.content
-    message.content = RecordDict(
-        {key: type(record)(dict(record)) for key, record in content.items()}
-    )
+    message.content = RecordDict({key: type(record)(dict(record)) for key, record in content.items()})
     return message
 
 

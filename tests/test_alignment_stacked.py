@@ -1,8 +1,6 @@
 """Stacked (vmapped) alignment gives each client what one-by-one alignment gives it."""
 
 import copy
-import dataclasses
-import logging
 
 import pytest
 import torch
@@ -40,8 +38,12 @@ def _one_by_one(server, clients, **kwargs):
 
 def _stacked(server, clients, **kwargs):
     return align_auxiliaries_stacked(
-        [c[0] for c in clients], [c[1] for c in clients], server, [c[2] for c in clients],
-        generators=[torch.Generator().manual_seed(7 + k) for k in range(len(clients))], **kwargs,
+        [c[0] for c in clients],
+        [c[1] for c in clients],
+        server,
+        [c[2] for c in clients],
+        generators=[torch.Generator().manual_seed(7 + k) for k in range(len(clients))],
+        **kwargs,
     )
 
 
@@ -85,8 +87,13 @@ def test_stacked_alignment_rejects_lists_of_different_lengths():
     server, clients = _clients([20, 20])
     with pytest.raises(ValueError, match="same length"):
         align_auxiliaries_stacked(
-            [c[0] for c in clients], [c[1] for c in clients], server, [c[2] for c in clients],
-            epochs=1, batch_size=10, generators=[None],
+            [c[0] for c in clients],
+            [c[1] for c in clients],
+            server,
+            [c[2] for c in clients],
+            epochs=1,
+            batch_size=10,
+            generators=[None],
         )
 
 

@@ -11,14 +11,14 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fsl_sage_flwr.app.algorithms import get_algorithm
-from fsl_sage_flwr.app.client_app import build_client
 from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.client_app import build_client
 from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.data import load_dataset
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
-from fsl_sage_flwr.app.results import read_results
-from fsl_sage_flwr.app.server_app import app as server_app
 from simulations.compare import build_run_configs
 from simulations.in_process import InProcessGrid, run_in_process
 from simulations.testing import app_config
@@ -120,8 +120,11 @@ def test_same_seed_same_partition_across_strategies(tmp_path):
     images = []
     for name in configs:
         context = Context(
-            run_id=1, node_id=5, node_config={"partition-id": 2, "num-partitions": 4},
-            state=RecordDict(), run_config={**base, "algorithm": name},
+            run_id=1,
+            node_id=5,
+            node_config={"partition-id": 2, "num-partitions": 4},
+            state=RecordDict(),
+            run_config={**base, "algorithm": name},
         )
         client, _ = build_client(context)
         images.append((client.x.numpy(), client.y.numpy()))
@@ -135,8 +138,11 @@ def test_splitfed_client_keeps_the_optimizer_state_of_its_last_batch(tmp_path):
     # Prepare: a SplitFed client asked to keep its Adam state across rounds
     config = app_config(tmp_path, algorithm="splitfed-ss", batch_size=32, keep_optimizer_state=True)
     context = Context(
-        run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 4},
-        state=RecordDict(), run_config=config,
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": 0, "num-partitions": 4},
+        state=RecordDict(),
+        run_config=config,
     )
     client, settings = build_client(context)
     base = {**settings.to_config(), "seed": 0, "server-round": 1}
@@ -161,7 +167,13 @@ def test_a_client_builds_only_its_parts_once_per_process(tmp_path, algorithm, se
     # Prepare: two nodes of one run
     config = app_config(tmp_path, algorithm=algorithm)
     contexts = [
-        Context(run_id=1, node_id=n, node_config={"partition-id": n, "num-partitions": 4}, state=RecordDict(), run_config=config)
+        Context(
+            run_id=1,
+            node_id=n,
+            node_config={"partition-id": n, "num-partitions": 4},
+            state=RecordDict(),
+            run_config=config,
+        )
         for n in (0, 1)
     ]
     # Execute

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fsl_sage_flwr.app.results import RunFolderError, read_results
 from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.core.checkpoint import CHECKPOINT_FILE, ClientState, ClientStore, safe_load
-from fsl_sage_flwr.app.results import RunFolderError, read_results
 from fsl_sage_flwr.core.training import make_adam
 from simulations.testing import app_config
 

@@ -165,9 +165,7 @@ def test_load_dataset_pads_digits_to_three_channels_32(digits):
     # Assert: 12 px of normalised zeros around the unchanged normalised image.
     assert splits.train.images.shape == (DIGITS_TRAIN, 3, 32, 32)
     assert splits.input_shape == (3, 32, 32)
-    np.testing.assert_array_equal(
-        splits.train.images[:, :, 12:20, 12:20], np.repeat(digits.train.images, 3, axis=1)
-    )
+    np.testing.assert_array_equal(splits.train.images[:, :, 12:20, 12:20], np.repeat(digits.train.images, 3, axis=1))
     border = splits.train.images.copy()
     border[:, :, 12:20, 12:20] = 0
     assert not border.any()
@@ -218,9 +216,7 @@ def test_read_idx_round_trip(tmp_path, file_name):
 def test_read_idx_reads_big_endian_ints(tmp_path):
     # Prepare: type byte 0x0C = int32, stored big-endian.
     values = np.array([1, -2, 70000], dtype=">i4")
-    (tmp_path / "ints").write_bytes(
-        bytes([0, 0, 0x0C, 1]) + np.array([3], ">u4").tobytes() + values.tobytes()
-    )
+    (tmp_path / "ints").write_bytes(bytes([0, 0, 0x0C, 1]) + np.array([3], ">u4").tobytes() + values.tobytes())
 
     # Execute / Assert
     np.testing.assert_array_equal(read_idx(tmp_path / "ints"), [1, -2, 70000])
@@ -324,9 +320,7 @@ def test_cifar_python_version_layout(tmp_path, name):
     np.testing.assert_array_equal(splits.test.labels, [3, 2, 1])
 
 
-@pytest.mark.parametrize(
-    ("name", "hub_id"), [("cifar10", "uoft-cs/cifar10"), ("cifar100", "uoft-cs/cifar100")]
-)
+@pytest.mark.parametrize(("name", "hub_id"), [("cifar10", "uoft-cs/cifar10"), ("cifar100", "uoft-cs/cifar100")])
 def test_cifar_falls_back_to_the_hub(tmp_path, monkeypatch, name, hub_id):
     # Prepare: no local files; the hub is a fake, so no network is touched.
     monkeypatch.setattr(flwr_datasets, "FederatedDataset", _FakeFederatedDataset)
@@ -519,14 +513,7 @@ def test_iid_partitions_have_near_equal_sizes_and_mixed_labels(digits):
 def _mean_label_skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:
     """Mean total-variation distance between each partition's and the global label mix."""
     overall = np.bincount(labels, minlength=10) / len(labels)
-    return float(
-        np.mean(
-            [
-                0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p) - overall).sum()
-                for p in parts
-            ]
-        )
-    )
+    return float(np.mean([0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p) - overall).sum() for p in parts]))
 
 
 def test_small_alpha_dirichlet_skews_labels_more_than_iid(digits):
@@ -561,27 +548,18 @@ def test_tiny_alpha_on_digits_still_gives_every_client_data(digits):
         (4, "dirichlet", -1.0, "alpha"),
     ],
 )
-def test_partition_indices_rejects_bad_arguments(
-    digits, num_partitions, partitioning, alpha, message
-):
+def test_partition_indices_rejects_bad_arguments(digits, num_partitions, partitioning, alpha, message):
     # Execute / Assert
     with pytest.raises(ValueError, match=message):
-        partition_indices(
-            digits.train.labels, num_partitions, partitioning=partitioning, alpha=alpha
-        )
+        partition_indices(digits.train.labels, num_partitions, partitioning=partitioning, alpha=alpha)
 
 
 def test_load_partition_returns_the_partition_samples(digits):
     # Prepare
-    expected = partition_indices(
-        digits.train.labels, 4, partitioning="dirichlet", alpha=1.0, seed=2
-    )
+    expected = partition_indices(digits.train.labels, 4, partitioning="dirichlet", alpha=1.0, seed=2)
 
     # Execute
-    clients = [
-        load_partition("digits", pid, 4, partitioning="dirichlet", alpha=1.0, seed=2)
-        for pid in range(4)
-    ]
+    clients = [load_partition("digits", pid, 4, partitioning="dirichlet", alpha=1.0, seed=2) for pid in range(4)]
 
     # Assert
     assert [len(c) for c in clients] == [len(p) for p in expected]

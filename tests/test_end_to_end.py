@@ -37,6 +37,7 @@ def test_same_seed_gives_identical_metrics_despite_node_ids_and_reply_order(tmp_
     # Execute: node ids and reply order differ between the two runs
     first = _short_run(tmp_path / "a", node_id_seed=1, num_server_rounds=3, algorithm=algorithm)
     second = _short_run(tmp_path / "b", node_id_seed=2, num_server_rounds=3, algorithm=algorithm)
+
     # Assert
     def strip(rows: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]  # timings vary

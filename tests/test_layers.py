@@ -41,5 +41,9 @@ def test_a_lower_layer_imports_nothing_from_the_layers_above(package, forbidden)
     # Execute
     loaded = _modules_loaded_by(package)
     # Assert
-    offending = [m for m in loaded if m.split(".")[0] in forbidden or m.startswith(tuple(f"{f}." for f in forbidden)) or m in forbidden]
+    offending = [
+        m
+        for m in loaded
+        if m.split(".")[0] in forbidden or m.startswith(tuple(f"{f}." for f in forbidden)) or m in forbidden
+    ]
     assert not offending, offending

@@ -8,10 +8,9 @@ from flwr.app import Context, RecordDict
 
 from fsl_sage_flwr.app.client_app import build_client
 from fsl_sage_flwr.app.config import RunSettings
-from fsl_sage_flwr.data import load_partition
 from fsl_sage_flwr.app.node_data import load_node_data
-from simulations.testing import write_fake_mnist
-from simulations.testing import app_config
+from fsl_sage_flwr.data import load_partition
+from simulations.testing import app_config, write_fake_mnist
 
 
 @pytest.fixture
@@ -29,9 +28,7 @@ def test_partition_of_the_run_dataset_without_data_dir(settings):
     # Execute
     data = load_node_data({"partition-id": 1, "num-partitions": 3}, settings)
     # Assert: the same samples as the partitioner gives
-    expected = load_partition(
-        "digits", 1, 3, partitioning="dirichlet", alpha=1.0, seed=0, input_shape=None
-    )
+    expected = load_partition("digits", 1, 3, partitioning="dirichlet", alpha=1.0, seed=0, input_shape=None)
     np.testing.assert_array_equal(data.labels, expected.labels)
     np.testing.assert_array_equal(data.images, expected.images)
 

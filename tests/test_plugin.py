@@ -20,9 +20,9 @@ from torch import nn
 from fsl_sage_flwr import AlignmentSettings, FSLSageLegacy, LocalTraining, SplitSpec, as_dataset
 from fsl_sage_flwr.app.client_app import app as client_app
 from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.data import load_dataset, partition_indices
 from fsl_sage_flwr.plugin import numpy_client_reply
-from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.transport.wire import ArraySpec, MalformedReplyError, decode_request, load_array
 from simulations.flower_internals import assign_message_id
 from simulations.in_process import run_in_process
@@ -204,7 +204,10 @@ def test_user_modules_named_strategies_and_clients_do_not_hide_the_package(tmp_p
     # Prepare: a user's app folder with its own strategies.py and clients.py
     for name in ("strategies", "clients"):
         (tmp_path / f"{name}.py").write_text("raise ImportError('the user module was imported')\n")
-    code = "from fsl_sage_flwr import SplitSpec, FSLSage, FSLSageClient; import fsl_sage_flwr.app.client_app, fsl_sage_flwr.app.server_app"
+    code = (
+        "from fsl_sage_flwr import SplitSpec, FSLSage, FSLSageClient; "
+        "import fsl_sage_flwr.app.client_app, fsl_sage_flwr.app.server_app"
+    )
     # Execute
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     # Assert
@@ -296,7 +299,9 @@ def test_a_node_that_never_replies_is_logged_and_asked_a_bounded_number_of_times
 
 
 def _context(partition_id: int) -> Context:
-    return Context(run_id=1, node_id=partition_id, node_config={"partition-id": partition_id}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=1, node_id=partition_id, node_config={"partition-id": partition_id}, state=RecordDict(), run_config={}
+    )
 
 
 def _dropping_nones(send_and_receive):

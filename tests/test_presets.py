@@ -85,10 +85,20 @@ def test_paper_cifar_presets_hold_the_paper_setup(preset):
     fused = _as_flower_reads_it(PRESETS_DIR / preset)
     # Assert: the spec's reference configuration
     paper = {
-        "min-available-nodes": 10, "num-server-rounds": 200, "batch-size": 256, "lr": 0.001,
-        "weight-decay": 0.0001, "upload-interval": 5, "align-interval": 10, "buffer-size": 1000,
-        "align-epochs": 100, "align-batch-size": 1000, "model": "resnet18", "local-epochs": 1,
-        "train-subset": 0, "fraction-train": 1.0,
+        "min-available-nodes": 10,
+        "num-server-rounds": 200,
+        "batch-size": 256,
+        "lr": 0.001,
+        "weight-decay": 0.0001,
+        "upload-interval": 5,
+        "align-interval": 10,
+        "buffer-size": 1000,
+        "align-epochs": 100,
+        "align-batch-size": 1000,
+        "model": "resnet18",
+        "local-epochs": 1,
+        "train-subset": 0,
+        "fraction-train": 1.0,
     }
     assert {k: fused[k] for k in paper} == paper
 
@@ -96,9 +106,18 @@ def test_paper_cifar_presets_hold_the_paper_setup(preset):
 def test_fashion_mnist_preset_keeps_its_measured_meaning(tmp_path):
     # Prepare: what its former compare-only format gave (docs/results.md was measured so)
     before = {
-        "data-dir": "../shared/data", "train-subset": 12000, "batch-size": 64, "align-interval": 10,
-        "align-epochs": 30, "dataset": "fashion-mnist", "model": "resnet18", "num-server-rounds": 30,
-        "alpha": 1.0, "partitioning": "dirichlet", "seed": 0, "min-available-nodes": 10,
+        "data-dir": "../shared/data",
+        "train-subset": 12000,
+        "batch-size": 64,
+        "align-interval": 10,
+        "align-epochs": 30,
+        "dataset": "fashion-mnist",
+        "model": "resnet18",
+        "num-server-rounds": 30,
+        "alpha": 1.0,
+        "partitioning": "dirichlet",
+        "seed": 0,
+        "min-available-nodes": 10,
     }
     # Execute
     options = _parse_options(["--preset", str(PRESETS_DIR / "fashion-mnist-resnet18.toml")])
@@ -127,7 +146,10 @@ def test_command_line_wins_over_the_preset(tmp_path):
     assert overridden["timeout"] == 60
     assert overridden["rounds"] == 2
     assert {k: configs["fedavg"][k] for k in ("alpha", "batch-size", "num-server-rounds", "model")} == {
-        "alpha": 0.1, "batch-size": 32, "num-server-rounds": 2, "model": "resnet18",
+        "alpha": 0.1,
+        "batch-size": 32,
+        "num-server-rounds": 2,
+        "model": "resnet18",
     }
 
 
@@ -202,13 +224,15 @@ def test_paper_cifar_preset_runs_two_rounds_on_a_synthetic_folder(tmp_path, monk
     monkeypatch.setattr(data, "_load_cifar_from_hub", no_download)
     config = _as_flower_reads_it(PRESETS_DIR / preset)
     _write_synthetic_cifar(tmp_path / "data", dataset, np.random.default_rng(0))
-    config.update({
-        "data-dir": str(tmp_path / "data"),
-        "num-server-rounds": 2,
-        "align-epochs": 1,
-        "output-dir": str(tmp_path / "out"),
-        "run-name": "run",
-    })
+    config.update(
+        {
+            "data-dir": str(tmp_path / "data"),
+            "num-server-rounds": 2,
+            "align-epochs": 1,
+            "output-dir": str(tmp_path / "out"),
+            "run-name": "run",
+        }
+    )
     # Execute
     run_in_process(server_app, client_app, config, num_nodes=config["min-available-nodes"])
     # Assert

@@ -55,7 +55,12 @@ def _train_reply(node_id: int, weights: ArrayRecord, num_examples: int) -> Recor
 
 def _named_reply(node_id: int, weights: ArrayRecord | None, num_examples: int, **changes) -> TrainReply:
     shared = {k: v.numpy() for k, v in weights.to_torch_state_dict().items()} if weights is not None else None
-    fields = {"partition_id": NODES[node_id], "num_examples": num_examples, "shared": shared, "smashed": _smashed(NODES[node_id])}
+    fields = {
+        "partition_id": NODES[node_id],
+        "num_examples": num_examples,
+        "shared": shared,
+        "smashed": _smashed(NODES[node_id]),
+    }
     return TrainReply(**{**fields, **changes})
 
 
@@ -70,7 +75,9 @@ def _warm(strategy: FSLSage, split) -> None:
 
 
 def _scaled_weights(split, factor: float) -> ArrayRecord:
-    return ArrayRecord({k: (torch.ones_like(v) * factor if v.is_floating_point() else v) for k, v in split.client.state_dict().items()})
+    return ArrayRecord(
+        {k: (torch.ones_like(v) * factor if v.is_floating_point() else v) for k, v in split.client.state_dict().items()}
+    )
 
 
 def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
@@ -86,7 +93,9 @@ def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
     for message in messages:
         node = message.metadata.dst_node_id
         record = message.content.array_records["fitins.parameters"]
-        sent = {k.removeprefix("aux."): torch.from_numpy(record[k].numpy()) for k in record.keys() if k.startswith("aux.")}
+        sent = {
+            k.removeprefix("aux."): torch.from_numpy(record[k].numpy()) for k in record.keys() if k.startswith("aux.")
+        }
         assert message.content.config_records["fitins.config"]["aux-included"] is True
         for name, value in strategy._slots[node].aux.state_dict().items():
             torch.testing.assert_close(sent[name], value)
@@ -105,7 +114,9 @@ def test_aux_travels_again_only_after_it_changed():
     # Execute
     messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
     # Assert
-    assert all(not any(k.startswith("aux.") for k in m.content.array_records["fitins.parameters"].keys()) for m in messages)
+    assert all(
+        not any(k.startswith("aux.") for k in m.content.array_records["fitins.parameters"].keys()) for m in messages
+    )
     assert all(m.content.config_records["fitins.config"]["aux-included"] is False for m in messages)
 
 
@@ -257,9 +268,21 @@ def _break(kind: str, split) -> RecordDict:
 @pytest.mark.parametrize(
     "kind",
     [
-        "missing-arrays", "wrong-shape", "wrong-dtype", "nan", "missing-smashed", "label-out-of-range",
-        "too-many-samples", "extra-metric-record", "list-metric", "truncated-npy", "pickled-objects",
-        "overflowing-batch-sizes", "one-sample-batch", "float-partition-id", "error-status",
+        "missing-arrays",
+        "wrong-shape",
+        "wrong-dtype",
+        "nan",
+        "missing-smashed",
+        "label-out-of-range",
+        "too-many-samples",
+        "extra-metric-record",
+        "list-metric",
+        "truncated-npy",
+        "pickled-objects",
+        "overflowing-batch-sizes",
+        "one-sample-batch",
+        "float-partition-id",
+        "error-status",
     ],
 )
 def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, caplog):

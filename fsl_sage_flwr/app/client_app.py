@@ -16,12 +16,12 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fsl_sage_flwr.app.algorithms import get_algorithm
-from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
 from fsl_sage_flwr.app.config import RunSettings
-from fsl_sage_flwr.data import load_dataset_cached
+from fsl_sage_flwr.app.node_data import load_node_data
+from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
 from fsl_sage_flwr.core.devices import resolve_device
 from fsl_sage_flwr.core.models import SplitModel, build_split_model, required_input_shape
-from fsl_sage_flwr.app.node_data import load_node_data
+from fsl_sage_flwr.data import load_dataset_cached
 from fsl_sage_flwr.plugin import numpy_client_reply
 from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
@@ -51,7 +51,9 @@ def train(msg: Message, context: Context) -> Message:
 def _fedavg_reply(client: FedAvgClient, msg: Message) -> Message:
     """Answer Flower's Message-API FedAvg: named arrays in, named arrays and metrics out."""
     arrays = msg.content.array_records[ARRAYS_KEY]
-    parameters, num_examples, metrics = client.fit(arrays.to_numpy_ndarrays(), dict(msg.content.config_records[CONFIG_KEY]))
+    parameters, num_examples, metrics = client.fit(
+        arrays.to_numpy_ndarrays(), dict(msg.content.config_records[CONFIG_KEY])
+    )
     keys = list(client.shared_model.state_dict())
     reply = RecordDict(
         {
@@ -98,7 +100,9 @@ def build_client(context: Context) -> tuple[Any, RunSettings]:
     trainset = load_node_data(context.node_config, settings)
     data = load_dataset_cached(settings.dataset, **data_args)
     algorithm = get_algorithm(settings.algorithm)
-    split = _client_split(settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts)
+    split = _client_split(
+        settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts
+    )
     device = resolve_device(settings.device)
     return algorithm.client_class(split, trainset, partition_id, context.state, device), settings
 
@@ -113,4 +117,6 @@ def _client_split(
     from the request or from ``Context.state`` before it trains, so reusing the
     modules carries nothing from one node or round to the next.
     """
-    return build_split_model(model, num_classes=num_classes, input_shape=input_shape, aux_variant=aux_variant, parts=parts)
+    return build_split_model(
+        model, num_classes=num_classes, input_shape=input_shape, aux_variant=aux_variant, parts=parts
+    )

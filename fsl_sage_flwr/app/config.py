@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fsl_sage_flwr.core.alignment import AlignmentSettings
-from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.core.devices import DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
+from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.transport.wire import LocalTraining
-
 
 #: The defaults of the settings other dataclasses own: local training and alignment.
 #: How the server steps through a round's uploads (``server-order``): client after
@@ -222,8 +221,7 @@ class RunSettings:
         """
         if self.train_subset and self.train_subset < num_classes:
             raise ValueError(
-                f"run config 'train-subset' ({self.train_subset}) must be 0 (all) or at least "
-                f"the {num_classes} classes"
+                f"run config 'train-subset' ({self.train_subset}) must be 0 (all) or at least the {num_classes} classes"
             )
         if num_train < 2 * self.min_available_nodes:
             raise ValueError(

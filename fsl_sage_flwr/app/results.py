@@ -46,8 +46,7 @@ def run_folder(output_dir: str, run_name: str, algorithm: str) -> Path:
     parts = PurePath(name).parts
     if PurePath(name).is_absolute() or name.startswith("~") or not parts or any(p in ("..", ".") for p in parts):
         raise RunFolderError(
-            f"run-name {name!r} must be a relative folder name inside output-dir "
-            "(no absolute path, no '..', no '.')"
+            f"run-name {name!r} must be a relative folder name inside output-dir (no absolute path, no '..', no '.')"
         )
     folder = base / name
     resolved_base = base.resolve()

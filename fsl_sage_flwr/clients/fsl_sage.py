@@ -76,5 +76,9 @@ class FSLSageClient(LocalTrainingClient):
         with torch.no_grad(), preserved_buffers(self.split.client):
             self.split.client.train()
             z = self.split.client(xb)
-        smashed = (z.cpu().numpy().astype(np.float32), yb.cpu().numpy().astype(np.int64), np.asarray([len(yb)], dtype=np.int64))
+        smashed = (
+            z.cpu().numpy().astype(np.float32),
+            yb.cpu().numpy().astype(np.int64),
+            np.asarray([len(yb)], dtype=np.int64),
+        )
         return TrainReply(partition_id=self.partition_id, num_examples=len(self.y), smashed=smashed)

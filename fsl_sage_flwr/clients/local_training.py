@@ -10,11 +10,17 @@ from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from torch import nn
 
-from fsl_sage_flwr.clients.common import dataset_tensors, load_named, load_optimizer_state, save_optimizer_state, state_to_numpy
-from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.clients.common import (
+    dataset_tensors,
+    load_named,
+    load_optimizer_state,
+    save_optimizer_state,
+    state_to_numpy,
+)
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.core.training import derive_seed, make_adam, run_local_epochs
+from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest, decode_request, pack_uploads
 
 OPTIMIZER_STATE_KEY = "client-optimizer"
@@ -100,9 +106,7 @@ class LocalTrainingClient(NumPyClient):
         """Return ``shared_model``'s state dict as a flat list."""
         return state_to_numpy(self.shared_model)
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         """Run a local round (or a warm-up); return the arrays laid out by ``fsl_sage_flwr.transport.wire``."""
         request = decode_request(
             parameters, config, shared_keys=list(self.shared_model.state_dict()), aux_keys=self.aux_keys
@@ -115,7 +119,9 @@ class LocalTrainingClient(NumPyClient):
         self.load_request(request)
         training, server_round = request.training, request.server_round
         torch.manual_seed(derive_seed(training.seed, server_round, self.partition_id, "client"))
-        generator = torch.Generator().manual_seed(derive_seed(training.seed, server_round, self.partition_id, "batches"))
+        generator = torch.Generator().manual_seed(
+            derive_seed(training.seed, server_round, self.partition_id, "batches")
+        )
         optimizer = make_adam(self.trained_model, training.lr, training.weight_decay)
         if training.keep_optimizer_state:
             load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)

@@ -50,9 +50,7 @@ class AlignmentReport:
     seconds: float = 0.0
 
 
-def server_cut_gradients(
-    server: nn.Module, z: torch.Tensor, y: torch.Tensor, batch_size: int
-) -> torch.Tensor:
+def server_cut_gradients(server: nn.Module, z: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Return the alignment targets ``G = d/dZ sum_n NLL(s(Z_n), Y_n)``.
 
     Per-sample (sum-reduced) gradients, computed in train mode like the server's
@@ -80,9 +78,7 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def gradient_matching_loss(
-    aux: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor
-) -> torch.Tensor:
+def gradient_matching_loss(aux: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Return ``sum (d/dz sum_n NLL(a(z_n), y_n) - target)^2`` with a live graph."""
     z = z.detach().requires_grad_(True)
     estimate = input_gradient(aux, z, y, reduction="sum", create_graph=True)
@@ -180,10 +176,7 @@ def _evaluate_match(
     with preserved_buffers(aux):
         aux.train()
         estimate = torch.cat(
-            [
-                input_gradient(aux, z[chunk], y[chunk], reduction="sum")
-                for chunk in chunks(z.shape[0], batch_size)
-            ]
+            [input_gradient(aux, z[chunk], y[chunk], reduction="sum") for chunk in chunks(z.shape[0], batch_size)]
         )
     loss = float((estimate - target).pow(2).sum())
     cosine = F.cosine_similarity(estimate.flatten(1), target.flatten(1), dim=1, eps=1e-12)
@@ -337,9 +330,7 @@ def _align_group(
         active = still_active
     after = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
     seconds = (time.perf_counter() - started) / len(auxes)
-    return [
-        AlignmentReport(b[0], a[0], b[1], a[1], n, e, seconds) for b, a, e in zip(before, after, epochs_run)
-    ]
+    return [AlignmentReport(b[0], a[0], b[1], a[1], n, e, seconds) for b, a, e in zip(before, after, epochs_run)]
 
 
 def _stack(named: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -100,7 +100,10 @@ class ClientState:
         """Bytes of the aux model, its optimizer state and the buffer."""
         model = sum(t.nbytes for t in self.aux.state_dict().values())
         optim = sum(
-            v.nbytes for slots in self.aux_optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor)
+            v.nbytes
+            for slots in self.aux_optimizer.state.values()
+            for v in slots.values()
+            if isinstance(v, torch.Tensor)
         )
         return model + optim + self.buffer.nbytes()
 

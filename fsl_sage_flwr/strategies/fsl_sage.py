@@ -147,7 +147,9 @@ class FSLSage(SplitFedAvg):
             When no node at all is warmed up afterwards, naming the first reasons.
         """
         # Only the first warm-up waits; later rounds warm up whoever joined.
-        connected = self.wait_for_nodes(grid, self.min_available_nodes) if not self._slots else sorted(grid.get_node_ids())
+        connected = (
+            self.wait_for_nodes(grid, self.min_available_nodes) if not self._slots else sorted(grid.get_node_ids())
+        )
         new_nodes = [n for n in connected if n not in self._slots and self.may_warm_up(n)]
         if not new_nodes:
             return
@@ -223,7 +225,9 @@ class FSLSage(SplitFedAvg):
             if slot.aux_pending:
                 aux = ArrayRecord(slot.aux.state_dict())
                 self._aux_in_flight.add(node_id)
-            requests.append((node_id, request_content(arrays, server_round=server_round, training=self.training, aux=aux)))
+            requests.append(
+                (node_id, request_content(arrays, server_round=server_round, training=self.training, aux=aux))
+            )
         return requests
 
     def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
@@ -334,7 +338,9 @@ class FSLSage(SplitFedAvg):
         super().load_server_state(state)
         self._store.restore(state["clients"])
         self._slots = {
-            int(node_id): _ClientSlot(int(partition_id), self._store, aux_pending=True, buffer_changed=bool(changed), restored=True)
+            int(node_id): _ClientSlot(
+                int(partition_id), self._store, aux_pending=True, buffer_changed=bool(changed), restored=True
+            )
             for node_id, partition_id, _, changed in state["slots"]
         }
 

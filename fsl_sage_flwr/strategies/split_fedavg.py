@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
 import time
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -17,11 +17,11 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sampl
 from torch import nn
 
 from fsl_sage_flwr.app.config import SERVER_ORDERS
-from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
+from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
-from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
 from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
     METRICS_KEY,
@@ -345,7 +345,9 @@ class SplitFedAvg(SplitServer):
             else:
                 contents.append((msg.metadata.src_node_id, msg.content))
         for node_id in sorted(self._awaiting - {msg.metadata.src_node_id for msg in replies}):
-            self.log_dropped(node_id, f"no reply within the round timeout ({self.round_timeout:.0f} s): node lost or slow")
+            self.log_dropped(
+                node_id, f"no reply within the round timeout ({self.round_timeout:.0f} s): node lost or slow"
+            )
         self._awaiting = set()
         return contents
 
@@ -448,8 +450,14 @@ class SplitFedAvg(SplitServer):
             try:
                 server_step(self.server_model, self.server_optimizer, z, y)
             except UnsafeStepError as err:
-                log(WARNING, "skipped server step on batch %d of node %d%s: %s",
-                    index, reply.node_id, self.describe_node(reply.node_id), err)
+                log(
+                    WARNING,
+                    "skipped server step on batch %d of node %d%s: %s",
+                    index,
+                    reply.node_id,
+                    self.describe_node(reply.node_id),
+                    err,
+                )
                 continue
             trained[reply.node_id][index] = (z, y)
         for reply in replies:
@@ -492,9 +500,13 @@ def weighted_average(states: list[tuple[ArrayRecord, int]], spec: Mapping[str, A
     in the arrays' own precision, in the order given; integer arrays (BatchNorm
     counters) are rounded back to integers, not truncated.
     """
-    records = [RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: weight})}) for arrays, weight in states]
+    records = [
+        RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: weight})}) for arrays, weight in states
+    ]
     averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
-    return ArrayRecord({name: to_array(_restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()})
+    return ArrayRecord(
+        {name: to_array(_restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()}
+    )
 
 
 def _restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -511,6 +523,4 @@ def module_bytes(module: nn.Module) -> int:
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of an optimizer's per-parameter state."""
-    return sum(
-        v.nbytes for slots in optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor)
-    )
+    return sum(v.nbytes for slots in optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor))

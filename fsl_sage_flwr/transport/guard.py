@@ -49,7 +49,11 @@ class UploadLimits:
     def __post_init__(self) -> None:
         for name in ("max_abs", "factor", "min_scale"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
                 raise ValueError(f"UploadLimits.{name} must be a finite number > 0, got {value!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"UploadLimits.window must be an int >= 1, got {self.window!r}")
