@@ -123,7 +123,7 @@ def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: t
             uploads.append(kept)
         _sync(device)
         t_local = time.perf_counter()
-        client_model.load_state_dict(_weighted_average(states, weights))
+        client_model.load_state_dict(average_states(states, weights))
         for pid, kept in enumerate(uploads):
             for z, yb in kept:
                 server_step(server, server_opt, z, yb)
@@ -251,7 +251,8 @@ def _align(args, server, aux, opt, buffer, server_round: int, pid: int, device: 
 COMPARISONS: list[dict] = []
 
 
-def _weighted_average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+def average_states(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    """FedAvg of state dicts weighted by ``weights``, in double precision; integer counters rounded."""
     total = float(sum(weights))
     averaged = {}
     for name, first in states[0].items():
