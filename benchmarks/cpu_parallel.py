@@ -66,10 +66,31 @@ def main(argv: list[str] | None = None) -> int:
 def _floor_median(args: argparse.Namespace, data_dir: str, work: Path) -> float:
     out = work / "floor.json"
     command = [
-        sys.executable, "-m", "benchmarks.floor", "--dataset", "fashion-mnist", "--data-dir", data_dir,
-        "--model", args.model, "--clients", str(args.clients), "--rounds", str(args.rounds),
-        "--batch-size", str(args.batch_size), "--align-epochs", str(args.align_epochs),
-        "--train-subset", str(args.train_subset), "--device", "cpu", "--threads", str(args.cores), "--out", str(out),
+        sys.executable,
+        "-m",
+        "benchmarks.floor",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        data_dir,
+        "--model",
+        args.model,
+        "--clients",
+        str(args.clients),
+        "--rounds",
+        str(args.rounds),
+        "--batch-size",
+        str(args.batch_size),
+        "--align-epochs",
+        str(args.align_epochs),
+        "--train-subset",
+        str(args.train_subset),
+        "--device",
+        "cpu",
+        "--threads",
+        str(args.cores),
+        "--out",
+        str(out),
     ]
     subprocess.run(command, cwd=PROJECT, check=True, stdout=subprocess.DEVNULL)
     rows = json.loads(out.read_text())["rounds"][1:]

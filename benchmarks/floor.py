@@ -24,18 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fsl_sage_flwr.alignment import align_auxiliary
-from fsl_sage_flwr.buffer import SmashedBuffer
+from fsl_sage_flwr.core.alignment import align_auxiliary
+from fsl_sage_flwr.core.buffer import SmashedBuffer
+from fsl_sage_flwr.core.estimation import client_step, preserved_buffers, server_step
+from fsl_sage_flwr.core.models import build_split_model, required_input_shape
+from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam, minibatches, run_local_epochs
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.estimation import client_step, preserved_buffers, server_step
-from fsl_sage_flwr.models import build_split_model, required_input_shape
-from fsl_sage_flwr.training import derive_seed, evaluate_classifier, make_adam, minibatches, run_local_epochs
 
 
 def main() -> None:
     """Parse arguments, run the loop, print one line per round and a summary."""
-    args = _parser().parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
+    args = build_parser().parse_args()
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}", flush=True)
@@ -61,7 +63,9 @@ def main() -> None:
 def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: torch.device) -> dict:
     """Run warm-up and ``args.rounds`` FSL-SAGE rounds; return per-round figures."""
     torch.manual_seed(derive_seed(args.seed, "server-init"))
-    split = build_split_model(args.model, num_classes=data.num_classes, input_shape=data.input_shape, aux_variant=args.aux_variant)
+    split = build_split_model(
+        args.model, num_classes=data.num_classes, input_shape=data.input_shape, aux_variant=args.aux_variant
+    )
     client_model, server = split.client.to(device), split.server.to(device)
     server_opt = make_adam(server, args.lr, args.weight_decay)
     train_x = torch.from_numpy(data.train.images).to(device)
@@ -71,7 +75,9 @@ def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: t
     auxes, aux_opts, buffers = [], [], []
     for pid in range(len(parts)):
         torch.manual_seed(derive_seed(args.seed, pid, "aux-init"))
-        aux = build_split_model(args.model, num_classes=data.num_classes, input_shape=data.input_shape, aux_variant=args.aux_variant).aux.to(device)
+        aux = build_split_model(
+            args.model, num_classes=data.num_classes, input_shape=data.input_shape, aux_variant=args.aux_variant
+        ).aux.to(device)
         auxes.append(aux)
         aux_opts.append(make_adam(aux, args.align_lr, args.weight_decay))
         buffers.append(SmashedBuffer(args.buffer_size))
@@ -102,15 +108,22 @@ def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: t
             torch.manual_seed(derive_seed(args.seed, server_round, pid, "client"))
             gen = torch.Generator().manual_seed(derive_seed(args.seed, server_round, pid, "batches"))
             kept, _ = run_local_epochs(
-                lambda xb, yb, local=local, optimizer=optimizer, aux=auxes[pid]: client_step(local, aux, optimizer, xb, yb),
-                x, y, epochs=args.local_epochs, batch_size=args.batch_size, generator=gen, upload_interval=args.upload_interval,
+                lambda xb, yb, local=local, optimizer=optimizer, aux=auxes[pid]: client_step(
+                    local, aux, optimizer, xb, yb
+                ),
+                x,
+                y,
+                epochs=args.local_epochs,
+                batch_size=args.batch_size,
+                generator=gen,
+                upload_interval=args.upload_interval,
             )
             states.append(local.state_dict())
             weights.append(len(y))
             uploads.append(kept)
         _sync(device)
         t_local = time.perf_counter()
-        client_model.load_state_dict(_weighted_average(states, weights))
+        client_model.load_state_dict(average_states(states, weights))
         for pid, kept in enumerate(uploads):
             for z, yb in kept:
                 server_step(server, server_opt, z, yb)
@@ -163,8 +176,13 @@ def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: t
             "early_epochs": int(sum(r["epochs"] for r in early)),
             "per_alignment": COMPARISONS,
         }
-        print(json.dumps({k: v for k, v in summary["alignment_comparison"].items() if k != "per_alignment"}), flush=True)
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("rounds", "settings", "alignment_comparison")}), flush=True)
+        print(
+            json.dumps({k: v for k, v in summary["alignment_comparison"].items() if k != "per_alignment"}), flush=True
+        )
+    print(
+        json.dumps({k: v for k, v in summary.items() if k not in ("rounds", "settings", "alignment_comparison")}),
+        flush=True,
+    )
     return summary
 
 
@@ -186,25 +204,46 @@ def _align(args, server, aux, opt, buffer, server_round: int, pid: int, device: 
         twin_opt = torch.optim.Adam(twin.parameters(), lr=args.align_lr, weight_decay=args.weight_decay)
         twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
         early = align_auxiliary(
-            twin, twin_opt, server, z, y, epochs=args.align_epochs, batch_size=args.align_batch_size,
-            generator=torch.Generator().manual_seed(seed), patience=args.compare_patience, min_improvement=args.min_improvement,
+            twin,
+            twin_opt,
+            server,
+            z,
+            y,
+            epochs=args.align_epochs,
+            batch_size=args.align_batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            patience=args.compare_patience,
+            min_improvement=args.min_improvement,
         )
         _sync(device)
         COMPARISONS.append({"round": server_round, "client": pid, "early": vars(early)})
     report = align_auxiliary(
-        aux, opt, server, z, y, epochs=args.align_epochs, batch_size=args.align_batch_size,
-        generator=torch.Generator().manual_seed(seed), patience=args.align_patience, min_improvement=args.min_improvement,
+        aux,
+        opt,
+        server,
+        z,
+        y,
+        epochs=args.align_epochs,
+        batch_size=args.align_batch_size,
+        generator=torch.Generator().manual_seed(seed),
+        patience=args.align_patience,
+        min_improvement=args.min_improvement,
     )
     _sync(device)
     if args.compare_patience:
         COMPARISONS[-1]["full"] = vars(report)
         print(
-            f"  client {pid}: cosine {report.cosine_before:.3f} -> {report.cosine_after:.3f} in {report.epochs} epochs, "
-            f"{report.seconds:.2f} s; early stop: -> {early.cosine_after:.3f} in {early.epochs} epochs, {early.seconds:.2f} s",
+            f"  client {pid}: cosine {report.cosine_before:.3f} -> {report.cosine_after:.3f} "
+            f"in {report.epochs} epochs, {report.seconds:.2f} s; early stop: -> {early.cosine_after:.3f} "
+            f"in {early.epochs} epochs, {early.seconds:.2f} s",
             flush=True,
         )
     else:
-        print(f"  client {pid}: cosine {report.cosine_before:.3f} -> {report.cosine_after:.3f} in {report.epochs} epochs, {report.seconds:.2f} s", flush=True)
+        print(
+            f"  client {pid}: cosine {report.cosine_before:.3f} -> {report.cosine_after:.3f} "
+            f"in {report.epochs} epochs, {report.seconds:.2f} s",
+            flush=True,
+        )
     return report.seconds
 
 
@@ -212,7 +251,8 @@ def _align(args, server, aux, opt, buffer, server_round: int, pid: int, device: 
 COMPARISONS: list[dict] = []
 
 
-def _weighted_average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+def average_states(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    """FedAvg of state dicts weighted by ``weights``, in double precision; integer counters rounded."""
     total = float(sum(weights))
     averaged = {}
     for name, first in states[0].items():
@@ -235,7 +275,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of the floor loop."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-dir", default="")
@@ -260,7 +301,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--align-lr", type=float, default=1e-3)
     p.add_argument("--align-patience", type=int, default=0, help="early stop of each alignment (0: all epochs)")
     p.add_argument("--min-improvement", type=float, default=0.01)
-    p.add_argument("--compare-patience", type=int, default=0, help="also time early stopping with this patience, on copies")
+    p.add_argument(
+        "--compare-patience", type=int, default=0, help="also time early stopping with this patience, on copies"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

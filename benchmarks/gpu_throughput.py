@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fsl_sage_flwr.alignment import align_auxiliary
-from fsl_sage_flwr.estimation import client_step, server_step
-from fsl_sage_flwr.models import build_split_model
-from fsl_sage_flwr.training import make_adam
+from fsl_sage_flwr.core.alignment import align_auxiliary
+from fsl_sage_flwr.core.estimation import client_step, server_step
+from fsl_sage_flwr.core.models import build_split_model
+from fsl_sage_flwr.core.training import make_adam
 
 # Dense peak matrix throughput in TFLOP/s by card name (vendor data sheets; SXM parts).
 PEAK_TFLOPS = {
@@ -34,13 +34,22 @@ PEAK_TFLOPS = {
 def main() -> None:
     """Run every measurement and print and save the figures."""
     args = _parser().parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, cuda available {torch.cuda.is_available()}, device {device} ({name})", flush=True)
+    print(
+        f"torch {torch.__version__}, cuda available {torch.cuda.is_available()}, device {device} ({name})", flush=True
+    )
     steps, epochs = (3, 3) if args.quick else (args.steps, args.align_epochs)
     if args.quick:
         args.buffer = 64
-    figures: dict = {"device": str(device), "device_name": name, "torch": torch.__version__, "batch_size": args.batch_size}
+    figures: dict = {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+    }
     for precision in ("fp32", "bf16"):
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             continue
@@ -94,8 +103,15 @@ def _measure(args: argparse.Namespace, device: torch.device, precision: str, ste
         # alignment (it lives until the context exits); without it every step sees the update.
         with _autocast(device, precision, cache_enabled=False):
             report = align_auxiliary(
-                a, opt, server, buffer_z, buffer_y, epochs=epochs, batch_size=1000,
-                generator=torch.Generator().manual_seed(2), patience=patience,
+                a,
+                opt,
+                server,
+                buffer_z,
+                buffer_y,
+                epochs=epochs,
+                batch_size=1000,
+                generator=torch.Generator().manual_seed(2),
+                patience=patience,
             )
         _sync(device)
         results[label] = {
@@ -158,9 +174,11 @@ def _print_table(figures: dict) -> None:
         share = f.get("client_share_of_peak")
         share_text = ", ".join(f"{100 * v:.1f}% of {k} peak" for k, v in share.items()) if share else "peak unknown"
         print(
-            f"{precision}: client {f['client_images_per_second']:.0f} images/s ({f['client_tflops']:.1f} TFLOP/s; {share_text}); "
+            f"{precision}: client {f['client_images_per_second']:.0f} images/s "
+            f"({f['client_tflops']:.1f} TFLOP/s; {share_text}); "
             f"server {f['server_samples_per_second']:.0f} samples/s; alignment {f['align']['seconds']:.2f} s "
-            f"({f['align']['epochs']} epochs, cosine {f['align']['cosine_before']:.3f} -> {f['align']['cosine_after']:.3f}); "
+            f"({f['align']['epochs']} epochs, "
+            f"cosine {f['align']['cosine_before']:.3f} -> {f['align']['cosine_after']:.3f}); "
             f"early stop {f['align_early_stop']['seconds']:.2f} s ({f['align_early_stop']['epochs']} epochs, "
             f"cosine -> {f['align_early_stop']['cosine_after']:.3f})"
         )

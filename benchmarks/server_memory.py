@@ -42,18 +42,16 @@ import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.compat.common.recorddict_compat import fitres_to_recorddict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fsl_sage_flwr.algorithms import build_split, get_algorithm
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.algorithms import build_split, get_algorithm
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import load_dataset, load_partition
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.wire import WARMUP_KEY, TrainReply, pack_uploads
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.transport.wire import WARMUP_KEY, TrainReply, pack_uploads
+from simulations.flower_internals import set_task_identity
+from simulations.testing import fit_reply_content, reply_from
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA_DIRS = [PROJECT.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
@@ -105,8 +103,13 @@ class _Clients:
     def partition(self, node_id: int):
         s = self.settings
         return load_partition(
-            s.dataset, node_id - 1000, self.num_clients, partitioning=s.partitioning, alpha=s.alpha,
-            seed=s.seed, data_dir=s.data_dir,
+            s.dataset,
+            node_id - 1000,
+            self.num_clients,
+            partitioning=s.partitioning,
+            alpha=s.alpha,
+            seed=s.seed,
+            data_dir=s.data_dir,
         )
 
     def reply(self, node_id: int, arrays: ArrayRecord, warmup: bool) -> RecordDict:
@@ -126,17 +129,7 @@ class _Clients:
         smashed = pack_uploads(uploads, tuple(uploads[0][0].shape[1:]))
         shared = None if warmup else {k: v.numpy().copy() for k, v in self.model.state_dict().items()}
         reply = TrainReply(partition_id=node_id - 1000, num_examples=len(y), shared=shared, smashed=smashed)
-        parameters, num_examples, metrics = reply.to_fit_result()
-        fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(parameters), num_examples, metrics)
-        return fitres_to_recorddict(fit_res, keep_input=False)
-
-
-def _reply_message(node_id: int, content: RecordDict) -> Message:
-    metadata = Metadata(
-        run_id=1, message_id=f"reply-{node_id}", src_node_id=node_id, dst_node_id=0, reply_to_message_id="",
-        group_id="", created_at=time.time(), ttl=3600.0, message_type="train",
-    )
-    return Message(content=content, metadata=metadata)
+        return fit_reply_content(reply)
 
 
 class _Grid:
@@ -155,13 +148,13 @@ class _Grid:
             node_id = message.metadata.dst_node_id
             config = next(iter(message.content.config_records.values()))
             assert config.get(WARMUP_KEY), "only warm-up requests go through the grid"
-            replies.append(_reply_message(node_id, self.clients.reply(node_id, self.arrays, True)))
+            replies.append(reply_from(node_id, self.clients.reply(node_id, self.arrays, True)))
         return replies
 
 
 def run(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffer_size: int) -> dict:
     """Run the server for ``rounds`` rounds with ``num_clients`` clients; return the figures."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    set_task_identity(run_id=1)
     torch.set_num_threads(1)
     settings = _settings(num_clients, rounds, align_epochs, max_cached, buffer_size)
     torch.manual_seed(0)
@@ -177,7 +170,7 @@ def run(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffe
             grid.arrays = arrays
             requests = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
             replies = [
-                _reply_message(m.metadata.dst_node_id, clients.reply(m.metadata.dst_node_id, arrays, False))
+                reply_from(m.metadata.dst_node_id, clients.reply(m.metadata.dst_node_id, arrays, False))
                 for m in requests
             ]
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
@@ -215,9 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     figures = []
     for clients in (100, 1000):
         command = [
-            sys.executable, "-m", "benchmarks.server_memory", "--clients", str(clients), "--rounds", str(args.rounds),
-            "--align-epochs", str(args.align_epochs), "--max-cached-clients", str(args.max_cached_clients),
-            "--buffer-size", str(args.buffer_size),
+            sys.executable,
+            "-m",
+            "benchmarks.server_memory",
+            "--clients",
+            str(clients),
+            "--rounds",
+            str(args.rounds),
+            "--align-epochs",
+            str(args.align_epochs),
+            "--max-cached-clients",
+            str(args.max_cached_clients),
+            "--buffer-size",
+            str(args.buffer_size),
         ]
         out = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=True)
         figures.append(json.loads(out.stdout.strip().splitlines()[-1]))

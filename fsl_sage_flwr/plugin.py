@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,18 +16,18 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddic
 from torch import nn
 
 from fsl_sage_flwr.clients.fsl_sage import FSLSageClient
+from fsl_sage_flwr.core.models import SplitModel
+from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.models import SplitModel
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
-from fsl_sage_flwr.training import derive_seed
-from fsl_sage_flwr.wire import PARTITION_ID_KEY, LocalTraining
+from fsl_sage_flwr.transport.wire import PARTITION_ID_KEY, LocalTraining
 
 #: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
 #: ``Dataset`` of ``(input, label)`` pairs, or an :class:`ArrayDataset`.
-DataLike = Union[ArrayDataset, tuple[Any, Any], torch.utils.data.Dataset]
+DataLike = ArrayDataset | tuple[Any, Any] | torch.utils.data.Dataset
 #: A model, or a function building a fresh one.
-ModelSource = Union[nn.Module, Callable[[], nn.Module]]
+ModelSource = nn.Module | Callable[[], nn.Module]
 
 
 def as_dataset(data: DataLike) -> ArrayDataset:
@@ -107,7 +107,9 @@ class SplitSpec:
         if int(self.num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if isinstance(self.aux_model, nn.Module) or not callable(self.aux_model):
-            raise ValueError("aux_model must be a function returning a fresh nn.Module (the server keeps one per client)")
+            raise ValueError(
+                "aux_model must be a function returning a fresh nn.Module (the server keeps one per client)"
+            )
         self._testset = as_dataset(self.testset) if self.testset is not None else None
         if self._testset is not None:
             self.check(self._testset.images[:2])
@@ -131,11 +133,15 @@ class SplitSpec:
                 module.eval()
             z = split.client(x)
             if tuple(z.shape[1:]) != self.cut_shape:
-                raise ValueError(f"client_model outputs {tuple(z.shape[1:])} per sample, cut_shape says {self.cut_shape}")
+                raise ValueError(
+                    f"client_model outputs {tuple(z.shape[1:])} per sample, cut_shape says {self.cut_shape}"
+                )
             for name, module in (("server_model", split.server), ("aux_model", split.aux)):
                 logits = module(z)
                 if tuple(logits.shape) != (x.shape[0], self.num_classes):
-                    raise ValueError(f"{name} outputs {tuple(logits.shape[1:])} per sample, expected ({self.num_classes},)")
+                    raise ValueError(
+                        f"{name} outputs {tuple(logits.shape[1:])} per sample, expected ({self.num_classes},)"
+                    )
 
     def strategy(
         self,
@@ -204,7 +210,7 @@ class SplitSpec:
             if PARTITION_ID_KEY not in context.node_config:
                 raise ValueError(
                     f"node config has no '{PARTITION_ID_KEY}': pass partition_id=..., or start the "
-                    f"SuperNode with --node-config \"{PARTITION_ID_KEY}=<n>\""
+                    f'SuperNode with --node-config "{PARTITION_ID_KEY}=<n>"'
                 )
             partition_id = int(context.node_config[PARTITION_ID_KEY])
         data = as_dataset(trainset)

@@ -9,8 +9,13 @@ Usage::
 
     python -m simulations.compare [--strategies fsl-sage,cse-fsl,fedavg] [--dataset digits]
         [--model cnn] [--clients 10] [--rounds 20] [--alpha 1.0] [--seed 0]
-        [--output-dir outputs/compare] [--preset presets/fashion-mnist.toml]
+        [--output-dir outputs/compare] [--preset simulations/presets/paper-cifar10-resnet18.toml]
         [--target-accuracy 0.9] [--run-config "batch-size=64"]
+
+A preset is a TOML file of run-config keys, the format ``flwr run --run-config
+FILE.toml`` reads, plus optional comment lines ``# compare: --strategies ...`` with
+this command's own options. Later settings win: the defaults, the preset's keys, its
+``# compare:`` options, ``--run-config``, then the other options of the command line.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ import argparse
 import csv
 import json
 import math
+import shlex
 import sys
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsl_sage_flwr.algorithms import ALGORITHMS
-from fsl_sage_flwr.results import ResultsWriter
+from fsl_sage_flwr.app.algorithms import ALGORITHMS
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.results import ResultsWriter
 from simulations.flwr_run import FlwrRunError, parse_run_config, run_app
 
 GIB = 1024**3
@@ -47,6 +55,29 @@ DEFAULTS: dict[str, Any] = {
     "run_config": "",
     "timeout": 3600.0,
 }
+# A preset's comment lines that start so hold compare options; Flower skips them.
+COMPARE_LINE = "# compare:"
+# Run-config keys that are compare options as well, and the option each sets.
+RUN_CONFIG_OPTIONS = {
+    "dataset": "dataset",
+    "model": "model",
+    "num-server-rounds": "rounds",
+    "alpha": "alpha",
+    "partitioning": "partitioning",
+    "seed": "seed",
+    "min-available-nodes": "clients",
+    "output-dir": "output_dir",
+}
+# Set by compare for each strategy: a preset's values serve plain `flwr run` only.
+PER_STRATEGY_KEYS = ("algorithm", "run-name")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset file: run-config keys and the compare options of its ``# compare:`` lines."""
+
+    run_config: dict[str, Any]
+    compare_args: list[str]
 
 
 @dataclass(frozen=True)
@@ -64,9 +95,13 @@ class StrategySummary:
 
 
 def build_run_configs(options: dict[str, Any], output_dir: Path) -> dict[str, dict[str, Any]]:
-    """Return each strategy's run config: identical but for ``algorithm`` and ``run-name``."""
+    """Return each strategy's run config: identical but for ``algorithm`` and ``run-name``.
+
+    ``options["run_config"]`` holds the extra keys, as a ``"key=value ..."`` string or a mapping.
+    """
+    extra = options["run_config"]
     common = {
-        **parse_run_config(options["run_config"]),
+        **(parse_run_config(extra) if isinstance(extra, str) else dict(extra)),
         "dataset": options["dataset"],
         "model": options["model"],
         "num-server-rounds": int(options["rounds"]),
@@ -106,7 +141,8 @@ def summarise(rows_by_strategy: dict[str, list[dict[str, Any]]], target: float) 
 def markdown_table(summaries: list[StrategySummary], target: float) -> str:
     """Render the summary as a Markdown table."""
     lines = [
-        f"| strategy | final acc. | best acc. | GiB to {target:.2%} | total GiB | client peak MiB | server MiB | s / round |",
+        f"| strategy | final acc. | best acc. | GiB to {target:.2%} | total GiB "
+        "| client peak MiB | server MiB | s / round |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
@@ -269,9 +305,61 @@ def _strategy_names(text: str) -> list[str]:
     return names
 
 
-def _parse_options(argv: list[str] | None) -> dict[str, Any]:
+def read_preset(path: str | Path) -> Preset:
+    """Read a preset: top-level run-config keys and ``# compare:`` option lines.
+
+    The same file serves ``flwr run . --run-config FILE.toml``, which passes every
+    key to the app (Flower refuses keys absent from ``[tool.flwr.app.config]``), so
+    only run-config keys are allowed as keys; compare's own options live in comments.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TOML file.
+
+    Returns
+    -------
+    Preset
+        Its run-config keys and its compare options as command-line words.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is missing, is not TOML, or sets a key that is not a
+        run-config key (a table, or a misspelt or retired key) or a value of a type
+        Flower cannot pass (a list).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        values = tomllib.loads(text)
+    except OSError as err:
+        raise ValueError(f"preset {path}: cannot be read ({err})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"preset {path}: not TOML ({err})") from err
+    known = _run_config_keys()
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        raise ValueError(
+            f"preset {path}: {', '.join(map(repr, unknown))} not run-config keys; known: {', '.join(sorted(known))}"
+        )
+    not_scalar = sorted(k for k, v in values.items() if not isinstance(v, (bool, int, float, str)))
+    if not_scalar:
+        raise ValueError(f"preset {path}: {', '.join(map(repr, not_scalar))} must be a bool, number or string")
+    compare_args: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(COMPARE_LINE):
+            compare_args += shlex.split(line[len(COMPARE_LINE) :])
+    return Preset(run_config=values, compare_args=compare_args)
+
+
+def _run_config_keys() -> set[str]:
+    return {f.metadata["key"] for f in RunSettings.__dataclass_fields__.values()}
+
+
+def _option_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", type=Path, help="TOML file with any of the options below")
+    parser.add_argument("--preset", type=Path, help="TOML file of run-config keys and '# compare:' option lines")
     parser.add_argument("--strategies", help=f"comma-separated, from: {', '.join(ALGORITHMS)}")
     parser.add_argument("--dataset")
     parser.add_argument("--model")
@@ -283,16 +371,44 @@ def _parse_options(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--output-dir")
     parser.add_argument("--target-accuracy", type=float, help="absolute target; default: 95%% of the best")
     parser.add_argument("--target-fraction", type=float, help="target as a share of the best accuracy")
-    parser.add_argument("--run-config", help="extra run-config overrides for every strategy")
+    parser.add_argument("--run-config", help="extra run-config overrides for every strategy; win over a preset's")
     parser.add_argument("--timeout", type=float, help="seconds allowed per strategy")
+    return parser
+
+
+def _apply_run_config(options: dict[str, Any], extra: dict[str, Any], run_config: Mapping[str, Any]) -> None:
+    """Set compare options from the run-config keys that name one, keep the rest in ``extra``."""
+    for key, value in run_config.items():
+        if key in RUN_CONFIG_OPTIONS:
+            options[RUN_CONFIG_OPTIONS[key]] = value
+        elif key not in PER_STRATEGY_KEYS:
+            extra[key] = value
+
+
+def _apply_arguments(options: dict[str, Any], extra: dict[str, Any], args: dict[str, Any]) -> None:
+    """Apply parsed command-line words: their ``--run-config`` first, then the other options."""
+    if args.get("run_config"):
+        _apply_run_config(options, extra, parse_run_config(args["run_config"]))
+    options.update({k: v for k, v in args.items() if v is not None and k not in ("run_config", "preset")})
+
+
+def _parse_options(argv: list[str] | None) -> dict[str, Any]:
+    parser = _option_parser()
     args = vars(parser.parse_args(argv))
     options = dict(DEFAULTS)
-    if args.pop("preset") is not None:
-        preset = tomllib.loads(Path(parser.parse_args(argv).preset).read_text())
-        options.update({k.replace("-", "_"): v for k, v in preset.items()})
-    options.update({k: v for k, v in args.items() if v is not None})
-    if isinstance(options["strategies"], list):
-        options["strategies"] = ",".join(options["strategies"])
+    extra: dict[str, Any] = {}
+    if args["preset"] is not None:
+        try:
+            preset = read_preset(args["preset"])
+        except ValueError as err:
+            parser.error(str(err))
+        _apply_run_config(options, extra, preset.run_config)
+        preset_args = vars(parser.parse_args(preset.compare_args))
+        if preset_args["preset"] is not None:
+            parser.error(f"preset {args['preset']}: a '{COMPARE_LINE}' line may not name another preset")
+        _apply_arguments(options, extra, preset_args)
+    _apply_arguments(options, extra, args)
+    options["run_config"] = extra
     return options
 
 

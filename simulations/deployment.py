@@ -80,7 +80,7 @@ def make_tls_files(directory: Path, host: str = LOOPBACK) -> TlsFiles:
     from cryptography.x509.oid import NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     valid_from, valid_to = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -96,9 +96,15 @@ def make_tls_files(directory: Path, host: str = LOOPBACK) -> TlsFiles:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -225,10 +231,14 @@ class LoopbackFederation:
             security = ["--insecure"]
         node = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
         return [
-            venv_bin("flower-supernode"), *security,
-            "--superlink", f"{LOOPBACK}:{self.port}",
-            "--port", str(_free_port()),
-            "--node-config", node,
+            venv_bin("flower-supernode"),
+            *security,
+            "--superlink",
+            f"{LOOPBACK}:{self.port}",
+            "--port",
+            str(_free_port()),
+            "--node-config",
+            node,
         ]
 
     def write_connection(self) -> Path:
@@ -247,9 +257,12 @@ class LoopbackFederation:
         if self.tls_files is None:
             return ["--insecure"]
         return [
-            "--ssl-ca-certfile", str(self.tls_files.ca_certificate),
-            "--ssl-certfile", str(self.tls_files.server_certificate),
-            "--ssl-keyfile", str(self.tls_files.server_key),
+            "--ssl-ca-certfile",
+            str(self.tls_files.ca_certificate),
+            "--ssl-certfile",
+            str(self.tls_files.server_certificate),
+            "--ssl-keyfile",
+            str(self.tls_files.server_key),
         ]
 
     # ------------------------------------------------------------------ running
@@ -316,7 +329,9 @@ class LoopbackFederation:
             if new and str(new[0]["status"]).startswith("finished"):
                 return DeploymentRun(int(new[0]["run-id"]), str(new[0]["status"]), log, time.monotonic() - start)
             if not new and proc.returncode not in (0, None):
-                raise DeploymentError(f"flwr run exited {proc.returncode} without submitting a run; log:\n{log[-3000:]}")
+                raise DeploymentError(
+                    f"flwr run exited {proc.returncode} without submitting a run; log:\n{log[-3000:]}"
+                )
             if time.monotonic() - start > timeout:
                 state = new[0]["status"] if new else "not submitted"
                 raise DeploymentError(f"run {state} after {timeout:.0f} s; log:\n{log[-3000:]}")

@@ -29,13 +29,12 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsl_sage_flwr.results import ResultsWriter, read_results
+from fsl_sage_flwr.app.results import ResultsWriter, read_results
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -109,10 +108,14 @@ def run_app(
     run_config = _absolute_paths(run_config)
     results_path = Path(run_config["output-dir"]) / str(run_config["run-name"]) / ResultsWriter.FILE_NAME
     home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
-    env = _flower_env(home, install_dependencies)
+    env = flower_env(home, install_dependencies)
     command = [
-        _flwr(), "run", str(project_dir), "--stream",
-        "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+        flwr_executable(),
+        "run",
+        str(project_dir),
+        "--stream",
+        "--federation-config",
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
     ]
     for key, value in run_config.items():
         command += ["--run-config", f"{key}={_toml_value(value)}"]
@@ -131,7 +134,7 @@ def run_app(
         raise
     finally:
         with _signals_deferred():
-            _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+            stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
             _stop_tree(home)
             if not keep_home:
                 shutil.rmtree(home, ignore_errors=True)
@@ -159,7 +162,11 @@ def _absolute_paths(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
+def flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
+    """Return the environment for `flwr` with its home in ``home`` and free local ports.
+
+    ``install_dependencies=False`` turns off the SuperLink's per-run dependency install.
+    """
     env = dict(os.environ)
     env["FLWR_HOME"] = str(home)
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(_free_port())
@@ -171,7 +178,8 @@ def _flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
     return env
 
 
-def _flwr() -> str:
+def flwr_executable() -> str:
+    """Return the `flwr` command of this environment, or plain ``flwr`` from PATH."""
     candidate = Path(sys.executable).parent / "flwr"
     return str(candidate) if candidate.exists() else "flwr"
 
@@ -222,7 +230,7 @@ def _stream(
 
 def _run_status(env: dict[str, str]) -> str:
     out = subprocess.run(
-        [_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
+        [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
     )
     try:
         runs = json.loads(out.stdout)["runs"]
@@ -238,11 +246,13 @@ def _stop_run(env: dict[str, str], log: str) -> None:
     run_ids = re.findall(r"Successfully started run (\d+)", log)
     try:
         if not run_ids:
-            out = subprocess.run([_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=20
+            )
             runs = json.loads(out.stdout).get("runs", [])
             run_ids = [str(r["run-id"]) for r in runs if not str(r.get("status", "")).startswith("finished")]
         for run_id in run_ids:
-            subprocess.run([_flwr(), "stop", run_id], env=env, capture_output=True, text=True, timeout=20)
+            subprocess.run([flwr_executable(), "stop", run_id], env=env, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError, json.JSONDecodeError, KeyError, AttributeError):
         pass
 
@@ -362,7 +372,7 @@ def _reap(pids: set[int]) -> None:
             continue
 
 
-def _stop_superlink(control_port: str) -> None:
+def stop_superlink(control_port: str) -> None:
     """Stop the SuperLink that `flwr run` started on ``control_port``, with its children."""
     marker = f"127.0.0.1:{control_port}"
     for proc in Path("/proc").iterdir():
@@ -420,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_run_config(args.run_config)
     overrides.setdefault("min-available-nodes", args.num_supernodes)
     overrides["output-dir"] = str(Path(args.output_dir).resolve())
-    overrides["run-name"] = args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{overrides.get('algorithm', 'fsl-sage')}"
+    overrides["run-name"] = (
+        args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{overrides.get('algorithm', 'fsl-sage')}"
+    )
     overrides.setdefault("num-server-rounds", _default_rounds())
     # Processes whose parents exit are handed to this process, not to init, so
     # the whole tree stays findable (they also carry FLWR_HOME in their environment).

@@ -1,8 +1,9 @@
 """An in-process Flower Grid: the real ServerApp and ClientApp, without Ray or a SuperLink.
 
 Meant for tests and quick experiments. Every message goes through the ClientApp
-exactly as in a deployment, including serialisation of the records to bytes, but
-the nodes run one after another in this process.
+as in a deployment, but the nodes run one after another in this process and the
+records are not serialised: each side gets its own records, rebuilt from the
+sender's, whose arrays share the sender's immutable ``.npy`` bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from simulations.flower_internals import assign_message_id, set_task_identity
 
 
 class InProcessGrid(Grid):
@@ -62,9 +64,7 @@ class InProcessGrid(Grid):
             )
         self._replies: dict[str, Message] = {}
         # Messages built by the strategy read the run id from the task identity.
-        TaskIdentity.run_id = 1
-        TaskIdentity.node_id = 0
-        TaskIdentity.task_id = 0
+        set_task_identity(run_id=1)
 
     def set_run(self, run: Run) -> None:
         """Use ``run`` as the current run."""
@@ -98,9 +98,8 @@ class InProcessGrid(Grid):
         """Run each message through its node's ClientApp and keep the reply."""
         ids = []
         for message in messages:
-            # The SuperLink assigns message ids; Metadata exposes no setter for it.
-            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            # A round trip through bytes: what a node receives is a copy.
+            assign_message_id(message, uuid.uuid4().hex)
+            # What a node receives is its own copy of the records, not the sender's.
             delivered = _copy_content(message)
             context = self._contexts[message.metadata.dst_node_id]
             try:
@@ -140,13 +139,16 @@ def run_in_process(
 
 
 def _copy_content(message: Message) -> Message:
-    """Give the receiver its own records; arrays are immutable ``.npy`` bytes."""
+    """Give the receiver its own records, rebuilt from the sender's; no serialisation.
+
+    Each record is built anew from the sender's entries; the arrays' data, immutable
+    ``.npy`` bytes, are shared rather than copied, so neither side can change what the
+    other sees through them.
+    """
     if not message.has_content():
         return message
     content = message.content
-    message.content = RecordDict(
-        {key: type(record)(dict(record)) for key, record in content.items()}
-    )
+    message.content = RecordDict({key: type(record)(dict(record)) for key, record in content.items()})
     return message
 
 
@@ -160,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     import tomllib
     from pathlib import Path
 
-    from fsl_sage_flwr.client_app import app as client_app
-    from fsl_sage_flwr.server_app import app as server_app
+    from fsl_sage_flwr.app.client_app import app as client_app
+    from fsl_sage_flwr.app.server_app import app as server_app
 
     parser = argparse.ArgumentParser(description="Run the ServerApp against in-process ClientApps.")
     parser.add_argument("--nodes", type=int, default=4)

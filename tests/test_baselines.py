@@ -10,20 +10,21 @@ import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fsl_sage_flwr.algorithms import get_algorithm
-from fsl_sage_flwr.client_app import _build_client
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.algorithms import get_algorithm
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.client_app import build_client
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from simulations.compare import build_run_configs
 from simulations.in_process import InProcessGrid, run_in_process
-from tests.test_end_to_end import app_config
+from simulations.testing import app_config
 
 
+@pytest.mark.e2e  # four in-process runs of 6 rounds
 @pytest.mark.parametrize("algorithm", ["cse-fsl", "fedavg", "splitfed-ms", "splitfed-ss"])
 def test_each_baseline_reaches_80_percent_on_digits(tmp_path, algorithm):
     # Prepare: 4 clients, 6 rounds, the same digits partition as FSL-SAGE's test
@@ -76,7 +77,7 @@ def test_splitfed_exchanges_one_message_pair_per_batch_and_books_their_bytes(tmp
     # Assert: per node, one pair per local batch plus the closing pair that returns the model
     batches = {}
     for partition in range(3):
-        n = len(_build_client(recording.context_of(partition))[0].y)
+        n = len(build_client(recording.context_of(partition))[0].y)
         batches[recording.context_of(partition).node_id] = n // 32 + (1 if n % 32 >= 2 else 0)
     pairs = Counter(m.metadata.dst_node_id for m in recording.sent)
     replies = Counter(r.metadata.src_node_id for r in recording.received)
@@ -93,7 +94,7 @@ def test_splitfed_exchanges_one_message_pair_per_batch_and_books_their_bytes(tmp
     grads = [m.content.array_records["grad"] for m in recording.sent if "grad" in m.content.array_records]
     assert sum(s["z"].shape[0] for s in smashed) == sum(g["grad"].shape[0] for g in grads)
     assert sum(s["y"].shape[0] for s in smashed) == sum(batches.values()) * 32 - sum(
-        32 - n % 32 for n in (len(_build_client(recording.context_of(p))[0].y) for p in range(3)) if n % 32 >= 2
+        32 - n % 32 for n in (len(build_client(recording.context_of(p))[0].y) for p in range(3)) if n % 32 >= 2
     )
 
 
@@ -119,10 +120,13 @@ def test_same_seed_same_partition_across_strategies(tmp_path):
     images = []
     for name in configs:
         context = Context(
-            run_id=1, node_id=5, node_config={"partition-id": 2, "num-partitions": 4},
-            state=RecordDict(), run_config={**base, "algorithm": name},
+            run_id=1,
+            node_id=5,
+            node_config={"partition-id": 2, "num-partitions": 4},
+            state=RecordDict(),
+            run_config={**base, "algorithm": name},
         )
-        client, _ = _build_client(context)
+        client, _ = build_client(context)
         images.append((client.x.numpy(), client.y.numpy()))
     # Assert: identical samples for every strategy
     for x, y in images[1:]:
@@ -134,16 +138,19 @@ def test_splitfed_client_keeps_the_optimizer_state_of_its_last_batch(tmp_path):
     # Prepare: a SplitFed client asked to keep its Adam state across rounds
     config = app_config(tmp_path, algorithm="splitfed-ss", batch_size=32, keep_optimizer_state=True)
     context = Context(
-        run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 4},
-        state=RecordDict(), run_config=config,
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": 0, "num-partitions": 4},
+        state=RecordDict(),
+        run_config=config,
     )
-    client, settings = _build_client(context)
+    client, settings = build_client(context)
     base = {**settings.to_config(), "seed": 0, "server-round": 1}
     model = [t.numpy() for t in client.split.client.state_dict().values()]
     # Execute: a whole round of steps, feeding back zero gradients
     step, grad, result = 0, None, None
     while result is None:
-        client, _ = _build_client(context)
+        client, _ = build_client(context)
         result, smashed, _ = client.step({**base, "step": step}, model if step == 0 else None, grad)
         grad = None if smashed is None else np.zeros_like(smashed[0])
         step += 1
@@ -160,12 +167,18 @@ def test_a_client_builds_only_its_parts_once_per_process(tmp_path, algorithm, se
     # Prepare: two nodes of one run
     config = app_config(tmp_path, algorithm=algorithm)
     contexts = [
-        Context(run_id=1, node_id=n, node_config={"partition-id": n, "num-partitions": 4}, state=RecordDict(), run_config=config)
+        Context(
+            run_id=1,
+            node_id=n,
+            node_config={"partition-id": n, "num-partitions": 4},
+            state=RecordDict(),
+            run_config=config,
+        )
         for n in (0, 1)
     ]
     # Execute
-    first, _ = _build_client(contexts[0])
-    second, _ = _build_client(contexts[1])
+    first, _ = build_client(contexts[0])
+    second, _ = build_client(contexts[1])
     # Assert: the same modules serve both messages; no part the algorithm does not use
     assert first.split is second.split
     assert (first.split.server is not None) == server_part

@@ -11,8 +11,21 @@ def test_gpu_throughput_quick_run_writes_every_figure(tmp_path):
     # Execute
     out = tmp_path / "figures.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_throughput", "--device", "cpu", "--quick", "--batch-size", "8", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_throughput",
+            "--device",
+            "cpu",
+            "--quick",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     # Assert
     assert done.returncode == 0, done.stderr[-2000:]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fsl_sage_flwr.buffer import SmashedBuffer
+from fsl_sage_flwr.core.buffer import SmashedBuffer
 
 
 def _batch(start: int, n: int):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsl_sage_flwr.buffer import SmashedBuffer
-from fsl_sage_flwr.checkpoint import CHECKPOINT_FILE, ClientState, ClientStore, safe_load
-from fsl_sage_flwr.results import RunFolderError, read_results
-from fsl_sage_flwr.training import make_adam
-from tests.test_end_to_end import app_config
+from fsl_sage_flwr.app.results import RunFolderError, read_results
+from fsl_sage_flwr.core.buffer import SmashedBuffer
+from fsl_sage_flwr.core.checkpoint import CHECKPOINT_FILE, ClientState, ClientStore, safe_load
+from fsl_sage_flwr.core.training import make_adam
+from simulations.testing import app_config
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = {
@@ -52,6 +52,7 @@ def _strip(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]  # timings vary
 
 
+@pytest.mark.e2e  # two server processes and an uninterrupted reference run
 def test_a_server_killed_mid_run_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
     # Prepare: the uninterrupted run, and the same run killed with SIGKILL once round 4 is recorded
     whole = _server_process(tmp_path / "whole")
@@ -81,8 +82,8 @@ def test_a_server_killed_mid_run_resumes_to_the_metrics_of_an_uninterrupted_run(
 
 
 def test_resume_without_a_checkpoint_and_rerun_over_results_are_refused(tmp_path):
-    from fsl_sage_flwr.client_app import app as client_app
-    from fsl_sage_flwr.server_app import app as server_app
+    from fsl_sage_flwr.app.client_app import app as client_app
+    from fsl_sage_flwr.app.server_app import app as server_app
     from simulations.in_process import run_in_process
 
     config = app_config(tmp_path, num_server_rounds=1, align_epochs=1, min_available_nodes=2)
@@ -99,8 +100,8 @@ def test_resume_without_a_checkpoint_and_rerun_over_results_are_refused(tmp_path
 
 @pytest.mark.parametrize("run_name", ["../victim", "/tmp/victim", "..", "a/../../victim", ".", "~/victim"])
 def test_a_run_name_leaving_output_dir_is_refused_before_anything_is_written(tmp_path, run_name):
-    from fsl_sage_flwr.client_app import app as client_app
-    from fsl_sage_flwr.server_app import app as server_app
+    from fsl_sage_flwr.app.client_app import app as client_app
+    from fsl_sage_flwr.app.server_app import app as server_app
     from simulations.in_process import run_in_process
 
     output = tmp_path / "out"
@@ -161,7 +162,7 @@ def safe_load_roundtrip(obj: object, folder: Path) -> object:
 def test_random_states_survive_a_checkpoint(tmp_path):
     import random
 
-    from fsl_sage_flwr.checkpoint import atomic_save, rng_state, set_rng_state
+    from fsl_sage_flwr.core.checkpoint import atomic_save, rng_state, set_rng_state
 
     random.seed(3)
     torch.manual_seed(3)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fsl_sage_flwr.alignment import AlignmentSettings
-from fsl_sage_flwr.config import RunSettings
-from fsl_sage_flwr.wire import LocalTraining
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.core.alignment import AlignmentSettings
+from fsl_sage_flwr.transport.wire import LocalTraining
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

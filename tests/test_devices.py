@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.devices import resolve_device
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
+from fsl_sage_flwr.core.devices import resolve_device
 from simulations.in_process import run_in_process
+
+pytestmark = pytest.mark.e2e  # runs of every algorithm on each device
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

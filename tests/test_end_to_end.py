@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from simulations.in_process import run_in_process
+from simulations.testing import app_config
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-
-
-def app_config(tmp_path: Path, **overrides: object) -> dict:
-    """The app's default run config, pointed at ``tmp_path``, with overrides."""
-    config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
-    config.update({"output-dir": str(tmp_path), "run-name": "run"})
-    config.update({key.replace("_", "-"): value for key, value in overrides.items()})
-    return config
+pytestmark = pytest.mark.e2e  # in-process runs of the real apps for several rounds
 
 
 def _short_run(tmp_path: Path, node_id_seed: int, **overrides: object) -> list[dict]:
@@ -45,6 +37,7 @@ def test_same_seed_gives_identical_metrics_despite_node_ids_and_reply_order(tmp_
     # Execute: node ids and reply order differ between the two runs
     first = _short_run(tmp_path / "a", node_id_seed=1, num_server_rounds=3, algorithm=algorithm)
     second = _short_run(tmp_path / "b", node_id_seed=2, num_server_rounds=3, algorithm=algorithm)
+
     # Assert
     def strip(rows: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]  # timings vary

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsl_sage_flwr.alignment import align_auxiliary, chunks, gradient_matching_loss, server_cut_gradients
-from fsl_sage_flwr.estimation import client_step, estimate_cut_gradient, input_gradient
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.alignment import align_auxiliary, chunks, gradient_matching_loss, server_cut_gradients
+from fsl_sage_flwr.core.estimation import client_step, estimate_cut_gradient, input_gradient
+from fsl_sage_flwr.core.models import build_split_model
 
 
 def _split(aux_variant: str = "default"):
@@ -98,7 +98,13 @@ def test_alignment_lowers_matching_loss_and_raises_cosine(variant, loss_ratio, c
     )
     # Execute
     report = align_auxiliary(
-        split.aux, optimizer, split.server, z, y, epochs=60, batch_size=100,
+        split.aux,
+        optimizer,
+        split.server,
+        z,
+        y,
+        epochs=60,
+        batch_size=100,
         generator=torch.Generator().manual_seed(0),
     )
     # Assert
@@ -114,8 +120,16 @@ def _aligned(epochs: int, patience: int, n: int = 200, batch_size: int = 100):
         z = split.client(x)
     optimizer = torch.optim.Adam(split.aux.parameters(), lr=1e-3)
     return align_auxiliary(
-        split.aux, optimizer, split.server, z, y, epochs=epochs, batch_size=batch_size,
-        generator=torch.Generator().manual_seed(0), patience=patience, min_improvement=0.05,
+        split.aux,
+        optimizer,
+        split.server,
+        z,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(0),
+        patience=patience,
+        min_improvement=0.05,
     )
 
 

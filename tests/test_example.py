@@ -11,7 +11,11 @@ import time
 import zipfile
 from pathlib import Path
 
-from simulations.flwr_run import PROJECT_DIR, _flower_env, _flwr, _stop_superlink, processes_of
+import pytest
+
+from simulations.flwr_run import PROJECT_DIR, flower_env, flwr_executable, processes_of, stop_superlink
+
+pytestmark = pytest.mark.e2e  # the example app through `flwr run`, and a wheel build
 
 EXAMPLE = PROJECT_DIR / "examples" / "tabular-mlp"
 ROUNDS = 10
@@ -35,19 +39,27 @@ def test_example_app_reaches_85_percent_through_flwr_run(tmp_path):
     # Prepare: a fresh Flower home, its own ports, the packages of this environment
     # (per-run dependency install off), 3 simulated SuperNodes
     home = tmp_path / "flwr-home"
-    env = _flower_env(home, install_dependencies=False)
+    env = flower_env(home, install_dependencies=False)
     command = [
-        _flwr(), "run", str(EXAMPLE), "--stream",
-        "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-        "--run-config", f"num-server-rounds={ROUNDS} min-available-nodes=3",
-        "--run-config", f"output-dir={json.dumps(str(tmp_path / 'out'))} run-name='test'",
+        flwr_executable(),
+        "run",
+        str(EXAMPLE),
+        "--stream",
+        "--federation-config",
+        "num-supernodes=3 client-resources-num-cpus=1",
+        "--run-config",
+        f"num-server-rounds={ROUNDS} min-available-nodes=3",
+        "--run-config",
+        f"output-dir={json.dumps(str(tmp_path / 'out'))} run-name='test'",
     ]
     # Execute
     try:
         proc = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=240)
-        listing = subprocess.run([_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+        listing = subprocess.run(
+            [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
+        )
     finally:
-        _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+        stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
         leftovers = _stop_leftovers(home)
     # Assert: completed, every round evaluated, final accuracy at least 85%, nothing left running
     log = proc.stdout + proc.stderr
@@ -65,7 +77,9 @@ def test_wheel_holds_the_package_and_imports_on_its_own(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(PROJECT_DIR), "--no-deps", "-q", "-w", str(wheels)],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     (wheel,) = wheels.glob("fsl_sage_flwr-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -73,13 +87,23 @@ def test_wheel_holds_the_package_and_imports_on_its_own(tmp_path):
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     # Execute: import from the installed wheel, not from the checkout
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
-        [sys.executable, "-c", "import fsl_sage_flwr; from fsl_sage_flwr import SplitSpec; print(fsl_sage_flwr.__file__)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import fsl_sage_flwr; from fsl_sage_flwr import SplitSpec; print(fsl_sage_flwr.__file__)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     # Assert
     assert {"fsl_sage_flwr/__init__.py", "fsl_sage_flwr/plugin.py"} <= names

@@ -10,11 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from simulations.flwr_run import PROJECT_DIR, FlwrRunError, _flower_env, _flwr, _stop_superlink, run_app
+from simulations.flwr_run import PROJECT_DIR, FlwrRunError, flower_env, flwr_executable, run_app, stop_superlink
+
+pytestmark = pytest.mark.e2e  # `flwr run` with Ray simulation and SuperLink processes
 
 SHORT = {"num-server-rounds": 2, "align-epochs": 2, "align-interval": 1}
 
@@ -40,33 +43,61 @@ def test_wrapper_runs_to_completion_and_checks_the_results(tmp_path):
 
 def test_wrapper_fails_loudly_when_the_run_fails(tmp_path):
     # Prepare: a dataset that does not exist makes the ServerApp raise
-    config = {**SHORT, "dataset": "mnist", "data-dir": str(tmp_path / "none"), "output-dir": str(tmp_path), "run-name": "f"}
+    config = {
+        **SHORT,
+        "dataset": "mnist",
+        "data-dir": str(tmp_path / "none"),
+        "output-dir": str(tmp_path),
+        "run-name": "f",
+    }
     # Execute / Assert
     with pytest.raises(FlwrRunError, match="failed"):
         run_app(config, num_supernodes=2, timeout=300, echo=False)
 
 
+def _why_uv_cannot_reach_its_index() -> str | None:
+    """Say why uv, which the SuperLink runs for each run, finds no package index; None if it can."""
+    if os.environ.get("UV_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "UV_OFFLINE is set"
+    index = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or "https://pypi.org/simple"
+    probe = f"{index.rstrip('/')}/flwr-datasets/"
+    try:
+        with urllib.request.urlopen(probe, timeout=10):
+            return None
+    except (OSError, ValueError) as err:
+        return f"{probe} is unreachable ({err})"
+
+
 def test_plain_flwr_run_with_a_fresh_home_installs_no_torch(tmp_path):
+    # The SuperLink's per-run `uv sync` installs the app's dependencies from a package
+    # index; without one the run cannot start, which says nothing about this app.
+    unreachable = _why_uv_cannot_reach_its_index()
+    if unreachable:
+        pytest.skip(f"no package index for the per-run dependency install of `flwr run`: {unreachable}")
     # Prepare: what a Flower user types, with a fresh Flower home; the SuperLink's
     # per-run `uv sync` stays on (it must not pull a CUDA build of torch).
-    env = _flower_env(tmp_path / "flwr-home", install_dependencies=True)
+    env = flower_env(tmp_path / "flwr-home", install_dependencies=True)
     overrides = {**SHORT, "output-dir": str(tmp_path), "run-name": "plain"}
-    command = [_flwr(), "run", ".", "--stream"]
+    command = [flwr_executable(), "run", ".", "--stream"]
     for key, value in overrides.items():
         command += ["--run-config", f"{key}={json.dumps(value)}"]
     # Execute
     try:
         proc = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=600)
-        runs = json.loads(subprocess.run([_flwr(), "ls", "--format", "json"], env=env, capture_output=True, text=True).stdout)["runs"]
+        runs = json.loads(
+            subprocess.run(
+                [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True
+            ).stdout
+        )["runs"]
     finally:
-        _stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
+        stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
     # Assert: completed; uv installed the app's dependencies, none of them torch or CUDA
     log = proc.stdout + proc.stderr
     assert runs[0]["status"] == "finished:completed", log[-3000:]
     installed = next(line for line in log.splitlines() if "Installed: [" in line)
     assert "flwr-datasets" in installed
     assert "torch" not in installed and "nvidia" not in installed
-    rows = [json.loads(l) for l in (tmp_path / "plain" / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "plain" / "results.jsonl").read_text().splitlines()]
     assert rows[-1]["round"] == 2
     assert not _superlink_running(env["FLWR_LOCAL_CONTROL_API_PORT"])
 
@@ -76,8 +107,18 @@ def test_compare_exits_non_zero_and_names_the_failed_strategy(tmp_path, capsys):
     from simulations.compare import main
 
     argv = [
-        "--strategies", "fedavg", "--dataset", "mnist", "--clients", "2", "--rounds", "1",
-        "--output-dir", str(tmp_path), "--run-config", f"data-dir='{tmp_path / 'none'}'",
+        "--strategies",
+        "fedavg",
+        "--dataset",
+        "mnist",
+        "--clients",
+        "2",
+        "--rounds",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--run-config",
+        f"data-dir='{tmp_path / 'none'}'",
     ]
     # Execute
     code = main(argv)
@@ -125,8 +166,17 @@ def test_sigterm_stops_the_wrapper_with_every_process_it_started_and_removes_its
     request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
     wrapper = subprocess.Popen(
         [
-            sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--output-dir", str(tmp_path),
-            "--run-name", "s", "--run-config", "num-server-rounds=200 align-epochs=2 align-interval=1",
+            sys.executable,
+            "-m",
+            "simulations.flwr_run",
+            "--num-supernodes",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "s",
+            "--run-config",
+            "num-server-rounds=200 align-epochs=2 align-interval=1",
         ],
         cwd=PROJECT_DIR,
         env={**os.environ, "TMPDIR": str(temp)},

@@ -25,12 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.splitfed import SplitFed
-from fsl_sage_flwr.wire import LocalTraining, TrainReply, smashed_arrays_record
-from tests.conftest import fit_reply_content, reply_from
+from fsl_sage_flwr.transport.wire import LocalTraining, TrainReply, smashed_arrays_record
+from simulations.testing import fit_reply_content, reply_from
+
+pytestmark = pytest.mark.slow  # over a thousand generated replies per strategy: minutes
 
 CUT = (16, 2, 2)
 BATCH = 8
@@ -157,9 +159,26 @@ def bad_train_reply(draw, node_id: int, shared_model: nn.Module, bound: float) -
     reply = _reply(shared_model, node_id, 2, partition)
     z, y, sizes = (a.copy() for a in reply.smashed)
     kinds = [
-        "huge", "nonfinite", "label", "empty", "batch-sizes", "z-dtype", "y-dtype", "z-shape", "too-many",
-        "model-nonfinite", "model-shape", "model-missing", "partition", "num-examples", "float-metric",
-        "status", "records", "metric-key", "corrupt-npy", "negative-metric",
+        "huge",
+        "nonfinite",
+        "label",
+        "empty",
+        "batch-sizes",
+        "z-dtype",
+        "y-dtype",
+        "z-shape",
+        "too-many",
+        "model-nonfinite",
+        "model-shape",
+        "model-missing",
+        "partition",
+        "num-examples",
+        "float-metric",
+        "status",
+        "records",
+        "metric-key",
+        "corrupt-npy",
+        "negative-metric",
     ]
     kind = draw(st.sampled_from(kinds))
     FIGURES[f"kind {kind}"] += 1
@@ -173,7 +192,9 @@ def bad_train_reply(draw, node_id: int, shared_model: nn.Module, bound: float) -
     elif kind == "empty":
         z, y, sizes = z[:0], y[:0], sizes[:0]
     elif kind == "batch-sizes":
-        sizes = np.asarray(draw(st.sampled_from([[1, 15], [9, 7], [8, 9], [16], [8], [2**62, 2**62], [-8, 24]])), np.int64)
+        sizes = np.asarray(
+            draw(st.sampled_from([[1, 15], [9, 7], [8, 9], [16], [8], [2**62, 2**62], [-8, 24]])), np.int64
+        )
     elif kind == "z-dtype":
         z = z.astype(draw(st.sampled_from([np.float64, np.float16, np.int32])))
     elif kind == "y-dtype":
@@ -194,7 +215,9 @@ def bad_train_reply(draw, node_id: int, shared_model: nn.Module, bound: float) -
         changes["shared"] = None
     elif kind == "partition":
         owned = [0] if stranger or partition == 1 else []
-        changes["partition_id"] = draw(st.sampled_from(owned + [-1, 2**62, MAX_EXAMPLES] + ([] if stranger else [0, 2, 5])))
+        changes["partition_id"] = draw(
+            st.sampled_from(owned + [-1, 2**62, MAX_EXAMPLES] + ([] if stranger else [0, 2, 5]))
+        )
     elif kind == "num-examples":
         low = [0, -3, MAX_EXAMPLES + 1]
         changes["num_examples"] = draw(st.sampled_from(low if stranger else low + [EXAMPLES + 1, EXAMPLES * 10]))
@@ -273,7 +296,9 @@ def test_malformed_train_replies_are_dropped_and_change_nothing(name, build, dro
         # Prepare: node 101's good reply among malformed ones, in a drawn order
         strategy = copy.deepcopy(base)
         replies = [(n, data.draw(bad_train_reply(n, strategy.shared_model, bound))) for n in senders]
-        replies.insert(data.draw(st.integers(0, len(replies))), (101, fit_reply_content(_reply(strategy.shared_model, 101, 2))))
+        replies.insert(
+            data.draw(st.integers(0, len(replies))), (101, fit_reply_content(_reply(strategy.shared_model, 101, 2)))
+        )
         before = Counter(drops.nodes)
         # Execute: nothing may escape
         arrays, _ = strategy.aggregate_replies(2, replies)
@@ -293,7 +318,9 @@ def test_malformed_train_replies_are_dropped_and_change_nothing(name, build, dro
 class SplitFedNodes:
     """Scripted SplitFed nodes 101 and 202; one reply may be replaced or left out."""
 
-    def __init__(self, split, server_round: int, replace: tuple[int, Callable[[], Message | None]] | None = None) -> None:
+    def __init__(
+        self, split, server_round: int, replace: tuple[int, Callable[[], Message | None]] | None = None
+    ) -> None:
         self.split = split
         self.server_round = server_round
         self.replace = replace
@@ -322,7 +349,9 @@ def step_content(split, node: int, server_round: int, step: int, **metrics) -> R
         z, y, _ = _smashed(OWNERS[node], server_round * 10 + step, batches=1)
         content["smashed"] = smashed_arrays_record(z, y, np.asarray([BATCH], np.int64))
     else:
-        content["arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in _weights(split.client, 1.0 + OWNERS[node]).items()})
+        content["arrays"] = ArrayRecord(
+            {k: torch.from_numpy(v) for k, v in _weights(split.client, 1.0 + OWNERS[node]).items()}
+        )
     return content
 
 
@@ -339,7 +368,11 @@ def bad_step_reply(draw, split, bound: float) -> tuple[int, Callable[[], Message
     """A step of node 202 in round 2 and a malformed reply for it."""
     step = draw(st.integers(0, 2))
     kinds = ["error", "partition", "num-examples", "num-batches", "float-metric", "records", "metric-key"]
-    kinds += ["huge", "nonfinite", "label", "empty", "batch-sizes", "z-dtype", "z-shape", "too-many"] if step < 2 else ["model-nonfinite", "model-shape"]
+    kinds += (
+        ["huge", "nonfinite", "label", "empty", "batch-sizes", "z-dtype", "z-shape", "too-many"]
+        if step < 2
+        else ["model-nonfinite", "model-shape"]
+    )
     kind = draw(st.sampled_from(kinds))
     FIGURES[f"kind {kind}"] += 1
     content = step_content(split, 202, 2, step)

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from simulations.in_process import InProcessGrid
+
+pytestmark = pytest.mark.e2e  # in-process runs of every split strategy, one per injected fault
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 NUM_NODES = 3

@@ -3,9 +3,9 @@
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid, record_nbytes
-from tests.conftest import ScriptedGrid, reply_from
-from fsl_sage_flwr.wire import smashed_arrays_record
+from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
+from fsl_sage_flwr.transport.wire import smashed_arrays_record
+from simulations.testing import ScriptedGrid, reply_from
 
 
 def _content(n_samples: int) -> RecordDict:
@@ -42,7 +42,11 @@ def test_ledger_totals_per_round_and_cumulative():
     assert ledger.round_totals(1) == (320, 10)
     assert ledger.cumulative_bytes(1) == 330
     assert ledger.cumulative_bytes() == 4330
-    assert [(e.round, e.client, e.up, e.down) for e in ledger.entries()] == [(1, 0, 300, 10), (1, 1, 20, 0), (2, 1, 0, 4000)]
+    assert [(e.round, e.client, e.up, e.down) for e in ledger.entries()] == [
+        (1, 0, 300, 10),
+        (1, 1, 20, 0),
+        (2, 1, 0, 4000),
+    ]
 
 
 def test_metered_grid_books_every_message_and_reply_by_node():

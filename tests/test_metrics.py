@@ -2,12 +2,16 @@
 
 from flwr.app import MetricRecord, RecordDict
 
-from fsl_sage_flwr.metrics import TrainMetricsTap
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 
 
 def _reply(n: int, loss: float, peak: int, partition: int) -> RecordDict:
     return RecordDict(
-        {"metrics": MetricRecord({"num-examples": n, "train-loss": loss, "peak-memory-bytes": peak, "partition-id": partition})}
+        {
+            "metrics": MetricRecord(
+                {"num-examples": n, "train-loss": loss, "peak-memory-bytes": peak, "partition-id": partition}
+            )
+        }
     )
 
 

@@ -1,11 +1,11 @@
-"""Tests for fsl_sage_flwr.models: split model sizes, shapes, registry and errors."""
+"""Tests for fsl_sage_flwr.core.models: split model sizes, shapes, registry and errors."""
 
 import pytest
 import torch
 from torch import nn
 
-from fsl_sage_flwr import models
-from fsl_sage_flwr.models import (
+from fsl_sage_flwr.core import models
+from fsl_sage_flwr.core.models import (
     SPLIT_MODELS,
     SmallSplitCNN,
     SplitArchitecture,
@@ -24,9 +24,7 @@ MNIST = (1, 28, 28)
 # Every (model, input shape) the project trains; forward tests cover each aux variant.
 MODEL_INPUTS = [("resnet18", CIFAR), ("cnn", DIGITS), ("cnn", MNIST)]
 MODEL_INPUT_VARIANTS = [
-    (name, shape, variant)
-    for name, shape in MODEL_INPUTS
-    for variant in ("linear", "half", "default", "full")
+    (name, shape, variant) for name, shape in MODEL_INPUTS for variant in ("linear", "half", "default", "full")
 ]
 
 
@@ -64,10 +62,7 @@ def test_resnet18_sizes_match_reference_configuration():
 
     # Execute
     split = build_split_model("resnet18", num_classes=10, input_shape=CIFAR)
-    sizes = {
-        part: (_n_params(getattr(split, part)), _n_buffer_elements(getattr(split, part)))
-        for part in expected
-    }
+    sizes = {part: (_n_params(getattr(split, part)), _n_buffer_elements(getattr(split, part))) for part in expected}
 
     # Assert
     assert sizes == expected
@@ -82,9 +77,7 @@ def test_resnet18_sizes_match_reference_configuration():
 )
 def test_resnet18_aux_variant_sizes(variant, expected_params):
     # Prepare / Execute
-    split = build_split_model(
-        "resnet18", num_classes=10, input_shape=CIFAR, aux_variant=variant
-    )
+    split = build_split_model("resnet18", num_classes=10, input_shape=CIFAR, aux_variant=variant)
 
     # Assert
     assert _n_params(split.aux) == expected_params
@@ -105,9 +98,7 @@ def test_cnn_sizes_match_its_docstring(input_shape):
         assert f"{count:,}" in SmallSplitCNN.__doc__
 
 
-@pytest.mark.parametrize(
-    ("input_shape", "expected_cut"), [(DIGITS, (16, 2, 2)), (MNIST, (16, 7, 7))]
-)
+@pytest.mark.parametrize(("input_shape", "expected_cut"), [(DIGITS, (16, 2, 2)), (MNIST, (16, 7, 7))])
 def test_cnn_cut_shape_is_a_quarter_of_the_image(input_shape, expected_cut):
     # Prepare / Execute
     split = build_split_model("cnn", num_classes=10, input_shape=input_shape)
@@ -140,9 +131,7 @@ def test_cnn_keeps_the_papers_proportions(input_shape):
 def test_forward_shapes(name, input_shape, variant):
     # Prepare
     torch.manual_seed(0)
-    split = build_split_model(
-        name, num_classes=10, input_shape=input_shape, aux_variant=variant
-    )
+    split = build_split_model(name, num_classes=10, input_shape=input_shape, aux_variant=variant)
     x = torch.randn(3, *input_shape)
 
     # Execute
@@ -160,9 +149,7 @@ def test_forward_shapes(name, input_shape, variant):
 def test_aux_supports_gradient_matching(name, input_shape, variant):
     # Prepare: alignment differentiates the aux head's input gradient (double backprop)
     torch.manual_seed(0)
-    split = build_split_model(
-        name, num_classes=10, input_shape=input_shape, aux_variant=variant
-    )
+    split = build_split_model(name, num_classes=10, input_shape=input_shape, aux_variant=variant)
     z = torch.randn(4, *split.cut_shape, requires_grad=True)
     y = torch.randint(0, 10, (4,))
     loss = nn.functional.cross_entropy(split.aux(z), y, reduction="sum")
@@ -208,9 +195,7 @@ def test_num_classes_changes_only_the_final_linear_layers(name, input_shape):
         # Execute
         small_state = getattr(small, part).state_dict()
         large_state = getattr(large, part).state_dict()
-        changed = {
-            key for key in small_state if small_state[key].shape != large_state[key].shape
-        }
+        changed = {key for key in small_state if small_state[key].shape != large_state[key].shape}
 
         # Assert
         assert small_state.keys() == large_state.keys()
@@ -258,15 +243,11 @@ def test_cut_probe_leaves_client_untouched(name, input_shape):
 
 def test_parts_are_distinct_objects_even_for_full_aux():
     # Prepare / Execute
-    split = build_split_model(
-        "resnet18", num_classes=10, input_shape=CIFAR, aux_variant="full"
-    )
+    split = build_split_model("resnet18", num_classes=10, input_shape=CIFAR, aux_variant="full")
 
     # Assert: the full aux is a fresh copy of the architecture, not the server itself
     assert split.aux is not split.server
-    assert not torch.equal(
-        split.aux.fc.weight, split.server.fc.weight
-    ), "full aux should be freshly initialised"
+    assert not torch.equal(split.aux.fc.weight, split.server.fc.weight), "full aux should be freshly initialised"
 
 
 def test_registry_queries():

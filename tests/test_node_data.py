@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from fsl_sage_flwr.client_app import _build_client
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.client_app import build_client
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.node_data import load_node_data
 from fsl_sage_flwr.data import load_partition
-from fsl_sage_flwr.node_data import load_node_data
-from tests.test_data_sources import _write_fake_mnist
-from tests.test_end_to_end import app_config
+from simulations.testing import app_config, write_fake_mnist
 
 
 @pytest.fixture
@@ -29,9 +28,7 @@ def test_partition_of_the_run_dataset_without_data_dir(settings):
     # Execute
     data = load_node_data({"partition-id": 1, "num-partitions": 3}, settings)
     # Assert: the same samples as the partitioner gives
-    expected = load_partition(
-        "digits", 1, 3, partitioning="dirichlet", alpha=1.0, seed=0, input_shape=None
-    )
+    expected = load_partition("digits", 1, 3, partitioning="dirichlet", alpha=1.0, seed=0, input_shape=None)
     np.testing.assert_array_equal(data.labels, expected.labels)
     np.testing.assert_array_equal(data.images, expected.images)
 
@@ -56,7 +53,7 @@ def test_npz_with_flat_samples_is_accepted(tmp_path, settings):
 
 def test_dataset_in_data_dir_gives_its_whole_train_split(tmp_path):
     # Prepare: an MNIST folder with 20 training images, run dataset mnist
-    _write_fake_mnist(tmp_path / "mnist-node")
+    write_fake_mnist(tmp_path / "mnist-node")
     settings = RunSettings.from_run_config(app_config(tmp_path, dataset="mnist"))
     # Execute
     data = load_node_data({"partition-id": 0, "data-dir": str(tmp_path / "mnist-node")}, settings)
@@ -115,7 +112,7 @@ def test_client_app_trains_on_node_local_npz(tmp_path):
         run_config=app_config(tmp_path),
     )
     # Execute
-    client, _ = _build_client(context)
+    client, _ = build_client(context)
     # Assert
     assert client.partition_id == 2
     assert len(client.y) == 9

@@ -18,14 +18,15 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from fsl_sage_flwr import AlignmentSettings, FSLSageLegacy, LocalTraining, SplitSpec, as_dataset
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.data import load_dataset, partition_indices
 from fsl_sage_flwr.plugin import numpy_client_reply
-from fsl_sage_flwr.server_app import app as server_app
-from fsl_sage_flwr.wire import ArraySpec, MalformedReplyError, decode_request, load_array
+from fsl_sage_flwr.transport.wire import ArraySpec, MalformedReplyError, decode_request, load_array
+from simulations.flower_internals import assign_message_id
 from simulations.in_process import run_in_process
-from tests.conftest import ScriptedGrid, reply_from
+from simulations.testing import ScriptedGrid, reply_from
 
 NUM_NODES = 3
 ROUNDS = 3
@@ -203,7 +204,10 @@ def test_user_modules_named_strategies_and_clients_do_not_hide_the_package(tmp_p
     # Prepare: a user's app folder with its own strategies.py and clients.py
     for name in ("strategies", "clients"):
         (tmp_path / f"{name}.py").write_text("raise ImportError('the user module was imported')\n")
-    code = "from fsl_sage_flwr import SplitSpec, FSLSage, FSLSageClient; import fsl_sage_flwr.client_app, fsl_sage_flwr.server_app"
+    code = (
+        "from fsl_sage_flwr import SplitSpec, FSLSage, FSLSageClient; "
+        "import fsl_sage_flwr.app.client_app, fsl_sage_flwr.app.server_app"
+    )
     # Execute
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     # Assert
@@ -218,7 +222,7 @@ def test_the_message_api_handler_answers_as_flowers_client_fn_path():
 
     def reply(app: ClientApp) -> RecordDict:
         message = Message(content=RecordDict(dict(content)), dst_node_id=5, message_type="train")
-        message.metadata.__dict__["_message_id"] = "m"
+        assign_message_id(message, "m")
         return app(message, context).content
 
     # Execute
@@ -238,6 +242,8 @@ def test_the_message_api_handler_answers_as_flowers_client_fn_path():
         ("lr", float("inf"), "'lr' must be a finite number > 0"),
         ("aux-variant", "huge", "'aux-variant' is 'huge'; allowed:"),
         ("min-train-nodes", 5, "'min-train-nodes' \\(5\\) exceeds 'min-available-nodes'"),
+        ("server-order", "random", "'server-order' is 'random'; allowed: partition, mixed"),
+        ("fidelity-samples", -1, "'fidelity-samples' must be >= 0"),
     ],
 )
 def test_the_server_refuses_a_bad_run_config_before_any_message(key, value, message):
@@ -293,7 +299,9 @@ def test_a_node_that_never_replies_is_logged_and_asked_a_bounded_number_of_times
 
 
 def _context(partition_id: int) -> Context:
-    return Context(run_id=1, node_id=partition_id, node_config={"partition-id": partition_id}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=1, node_id=partition_id, node_config={"partition-id": partition_id}, state=RecordDict(), run_config={}
+    )
 
 
 def _dropping_nones(send_and_receive):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 from flwr.app import Array, Context, Message
 
-from fsl_sage_flwr.client_app import app as client_app
-from fsl_sage_flwr.results import read_results
-from fsl_sage_flwr.server_app import app as server_app
+from fsl_sage_flwr.app.client_app import app as client_app
+from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.server_app import app as server_app
 from simulations.in_process import run_in_process
-from tests.test_end_to_end import app_config
+from simulations.testing import app_config
+
+pytestmark = pytest.mark.e2e  # an in-process run of the real apps
 
 POISONED_PARTITION = 2
 POISONED_ROUND = 3

@@ -6,10 +6,10 @@ import logging
 
 from flwr.app import ArrayRecord, MetricRecord
 
-from fsl_sage_flwr.algorithms import ServerSetup
-from fsl_sage_flwr.ledger import ByteLedger
-from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
-from fsl_sage_flwr.results import ResultsWriter, RoundRecorder, read_results
+from fsl_sage_flwr.app.algorithms import ServerSetup
+from fsl_sage_flwr.app.results import ResultsWriter, RoundRecorder, read_results
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
 
 
 def _setup(accuracies: dict[int, float]) -> ServerSetup:

@@ -7,7 +7,7 @@ import logging
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
-from fsl_sage_flwr.rounds import run_rounds
+from fsl_sage_flwr.app.rounds import run_rounds
 
 
 def test_the_loop_logs_the_strategy_summary_before_round_one(caplog):

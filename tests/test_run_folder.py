@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fsl_sage_flwr.results import ResultsWriter, RunFolderError, run_folder
+from fsl_sage_flwr.app.results import ResultsWriter, RunFolderError, run_folder
 
 
 def test_a_plain_nested_run_name_lands_inside_output_dir(tmp_path):

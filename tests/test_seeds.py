@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from fsl_sage_flwr import training
+from fsl_sage_flwr.core import training
 from fsl_sage_flwr.seeds import derive_seed
 
 

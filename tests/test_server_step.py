@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from fsl_sage_flwr.estimation import UnsafeStepError, server_step
-from fsl_sage_flwr.guard import ActivationScale, UploadLimits
-from fsl_sage_flwr.models import build_split_model
-from fsl_sage_flwr.training import make_adam
-from fsl_sage_flwr.wire import MalformedReplyError
+from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.core.models import build_split_model
+from fsl_sage_flwr.core.training import make_adam
+from fsl_sage_flwr.transport.guard import ActivationScale, UploadLimits
+from fsl_sage_flwr.transport.wire import MalformedReplyError
 
 
 def _server():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 
@@ -11,17 +12,18 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fsl_sage_flwr.estimation import server_step
-from fsl_sage_flwr.models import build_split_model
+from fsl_sage_flwr.core.estimation import server_step
+from fsl_sage_flwr.core.fidelity import gradient_fidelity
+from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.split_fedavg import weighted_average
-from fsl_sage_flwr.wire import LocalTraining, TrainReply, state_dict_spec
-from tests.conftest import ScriptedGrid, fit_reply_content, reply_from
+from fsl_sage_flwr.transport.wire import LocalTraining, TrainReply, state_dict_spec
+from simulations.testing import ScriptedGrid, fit_reply_content, reply_from
 
 NODES = {101: 0, 202: 1}  # node id -> partition id
 
 
-def _strategy(align_interval: int = 2) -> tuple[FSLSage, object]:
+def _strategy(align_interval: int = 2, server_order: str = "partition") -> tuple[FSLSage, object]:
     torch.manual_seed(0)
     split = build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8))
     strategy = FSLSage(
@@ -35,6 +37,7 @@ def _strategy(align_interval: int = 2) -> tuple[FSLSage, object]:
         num_classes=10,
         min_train_nodes=1,
         min_available_nodes=2,
+        server_order=server_order,
     )
     return strategy, split
 
@@ -52,7 +55,12 @@ def _train_reply(node_id: int, weights: ArrayRecord, num_examples: int) -> Recor
 
 def _named_reply(node_id: int, weights: ArrayRecord | None, num_examples: int, **changes) -> TrainReply:
     shared = {k: v.numpy() for k, v in weights.to_torch_state_dict().items()} if weights is not None else None
-    fields = {"partition_id": NODES[node_id], "num_examples": num_examples, "shared": shared, "smashed": _smashed(NODES[node_id])}
+    fields = {
+        "partition_id": NODES[node_id],
+        "num_examples": num_examples,
+        "shared": shared,
+        "smashed": _smashed(NODES[node_id]),
+    }
     return TrainReply(**{**fields, **changes})
 
 
@@ -67,7 +75,9 @@ def _warm(strategy: FSLSage, split) -> None:
 
 
 def _scaled_weights(split, factor: float) -> ArrayRecord:
-    return ArrayRecord({k: (torch.ones_like(v) * factor if v.is_floating_point() else v) for k, v in split.client.state_dict().items()})
+    return ArrayRecord(
+        {k: (torch.ones_like(v) * factor if v.is_floating_point() else v) for k, v in split.client.state_dict().items()}
+    )
 
 
 def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
@@ -83,7 +93,9 @@ def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
     for message in messages:
         node = message.metadata.dst_node_id
         record = message.content.array_records["fitins.parameters"]
-        sent = {k.removeprefix("aux."): torch.from_numpy(record[k].numpy()) for k in record.keys() if k.startswith("aux.")}
+        sent = {
+            k.removeprefix("aux."): torch.from_numpy(record[k].numpy()) for k in record.keys() if k.startswith("aux.")
+        }
         assert message.content.config_records["fitins.config"]["aux-included"] is True
         for name, value in strategy._slots[node].aux.state_dict().items():
             torch.testing.assert_close(sent[name], value)
@@ -102,7 +114,9 @@ def test_aux_travels_again_only_after_it_changed():
     # Execute
     messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
     # Assert
-    assert all(not any(k.startswith("aux.") for k in m.content.array_records["fitins.parameters"].keys()) for m in messages)
+    assert all(
+        not any(k.startswith("aux.") for k in m.content.array_records["fitins.parameters"].keys()) for m in messages
+    )
     assert all(m.content.config_records["fitins.config"]["aux-included"] is False for m in messages)
 
 
@@ -145,6 +159,57 @@ def test_server_model_trains_on_uploads_in_partition_order_and_is_not_averaged()
     # Assert
     for (name, got), want in zip(strategy.server_model.state_dict().items(), expected.state_dict().values()):
         torch.testing.assert_close(got, want, msg=name)
+
+
+def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float], FSLSage]:
+    """Run one round of two 4-batch replies; return each server step's first z value."""
+    import fsl_sage_flwr.strategies.split_fedavg as split_fedavg
+
+    strategy, split = _strategy(align_interval=100, server_order=server_order)
+    _warm(strategy, split)
+    seen: list[float] = []
+
+    def recording_step(model, optimizer, z, y):
+        seen.append(float(z.flatten()[0]))
+        return server_step(model, optimizer, z, y)
+
+    weights = _scaled_weights(split, 1.0)
+    with monkeypatch.context() as patch:
+        patch.setattr(split_fedavg, "server_step", recording_step)
+        strategy.aggregate_train(
+            3,
+            [
+                reply_from(node, fit_reply_content(_named_reply(node, weights, 40, smashed=_smashed(part, batches=4))))
+                for node, part in NODES.items()
+            ],
+        )
+    return seen, strategy
+
+
+def test_mixed_server_order_trains_on_the_same_batches_interleaved_and_buffers_in_upload_order(monkeypatch):
+    # Prepare: each uploaded batch is known by its first value
+    first_values = {}
+    for node, partition in NODES.items():
+        z, _, sizes = _smashed(partition, batches=4)
+        first_values[node] = [float(b.flatten()[0]) for b in np.split(z, np.cumsum(sizes)[:-1])]
+    upload_order = first_values[101] + first_values[202]
+    # Execute
+    partition_steps, _ = _recorded_server_order(monkeypatch, "partition")
+    mixed_steps, mixed = _recorded_server_order(monkeypatch, "mixed")
+    mixed_again, _ = _recorded_server_order(monkeypatch, "mixed")
+    # Assert: client after client by default; the same batches, another (seeded) order when mixed
+    assert partition_steps == upload_order
+    assert sorted(mixed_steps) == sorted(upload_order) and mixed_steps != upload_order
+    assert mixed_steps == mixed_again
+    # each client's buffer keeps its own batches in upload order (warm-up batch first)
+    for node, slot in mixed._slots.items():
+        z, _ = slot.buffer.tensors()
+        assert [float(z[i].flatten()[0]) for i in range(8, len(z), 8)] == first_values[node]
+
+
+def test_an_unknown_server_order_is_refused():
+    with pytest.raises(ValueError, match="server_order must be one of"):
+        _strategy(server_order="random")
 
 
 def test_aux_models_are_aligned_per_client_and_never_averaged():
@@ -203,9 +268,21 @@ def _break(kind: str, split) -> RecordDict:
 @pytest.mark.parametrize(
     "kind",
     [
-        "missing-arrays", "wrong-shape", "wrong-dtype", "nan", "missing-smashed", "label-out-of-range",
-        "too-many-samples", "extra-metric-record", "list-metric", "truncated-npy", "pickled-objects",
-        "overflowing-batch-sizes", "one-sample-batch", "float-partition-id", "error-status",
+        "missing-arrays",
+        "wrong-shape",
+        "wrong-dtype",
+        "nan",
+        "missing-smashed",
+        "label-out-of-range",
+        "too-many-samples",
+        "extra-metric-record",
+        "list-metric",
+        "truncated-npy",
+        "pickled-objects",
+        "overflowing-batch-sizes",
+        "one-sample-batch",
+        "float-partition-id",
+        "error-status",
     ],
 )
 def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, caplog):
@@ -274,3 +351,66 @@ def test_weighted_average_weights_by_sample_count_and_rounds_integer_counters():
     np.testing.assert_allclose(averaged[0], [2.5, 4.5])
     assert averaged[0].dtype == np.float32
     assert averaged[1] == 12 and averaged[1].dtype == np.int64
+
+
+def _stacked_strategy_run(stacked: bool, caplog):
+    """Warm up two nodes, then one alignment round in which only node 202 replies."""
+    strategy, split = _strategy(align_interval=1)
+    strategy.alignment = dataclasses.replace(strategy.alignment, stacked=stacked)
+    _warm(strategy, split)
+    caplog.clear()  # the warm-up aligns every aux; only the round's log lines count
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        strategy.aggregate_train(1, [reply_from(202, _train_reply(202, _scaled_weights(split, 1.0), 20))])
+    return strategy
+
+
+def test_strategy_stacked_alignment_gives_the_one_by_one_auxes_and_logs_the_skip(caplog):
+    # Execute: the same run aligned one by one and stacked
+    one_by_one = _stacked_strategy_run(False, caplog)
+    stacked = _stacked_strategy_run(True, caplog)
+
+    # Assert: node 202's aux matches; node 101 (unchanged buffer) was skipped, with a log line
+    for name, value in one_by_one._slots[202].aux.state_dict().items():
+        torch.testing.assert_close(stacked._slots[202].aux.state_dict()[name], value, rtol=1e-3, atol=1e-3)
+    assert stacked._slots[202].aux_pending and not stacked._slots[202].buffer_changed
+    messages = [r.getMessage() for r in caplog.records]
+    assert "skipped aligning aux of partition 0: buffer unchanged" in messages
+    assert not any("aligned aux of partition 0" in m for m in messages)
+    assert any("aligned aux of partition 1" in m for m in messages)
+
+
+def test_server_records_fidelity_per_partition_against_the_model_before_the_rounds_training():
+    # Prepare: warmed-up server; the expected value uses the server model before round 1
+    strategy, split = _strategy()
+    _warm(strategy, split)
+    strategy.pop_alignment_summary()  # drop the warm-up's measurements
+    server_before = copy.deepcopy(strategy.server_model)
+    expected = {}
+    for node, partition in NODES.items():
+        z, y, _ = _smashed(partition)
+        expected[str(partition)] = gradient_fidelity(
+            copy.deepcopy(strategy._slots[node].aux), server_before, torch.from_numpy(z[:8]), torch.from_numpy(y[:8])
+        )
+    # Execute
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    summary = strategy.pop_alignment_summary()
+    # Assert
+    by_partition = summary["fidelity_by_partition"]
+    assert sorted(by_partition) == ["0", "1"]
+    for partition, want in expected.items():  # the second client too: same model as the first
+        assert by_partition[partition]["cosine"] == pytest.approx(want.cosine, rel=1e-5)
+        assert by_partition[partition]["relative_error"] == pytest.approx(want.relative_error, rel=1e-5)
+    cosines = [v["cosine"] for v in by_partition.values()]
+    assert summary["fidelity_cosine_min"] == pytest.approx(min(cosines))
+    assert summary["fidelity_cosine_mean"] == pytest.approx(np.mean(cosines))
+
+
+def test_fidelity_samples_zero_turns_the_measurement_off():
+    # Prepare
+    strategy, split = _strategy()
+    strategy.fidelity_samples = 0
+    _warm(strategy, split)
+    # Execute
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    # Assert
+    assert not any(key.startswith("fidelity") for key in strategy.pop_alignment_summary())

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from fsl_sage_flwr.clients.local_training import LocalTrainingClient
-from fsl_sage_flwr.estimation import cross_entropy_step
-from fsl_sage_flwr.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.estimation import cross_entropy_step
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
 
 
 class CSEFSLClient(LocalTrainingClient):

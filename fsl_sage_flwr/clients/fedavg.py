@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from fsl_sage_flwr.clients.local_training import LocalTrainingClient
-from fsl_sage_flwr.estimation import cross_entropy_step
-from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.models import build_full_model
+from fsl_sage_flwr.core.estimation import cross_entropy_step
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.models import build_full_model
 
 
 class FedAvgClient(LocalTrainingClient):

@@ -9,10 +9,10 @@ from torch import nn
 
 from fsl_sage_flwr.clients.common import load_named
 from fsl_sage_flwr.clients.local_training import LocalTrainingClient
-from fsl_sage_flwr.estimation import client_step, preserved_buffers
-from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.training import derive_seed, minibatches
-from fsl_sage_flwr.wire import TrainReply, TrainRequest
+from fsl_sage_flwr.core.estimation import client_step, preserved_buffers
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.training import derive_seed, minibatches
+from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest
 
 AUX_STATE_KEY = "fsl-sage.aux"
 
@@ -76,5 +76,9 @@ class FSLSageClient(LocalTrainingClient):
         with torch.no_grad(), preserved_buffers(self.split.client):
             self.split.client.train()
             z = self.split.client(xb)
-        smashed = (z.cpu().numpy().astype(np.float32), yb.cpu().numpy().astype(np.int64), np.asarray([len(yb)], dtype=np.int64))
+        smashed = (
+            z.cpu().numpy().astype(np.float32),
+            yb.cpu().numpy().astype(np.int64),
+            np.asarray([len(yb)], dtype=np.int64),
+        )
         return TrainReply(partition_id=self.partition_id, num_examples=len(self.y), smashed=smashed)

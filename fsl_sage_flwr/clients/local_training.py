@@ -10,12 +10,18 @@ from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from torch import nn
 
-from fsl_sage_flwr.clients.common import dataset_tensors, load_named, load_optimizer_state, save_optimizer_state, state_to_numpy
+from fsl_sage_flwr.clients.common import (
+    dataset_tensors,
+    load_named,
+    load_optimizer_state,
+    save_optimizer_state,
+    state_to_numpy,
+)
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.models import SplitModel
+from fsl_sage_flwr.core.training import derive_seed, make_adam, run_local_epochs
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.models import SplitModel
-from fsl_sage_flwr.training import derive_seed, make_adam, run_local_epochs
-from fsl_sage_flwr.wire import TrainReply, TrainRequest, decode_request, pack_uploads
+from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest, decode_request, pack_uploads
 
 OPTIMIZER_STATE_KEY = "client-optimizer"
 
@@ -26,7 +32,7 @@ class LocalTrainingClient(NumPyClient):
     Subclasses say which module travels (``shared_model``), which one the
     optimizer trains (``trained_model``), which models the client holds
     (``held_models``, for the memory meter), and what one step is (``step``).
-    Every training setting comes from the request (``fsl_sage_flwr.wire``), so a
+    Every training setting comes from the request (``fsl_sage_flwr.transport.wire``), so a
     client trains with exactly what the server checks its reply against. Seeds
     derive from (seed, round, partition), so runs repeat exactly.
 
@@ -41,7 +47,7 @@ class LocalTrainingClient(NumPyClient):
     state : RecordDict
         Flower's per-node ``Context.state``.
     device : torch.device or str
-        Where the client trains (see ``fsl_sage_flwr.devices``).
+        Where the client trains (see ``fsl_sage_flwr.core.devices``).
     """
 
     uploads_smashed = True
@@ -100,10 +106,8 @@ class LocalTrainingClient(NumPyClient):
         """Return ``shared_model``'s state dict as a flat list."""
         return state_to_numpy(self.shared_model)
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        """Run a local round (or a warm-up); return the arrays laid out by ``fsl_sage_flwr.wire``."""
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """Run a local round (or a warm-up); return the arrays laid out by ``fsl_sage_flwr.transport.wire``."""
         request = decode_request(
             parameters, config, shared_keys=list(self.shared_model.state_dict()), aux_keys=self.aux_keys
         )
@@ -115,7 +119,9 @@ class LocalTrainingClient(NumPyClient):
         self.load_request(request)
         training, server_round = request.training, request.server_round
         torch.manual_seed(derive_seed(training.seed, server_round, self.partition_id, "client"))
-        generator = torch.Generator().manual_seed(derive_seed(training.seed, server_round, self.partition_id, "batches"))
+        generator = torch.Generator().manual_seed(
+            derive_seed(training.seed, server_round, self.partition_id, "batches")
+        )
         optimizer = make_adam(self.trained_model, training.lr, training.weight_decay)
         if training.keep_optimizer_state:
             load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)

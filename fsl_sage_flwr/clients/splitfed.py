@@ -9,12 +9,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fsl_sage_flwr.clients.common import dataset_tensors, load_numpy, load_optimizer_state, save_optimizer_state
+from fsl_sage_flwr.core.estimation import apply_cut_gradient
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.models import SplitModel
+from fsl_sage_flwr.core.training import derive_seed, make_adam, minibatches
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.estimation import apply_cut_gradient
-from fsl_sage_flwr.memory import PeakMemoryMeter
-from fsl_sage_flwr.models import SplitModel
-from fsl_sage_flwr.training import derive_seed, make_adam, minibatches
-from fsl_sage_flwr.wire import (
+from fsl_sage_flwr.transport.wire import (
     NUM_BATCHES_KEY,
     NUM_EXAMPLES_KEY,
     PARTITION_ID_KEY,

@@ -15,12 +15,18 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.alignment import AlignmentReport, AlignmentSettings, align_auxiliary
-from fsl_sage_flwr.buffer import SmashedBuffer
-from fsl_sage_flwr.checkpoint import ClientState, ClientStore
-from fsl_sage_flwr.training import derive_seed, make_adam
+from fsl_sage_flwr.core.alignment import (
+    AlignmentReport,
+    AlignmentSettings,
+    align_auxiliaries_stacked,
+    align_auxiliary,
+)
+from fsl_sage_flwr.core.buffer import SmashedBuffer
+from fsl_sage_flwr.core.checkpoint import ClientState, ClientStore
+from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
+from fsl_sage_flwr.core.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
-from fsl_sage_flwr.wire import MalformedReplyError, ParsedReply, request_content
+from fsl_sage_flwr.transport.wire import MalformedReplyError, ParsedReply, request_content
 
 
 @dataclass
@@ -78,6 +84,9 @@ class FSLSage(SplitFedAvg):
         the rest lives in one file per client. Without it all stays in memory.
     max_cached_clients : int
         Clients whose state is held in memory at most, with ``state_dir``.
+    fidelity_samples : int
+        Samples of each upload on which the server measures gradient fidelity
+        (see :meth:`measure_fidelity`); 0 turns the measurement off.
     **kwargs
         As for :class:`SplitFedAvg` (``shared_model`` is the client model).
     """
@@ -90,8 +99,11 @@ class FSLSage(SplitFedAvg):
         warm_up_attempts: int = 3,
         state_dir: Path | None = None,
         max_cached_clients: int = 64,
+        fidelity_samples: int = 64,
         **kwargs: Any,
     ) -> None:
+        if fidelity_samples < 0:
+            raise ValueError(f"fidelity_samples must be >= 0, got {fidelity_samples}")
         super().__init__(**kwargs)
         self.aux_factory = aux_factory
         self.alignment = alignment
@@ -101,6 +113,8 @@ class FSLSage(SplitFedAvg):
         self.warm_up_attempts = warm_up_attempts
         self._warm_up_tries: dict[int, int] = {}
         self._recent_alignments: list[AlignmentReport] = []
+        self.fidelity_samples = fidelity_samples
+        self._recent_fidelity: list[tuple[int, Fidelity]] = []
 
     def summary(self) -> None:
         """Log the split-learning settings and FSL-SAGE's alignment ones."""
@@ -133,7 +147,9 @@ class FSLSage(SplitFedAvg):
             When no node at all is warmed up afterwards, naming the first reasons.
         """
         # Only the first warm-up waits; later rounds warm up whoever joined.
-        connected = self.wait_for_nodes(grid, self.min_available_nodes) if not self._slots else sorted(grid.get_node_ids())
+        connected = (
+            self.wait_for_nodes(grid, self.min_available_nodes) if not self._slots else sorted(grid.get_node_ids())
+        )
         new_nodes = [n for n in connected if n not in self._slots and self.may_warm_up(n)]
         if not new_nodes:
             return
@@ -177,7 +193,7 @@ class FSLSage(SplitFedAvg):
                 continue
             slot = self._new_slot(reply.partition_id)
             self._slots[reply.node_id] = slot
-            self.train_server_on(reply)
+            self.train_server_on([reply], server_round=0)
             self._align(slot, server_round=0)
         if not self._slots:
             reasons = "; ".join(self._drop_reasons[:3]) or "no reply arrived"
@@ -209,7 +225,9 @@ class FSLSage(SplitFedAvg):
             if slot.aux_pending:
                 aux = ArrayRecord(slot.aux.state_dict())
                 self._aux_in_flight.add(node_id)
-            requests.append((node_id, request_content(arrays, server_round=server_round, training=self.training, aux=aux)))
+            requests.append(
+                (node_id, request_content(arrays, server_round=server_round, training=self.training, aux=aux))
+            )
         return requests
 
     def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
@@ -227,17 +245,44 @@ class FSLSage(SplitFedAvg):
             slot.restored = False
         return reply
 
-    def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Train the server model on a reply's uploads and buffer the batches it trained on."""
-        trained = super().train_server_on(reply)
+    def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:
+        """Measure each reply's gradient fidelity, then train the server model on the uploads."""
+        for reply in replies:
+            self.measure_fidelity(reply)
+        super().train_server_on(replies, server_round)
+
+    def server_trained(self, reply: ParsedReply, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Buffer the batches of ``reply`` the server model trained on."""
         slot = self._slots[reply.node_id]
-        if trained:
+        if batches:
             buffer = slot.buffer
-            for z, y in trained:
+            for z, y in batches:
                 buffer.append(z, y)
             self._store.changed(slot.partition_id)
             slot.buffer_changed = True
-        return trained
+
+    def measure_fidelity(self, reply: ParsedReply) -> Fidelity | None:
+        """Compare the reply's client's aux estimate with the true cut-layer gradient.
+
+        Uses the server model as it is before it trains on this round's uploads
+        (so every client of a round is measured against the same model), on the first
+        ``fidelity_samples`` samples of the upload's first batch of at least two
+        (a view, no copy). Weights and BatchNorm statistics stay unchanged. No
+        communication: the server holds both the upload and the aux copy.
+        """
+        if self.fidelity_samples == 0:
+            return None
+        batch = next(((z, y) for z, y in reply.upload.batches if z.shape[0] >= 2), None)
+        if batch is None:
+            return None
+        count = min(self.fidelity_samples, batch[0].shape[0])
+        if count < 2:
+            return None
+        z, y = (t[:count].to(self.device) for t in batch)
+        slot = self._slots[reply.node_id]
+        fidelity = gradient_fidelity(slot.aux, self.server_model, z, y)
+        self._recent_fidelity.append((slot.partition_id, fidelity))
+        return fidelity
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
         """Mark delivered auxes; every ``interval`` rounds, align changed buffers."""
@@ -247,8 +292,16 @@ class FSLSage(SplitFedAvg):
         # An aux aligned after the last round would reach no client.
         last_round = self.num_rounds is not None and server_round >= self.num_rounds
         if server_round % self.alignment.interval == 0 and not last_round:
+            due = []
             for slot in sorted(self._slots.values(), key=lambda s: s.partition_id):
                 if slot.buffer_changed:
+                    due.append(slot)
+                else:
+                    log(INFO, "skipped aligning aux of partition %d: buffer unchanged", slot.partition_id)
+            if self.alignment.stacked:
+                self._align_stacked(due, server_round)
+            else:
+                for slot in due:
                     self._align(slot, server_round)
 
     def is_registered(self, node_id: int) -> bool:
@@ -285,7 +338,9 @@ class FSLSage(SplitFedAvg):
         super().load_server_state(state)
         self._store.restore(state["clients"])
         self._slots = {
-            int(node_id): _ClientSlot(int(partition_id), self._store, aux_pending=True, buffer_changed=bool(changed), restored=True)
+            int(node_id): _ClientSlot(
+                int(partition_id), self._store, aux_pending=True, buffer_changed=bool(changed), restored=True
+            )
             for node_id, partition_id, _, changed in state["slots"]
         }
 
@@ -341,6 +396,38 @@ class FSLSage(SplitFedAvg):
             patience=self.alignment.patience,
             min_improvement=self.alignment.min_improvement,
         )
+        self._record_alignment(slot, report)
+
+    def _align_stacked(self, slots: list[_ClientSlot], server_round: int) -> None:
+        """Align the auxes of ``slots`` at once; each gets what ``_align`` would give it."""
+        # No more clients at once than the store caches: an evicted state would lose its update.
+        size = self._store.max_cached
+        for start in range(0, len(slots), size):
+            self._align_stacked_batch(slots[start : start + size], server_round)
+
+    def _align_stacked_batch(self, slots: list[_ClientSlot], server_round: int) -> None:
+        slots = [slot for slot in slots if len(slot.state.buffer) > 0]
+        if not slots:
+            return
+        states = [slot.state for slot in slots]  # one lookup each: the store may load from disk
+        reports = align_auxiliaries_stacked(
+            [state.aux for state in states],
+            [state.aux_optimizer for state in states],
+            self.server_model,
+            [tuple(t.to(self.device) for t in state.buffer.tensors()) for state in states],
+            epochs=self.alignment.epochs,
+            batch_size=self.alignment.batch_size,
+            generators=[
+                torch.Generator().manual_seed(derive_seed(self.alignment.seed, server_round, s.partition_id, "align"))
+                for s in slots
+            ],
+            patience=self.alignment.patience,
+            min_improvement=self.alignment.min_improvement,
+        )
+        for slot, report in zip(slots, reports):
+            self._record_alignment(slot, report)
+
+    def _record_alignment(self, slot: _ClientSlot, report: AlignmentReport) -> None:
         self._store.changed(slot.partition_id)
         slot.aux_pending = True
         slot.buffer_changed = False
@@ -359,18 +446,45 @@ class FSLSage(SplitFedAvg):
             report.cosine_after,
         )
 
-    def pop_alignment_summary(self) -> dict[str, float]:
-        """Sum up the alignments since the last call: count, epochs, seconds, mean cosines.
+    def pop_alignment_summary(self) -> dict[str, Any]:
+        """Sum up the alignments and fidelity measurements since the last call.
 
-        Empty when none ran. The ServerApp adds it to each round's results row.
+        Alignments: count, epochs, seconds, mean cosines before and after.
+        Fidelity (see :meth:`measure_fidelity`): mean and minimum cosine, mean
+        relative error, and per partition (keys are partition ids as strings)
+        the mean cosine and relative error of that round. Empty when neither
+        ran. The ServerApp adds it to each round's results row.
         """
+        summary = self._pop_fidelity_summary()
         reports, self._recent_alignments = self._recent_alignments, []
         if not reports:
-            return {}
+            return summary
         return {
+            **summary,
             "alignments": len(reports),
             "align_epochs": sum(r.epochs for r in reports),
             "align_seconds": sum(r.seconds for r in reports),
             "align_cosine_before": sum(r.cosine_before for r in reports) / len(reports),
             "align_cosine_after": sum(r.cosine_after for r in reports) / len(reports),
+        }
+
+    def _pop_fidelity_summary(self) -> dict[str, Any]:
+        measured, self._recent_fidelity = self._recent_fidelity, []
+        if not measured:
+            return {}
+        by_partition: dict[int, list[Fidelity]] = {}
+        for partition_id, fidelity in measured:
+            by_partition.setdefault(partition_id, []).append(fidelity)
+        cosines = [f.cosine for _, f in measured]
+        return {
+            "fidelity_cosine_mean": sum(cosines) / len(cosines),
+            "fidelity_cosine_min": min(cosines),
+            "fidelity_relative_error_mean": sum(f.relative_error for _, f in measured) / len(measured),
+            "fidelity_by_partition": {
+                str(pid): {
+                    "cosine": sum(f.cosine for f in items) / len(items),
+                    "relative_error": sum(f.relative_error for f in items) / len(items),
+                }
+                for pid, items in sorted(by_partition.items())
+            },
         }

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
 import time
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -16,12 +16,13 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from torch import nn
 
+from fsl_sage_flwr.app.config import SERVER_ORDERS
+from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.estimation import UnsafeStepError, server_step
-from fsl_sage_flwr.guard import ActivationScale, IdentityRegistry, UploadLimits
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.training import evaluate_classifier, make_adam
-from fsl_sage_flwr.wire import (
+from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
@@ -80,7 +81,7 @@ class SplitServer(FedAvg):
     node_wait_timeout : float
         Seconds to wait for ``min_available_nodes`` nodes before the run fails.
     device : torch.device or str
-        Where the server keeps and trains its models (see ``fsl_sage_flwr.devices``).
+        Where the server keeps and trains its models (see ``fsl_sage_flwr.core.devices``).
     fraction_train, min_train_nodes, min_available_nodes, train_metrics_aggr_fn
         As in Flower's FedAvg.
     """
@@ -171,7 +172,7 @@ class SplitServer(FedAvg):
     def prepare_run(self, num_rounds: int, timeout: float = 3600) -> None:
         """Remember the run's length and the timeout of every exchange.
 
-        ``start`` calls it, and so does :func:`fsl_sage_flwr.rounds.run_rounds`.
+        ``start`` calls it, and so does :func:`fsl_sage_flwr.app.rounds.run_rounds`.
         """
         self.round_timeout = float(timeout)
         self.num_rounds = num_rounds
@@ -301,8 +302,11 @@ class SplitFedAvg(SplitServer):
     Parameters are those of :class:`SplitServer`.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, server_order: str = "partition", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if server_order not in SERVER_ORDERS:
+            raise ValueError(f"server_order must be one of {list(SERVER_ORDERS)}, got {server_order!r}")
+        self.server_order = server_order
         self._awaiting: set[int] = set()  # nodes asked this round, to name those that never replied
 
     def configure_train(
@@ -322,7 +326,7 @@ class SplitFedAvg(SplitServer):
         ]
 
     def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
-        """The content of one node's train request (see ``fsl_sage_flwr.wire``)."""
+        """The content of one node's train request (see ``fsl_sage_flwr.transport.wire``)."""
         return request_content(arrays, server_round=server_round, training=self.training)
 
     def aggregate_train(
@@ -341,7 +345,9 @@ class SplitFedAvg(SplitServer):
             else:
                 contents.append((msg.metadata.src_node_id, msg.content))
         for node_id in sorted(self._awaiting - {msg.metadata.src_node_id for msg in replies}):
-            self.log_dropped(node_id, f"no reply within the round timeout ({self.round_timeout:.0f} s): node lost or slow")
+            self.log_dropped(
+                node_id, f"no reply within the round timeout ({self.round_timeout:.0f} s): node lost or slow"
+            )
         self._awaiting = set()
         return contents
 
@@ -377,8 +383,7 @@ class SplitFedAvg(SplitServer):
         arrays = self.average_shared(accepted)
         for reply in accepted:
             self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
-        for reply in accepted:
-            self.train_server_on(reply)
+        self.train_server_on(accepted, server_round)
         self.after_server_training(server_round, accepted)
         return arrays, metrics
 
@@ -389,8 +394,8 @@ class SplitFedAvg(SplitServer):
         """Check a whole reply before anything changes; raise MalformedReplyError.
 
         On top of the wire contract: at least one uploaded batch, the node's
-        identity (:class:`~fsl_sage_flwr.guard.IdentityRegistry`) and the size
-        of its activations (:class:`~fsl_sage_flwr.guard.ActivationScale`).
+        identity (:class:`~fsl_sage_flwr.transport.guard.IdentityRegistry`) and the size
+        of its activations (:class:`~fsl_sage_flwr.transport.guard.ActivationScale`).
         """
         reply = parse_train_reply(
             node_id, content, shared_spec=self.shared_spec if expect_model else None, bounds=self.bounds
@@ -418,26 +423,49 @@ class SplitFedAvg(SplitServer):
                 accepted.append(reply)
         return accepted
 
-    def train_server_on(self, reply: ParsedReply) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One server step per uploaded batch, in upload order; return the batches trained on.
+    def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:
+        """One server step per uploaded batch of ``replies``, in ``server_order``.
 
-        The batches enter the running activation scale first. A step that
-        ``server_step`` skips is logged with the node and the reason.
+        ``"partition"`` takes the replies one after another (in the order given)
+        and each reply's batches in upload order, as the reference code does;
+        ``"mixed"`` shuffles all the round's batches together (seeded by the
+        round), so that the server's last steps, and its BatchNorm statistics, do
+        not follow the last clients alone. The batches first enter the running
+        activation scale. A step that ``server_step`` skips is logged with the
+        node and the reason; :meth:`server_trained` then receives, per reply, the
+        batches the model did train on, in upload order.
         """
-        self.activation_scale.accept(reply.upload.batches)
-        trained = []
-        for index, (z, y) in enumerate(reply.upload.batches):
+        for reply in replies:
+            self.activation_scale.accept(reply.upload.batches)
+        steps = [(reply, index) for reply in replies for index in range(len(reply.upload.batches))]
+        if self.server_order == "mixed":
+            generator = torch.Generator().manual_seed(derive_seed(self.training.seed, server_round, "server-order"))
+            steps = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
+        trained: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {r.node_id: {} for r in replies}
+        for reply, index in steps:
+            z, y = reply.upload.batches[index]
             if z.shape[0] < 2:  # BatchNorm needs two samples in train mode
                 continue
             z, y = z.to(self.device), y.to(self.device)
             try:
                 server_step(self.server_model, self.server_optimizer, z, y)
             except UnsafeStepError as err:
-                log(WARNING, "skipped server step on batch %d of node %d%s: %s",
-                    index, reply.node_id, self.describe_node(reply.node_id), err)
+                log(
+                    WARNING,
+                    "skipped server step on batch %d of node %d%s: %s",
+                    index,
+                    reply.node_id,
+                    self.describe_node(reply.node_id),
+                    err,
+                )
                 continue
-            trained.append((z, y))
-        return trained
+            trained[reply.node_id][index] = (z, y)
+        for reply in replies:
+            batches = trained[reply.node_id]
+            self.server_trained(reply, [batches[i] for i in sorted(batches)])
+
+    def server_trained(self, reply: ParsedReply, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Hook: the server model trained on ``batches`` of ``reply`` (in upload order)."""
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -472,9 +500,13 @@ def weighted_average(states: list[tuple[ArrayRecord, int]], spec: Mapping[str, A
     in the arrays' own precision, in the order given; integer arrays (BatchNorm
     counters) are rounded back to integers, not truncated.
     """
-    records = [RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: weight})}) for arrays, weight in states]
+    records = [
+        RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: weight})}) for arrays, weight in states
+    ]
     averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
-    return ArrayRecord({name: to_array(_restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()})
+    return ArrayRecord(
+        {name: to_array(_restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()}
+    )
 
 
 def _restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -491,6 +523,4 @@ def module_bytes(module: nn.Module) -> int:
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of an optimizer's per-parameter state."""
-    return sum(
-        v.nbytes for slots in optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor)
-    )
+    return sum(v.nbytes for slots in optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor))

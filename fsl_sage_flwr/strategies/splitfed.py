@@ -16,20 +16,27 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.estimation import UnsafeStepError, server_step
-from fsl_sage_flwr.ledger import ByteLedger
-from fsl_sage_flwr.training import make_adam
-from fsl_sage_flwr.wire import (
+from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.core.training import make_adam
+from fsl_sage_flwr.strategies.split_fedavg import (
+    WEIGHT_KEY,
+    SplitServer,
+    module_bytes,
+    optimizer_bytes,
+    weighted_average,
+)
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
     GRAD_KEY,
     METRICS_KEY,
-    SMASHED_KEY,
     NUM_BATCHES_KEY,
     PARTITION_ID_KEY,
     SERVER_ROUND_KEY,
-    STEP_KEY,
+    SMASHED_KEY,
     SPLIT_STEP_ACTION,
+    STEP_KEY,
     MalformedReplyError,
     ParsedReply,
     SmashedUpload,
@@ -39,13 +46,6 @@ from fsl_sage_flwr.wire import (
     reply_int,
     state_dict_spec,
     to_array,
-)
-from fsl_sage_flwr.strategies.split_fedavg import (
-    WEIGHT_KEY,
-    SplitServer,
-    module_bytes,
-    optimizer_bytes,
-    weighted_average,
 )
 
 
@@ -102,7 +102,7 @@ class SplitFed(SplitServer):
     batch_size : int
         The clients' batch size: bounds each step's upload and a reply's ``num-batches``.
     ledger : ByteLedger, optional
-        The run's byte ledger (the one its :class:`~fsl_sage_flwr.ledger.MeteredGrid`
+        The run's byte ledger (the one its :class:`~fsl_sage_flwr.transport.ledger.MeteredGrid`
         books on), for SplitFed-MS's exchange with the fed server.
     **kwargs
         As for :class:`~fsl_sage_flwr.strategies.split_fedavg.SplitServer`;
@@ -268,7 +268,9 @@ class SplitFed(SplitServer):
         if session.grad is not None:
             content[GRAD_KEY] = ArrayRecord({"grad": to_array(session.grad)})
             session.grad = None
-        return Message(content=content, dst_node_id=session.node_id, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP_ACTION}")
+        return Message(
+            content=content, dst_node_id=session.node_id, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP_ACTION}"
+        )
 
     def _handle_step_reply(self, session: _Session, msg: Message | None, step: int) -> None:
         """Check one step reply whole; keep its batch as pending, or fail the session. Trains nothing."""
@@ -310,7 +312,10 @@ class SplitFed(SplitServer):
         ordered: list[_Session] = []
         for session in sorted((s for s in active if not s.failed), key=lambda s: (s.partition_id, s.node_id)):
             if ordered and ordered[-1].partition_id == session.partition_id:
-                self._leave(session, f"partition-id {session.partition_id} is claimed by node {ordered[-1].node_id} in the same round")
+                self._leave(
+                    session,
+                    f"partition-id {session.partition_id} is claimed by node {ordered[-1].node_id} in the same round",
+                )
             else:
                 ordered.append(session)
         if step == 0:

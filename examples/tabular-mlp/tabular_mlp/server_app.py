@@ -50,9 +50,7 @@ def main(grid: Grid, context: Context) -> None:
             lr=float(cfg["lr"]),
             seed=seed,
         ),
-        alignment=AlignmentSettings(
-            interval=int(cfg["align-interval"]), epochs=int(cfg["align-epochs"]), seed=seed
-        ),
+        alignment=AlignmentSettings(interval=int(cfg["align-interval"]), epochs=int(cfg["align-epochs"]), seed=seed),
         min_available_nodes=int(cfg["min-available-nodes"]),
     )
 

@@ -23,9 +23,7 @@ def load_split(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray,
     Returns ``(x_train, y_train, x_test, y_test)``; inputs float32, labels int64.
     """
     x, y = load_breast_cancer(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=seed
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed)
     scaler = StandardScaler().fit(x_train)
     return (
         scaler.transform(x_train).astype(np.float32),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl_sage_flwr.memory import PeakMemoryMeter
+from fsl_sage_flwr.core.memory import PeakMemoryMeter
 
 
 @contextmanager
@@ -67,9 +67,7 @@ def input_gradient(
     return grad
 
 
-def estimate_cut_gradient(
-    aux: nn.Module, z: torch.Tensor, y: torch.Tensor
-) -> torch.Tensor:
+def estimate_cut_gradient(aux: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Estimate the server's cut-layer gradient with the auxiliary model.
 
     Implements ``g_hat(z) = d/dz L(a(z; x_a), y)`` with the batch-mean loss (Nair

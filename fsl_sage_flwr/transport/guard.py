@@ -3,7 +3,7 @@
 A reply can be finite and well-formed and still ruin the server: one activation
 of 1e30 makes a BatchNorm running variance overflow, after which the server
 model predicts one class for ever. The checks here run while a reply is parsed,
-before anything changes; :func:`fsl_sage_flwr.estimation.server_step` guards the
+before anything changes; :func:`fsl_sage_flwr.core.estimation.server_step` guards the
 optimizer step itself.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fsl_sage_flwr.wire import MalformedReplyError
+from fsl_sage_flwr.transport.wire import MalformedReplyError
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ class UploadLimits:
     def __post_init__(self) -> None:
         for name in ("max_abs", "factor", "min_scale"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
                 raise ValueError(f"UploadLimits.{name} must be a finite number > 0, got {value!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"UploadLimits.window must be an int >= 1, got {self.window!r}")

@@ -48,9 +48,7 @@ class PeakMemoryMeter:
         """Update the peak with what is held now; return the current total."""
         total = sum(self._tensor_bytes(m) for m in self.modules)
         if optimizer is not None:
-            total += sum(
-                v.nbytes for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
-            )
+            total += sum(v.nbytes for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
         if with_activations:
             total += sum(self._saved.values())
         self.peak_bytes = max(self.peak_bytes, total)

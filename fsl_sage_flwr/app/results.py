@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
-from fsl_sage_flwr.ledger import ByteLedger
-from fsl_sage_flwr.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
 
 if TYPE_CHECKING:
-    from fsl_sage_flwr.algorithms import ServerSetup
+    from fsl_sage_flwr.app.algorithms import ServerSetup
 
 MIB = 1024 * 1024
 
@@ -46,8 +46,7 @@ def run_folder(output_dir: str, run_name: str, algorithm: str) -> Path:
     parts = PurePath(name).parts
     if PurePath(name).is_absolute() or name.startswith("~") or not parts or any(p in ("..", ".") for p in parts):
         raise RunFolderError(
-            f"run-name {name!r} must be a relative folder name inside output-dir "
-            "(no absolute path, no '..', no '.')"
+            f"run-name {name!r} must be a relative folder name inside output-dir (no absolute path, no '..', no '.')"
         )
     folder = base / name
     resolved_base = base.resolve()

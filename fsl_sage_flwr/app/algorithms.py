@@ -18,18 +18,18 @@ from flwr.client import NumPyClient
 from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
+from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.core.devices import resolve_device
+from fsl_sage_flwr.core.models import SplitModel, build_full_model, build_split_model
+from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.data import DatasetSplits
-from fsl_sage_flwr.devices import resolve_device
-from fsl_sage_flwr.ledger import ByteLedger
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.models import SplitModel, build_full_model, build_split_model
-from fsl_sage_flwr.training import evaluate_classifier
 from fsl_sage_flwr.strategies import FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes
 from fsl_sage_flwr.strategies.splitfed import SplitFed
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 
 
 @dataclass
@@ -123,6 +123,8 @@ def _fsl_sage_server(
         warm_up_attempts=settings.warm_up_attempts,
         state_dir=state_dir,
         max_cached_clients=settings.max_cached_clients,
+        server_order=settings.server_order,
+        fidelity_samples=settings.fidelity_samples,
         **_split_kwargs(settings, data, split, tap),
     )
     setup = _split_setup(strategy, split)
@@ -139,7 +141,9 @@ def _cse_fsl_server(
 ) -> ServerSetup:
     split = build_split(settings, data)
     shared = nn.ModuleDict({"client": split.client, "aux": split.aux})
-    strategy = CSEFSL(shared_model=shared, **_split_kwargs(settings, data, split, tap))
+    strategy = CSEFSL(
+        shared_model=shared, server_order=settings.server_order, **_split_kwargs(settings, data, split, tap)
+    )
     return _split_setup(strategy, split)
 
 

@@ -12,22 +12,37 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fsl_sage_flwr.algorithms import get_algorithm
-from fsl_sage_flwr.checkpoint import CHECKPOINT_FILE, FORMAT_VERSION, atomic_save, rng_state, safe_load, set_rng_state
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.algorithms import get_algorithm
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.results import ResultsWriter, RoundRecorder, RunFolderError, check_fresh_results, run_folder
+from fsl_sage_flwr.app.rounds import run_rounds
+from fsl_sage_flwr.core.checkpoint import (
+    CHECKPOINT_FILE,
+    FORMAT_VERSION,
+    atomic_save,
+    rng_state,
+    safe_load,
+    set_rng_state,
+)
+from fsl_sage_flwr.core.models import required_input_shape
+from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.ledger import ByteLedger, MeteredGrid
-from fsl_sage_flwr.metrics import TrainMetricsTap
-from fsl_sage_flwr.models import required_input_shape
-from fsl_sage_flwr.results import ResultsWriter, RoundRecorder, RunFolderError, check_fresh_results, run_folder
-from fsl_sage_flwr.rounds import run_rounds
 from fsl_sage_flwr.strategies.split_fedavg import wait_for_nodes
-from fsl_sage_flwr.training import derive_seed
+from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid
+from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 
 CLIENT_STATE_DIR = "client-state"
 #: keys a resumed run may change; every other key must match the checkpoint's
 RESUMABLE_KEYS = frozenset(
-    {"num-server-rounds", "resume", "checkpoint-interval", "max-cached-clients", "client-threads", "output-dir", "run-name"}
+    {
+        "num-server-rounds",
+        "resume",
+        "checkpoint-interval",
+        "max-cached-clients",
+        "client-threads",
+        "output-dir",
+        "run-name",
+    }
 )
 
 app = ServerApp()
@@ -135,6 +150,7 @@ def _read_checkpoint(folder: Path, settings: RunSettings) -> dict[str, Any]:
         raise RunFolderError(f"resume: the run config differs from the checkpoint's in {details}")
     if int(checkpoint["round"]) > settings.num_server_rounds:
         raise RunFolderError(
-            f"resume: the checkpoint holds round {checkpoint['round']}, beyond num-server-rounds={settings.num_server_rounds}"
+            f"resume: the checkpoint holds round {checkpoint['round']}, "
+            f"beyond num-server-rounds={settings.num_server_rounds}"
         )
     return checkpoint

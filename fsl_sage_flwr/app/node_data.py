@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.core.models import required_input_shape
 from fsl_sage_flwr.data import ArrayDataset, adapt_images, load_dataset_cached, load_partition
-from fsl_sage_flwr.models import required_input_shape
 
 #: Node-config keys.
 PARTITION_ID = "partition-id"
@@ -82,7 +82,9 @@ def _load_local(folder: Path, settings: RunSettings, input_shape: tuple[int, int
     npz = folder / NPZ_FILE
     if npz.is_file():
         return _read_npz(npz, input_shape)
-    return load_dataset_cached(settings.dataset, data_dir=str(folder), input_shape=input_shape, seed=settings.seed).train
+    return load_dataset_cached(
+        settings.dataset, data_dir=str(folder), input_shape=input_shape, seed=settings.seed
+    ).train
 
 
 def _read_npz(path: Path, input_shape: tuple[int, int, int] | None) -> ArrayDataset:
@@ -91,7 +93,9 @@ def _read_npz(path: Path, input_shape: tuple[int, int, int] | None) -> ArrayData
         with np.load(path, allow_pickle=False) as archive:
             missing = {"x", "y"} - set(archive.files)
             if missing:
-                raise ValueError(f"{where} lacks array(s) {', '.join(sorted(missing))} (has: {', '.join(archive.files)})")
+                raise ValueError(
+                    f"{where} lacks array(s) {', '.join(sorted(missing))} (has: {', '.join(archive.files)})"
+                )
             x, y = archive["x"], archive["y"]
     except (OSError, EOFError) as err:
         raise ValueError(f"{where} is not a readable .npz file: {err}") from err

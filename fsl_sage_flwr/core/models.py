@@ -85,9 +85,7 @@ class SplitArchitecture(ABC):
         """
         required = cls.required_input_shape
         if required is not None and tuple(input_shape) != required:
-            raise ValueError(
-                f"model {name!r} needs input shape {required}, got {tuple(input_shape)}"
-            )
+            raise ValueError(f"model {name!r} needs input shape {required}, got {tuple(input_shape)}")
 
     @abstractmethod
     def build_client(self, input_shape: InputShape) -> nn.Module:
@@ -146,9 +144,7 @@ def _lookup(name: str) -> type[SplitArchitecture]:
     try:
         return SPLIT_MODELS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown split model {name!r}; choose one of {sorted(SPLIT_MODELS)}"
-        ) from None
+        raise ValueError(f"unknown split model {name!r}; choose one of {sorted(SPLIT_MODELS)}") from None
 
 
 def required_input_shape(name: str) -> InputShape | None:
@@ -215,8 +211,7 @@ def build_split_model(
     arch_cls = _lookup(name)
     if aux_variant not in arch_cls.aux_variants:
         raise ValueError(
-            f"unknown aux variant {aux_variant!r} for model {name!r}; "
-            f"choose one of {list(arch_cls.aux_variants)}"
+            f"unknown aux variant {aux_variant!r} for model {name!r}; choose one of {list(arch_cls.aux_variants)}"
         )
     input_shape = _as_input_shape(input_shape)
     arch_cls.check_input_shape(name, input_shape)
@@ -410,10 +405,7 @@ class SmallSplitCNN(SplitArchitecture):
         channels, height, width = input_shape
         # Two 2x2 max pools on the client must leave at least one pixel.
         if channels != 1 or height < 4 or width < 4:
-            raise ValueError(
-                f"model {name!r} needs input shape (1, H, W) with H, W >= 4, "
-                f"got {tuple(input_shape)}"
-            )
+            raise ValueError(f"model {name!r} needs input shape (1, H, W) with H, W >= 4, got {tuple(input_shape)}")
 
     def build_client(self, input_shape: InputShape) -> nn.Module:
         return nn.Sequential(

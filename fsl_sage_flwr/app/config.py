@@ -9,14 +9,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsl_sage_flwr.alignment import AlignmentSettings
+from fsl_sage_flwr.core.alignment import AlignmentSettings
+from fsl_sage_flwr.core.devices import DEVICE_CHOICES
+from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
-from fsl_sage_flwr.devices import DEVICE_CHOICES
-from fsl_sage_flwr.models import SPLIT_MODELS, aux_variants
-from fsl_sage_flwr.wire import LocalTraining
-
+from fsl_sage_flwr.transport.wire import LocalTraining
 
 #: The defaults of the settings other dataclasses own: local training and alignment.
+#: How the server steps through a round's uploads (``server-order``): client after
+#: client as the paper does, or all the round's batches shuffled together.
+SERVER_ORDERS = ("partition", "mixed")
+
 _TRAINING = LocalTraining()
 _ALIGNMENT = AlignmentSettings()
 
@@ -30,8 +33,8 @@ class RunSettings:
     """Every knob a user tunes through ``--run-config``, named as in ``pyproject.toml``.
 
     The defaults here are the app's only ones: local-training defaults are
-    :class:`~fsl_sage_flwr.wire.LocalTraining`'s, alignment defaults
-    :class:`~fsl_sage_flwr.alignment.AlignmentSettings`', the rest are set
+    :class:`~fsl_sage_flwr.transport.wire.LocalTraining`'s, alignment defaults
+    :class:`~fsl_sage_flwr.core.alignment.AlignmentSettings`', the rest are set
     below, and ``pyproject.toml``'s run config repeats them all (a test keeps
     the two equal). They suit the embedded digits set; where the paper (Nair et
     al., ICML 2025) differs, ``pyproject.toml`` names its value: 200 rounds,
@@ -66,8 +69,17 @@ class RunSettings:
     align_min_improvement: float = _key(
         "align-min-improvement", "relative loss drop an alignment epoch must make", _ALIGNMENT.min_improvement
     )
+    align_stacked: bool = _key(
+        "align-stacked", "align all due auxiliary models at once (vmapped); same result", _ALIGNMENT.stacked
+    )
     keep_optimizer_state: bool = _key(
         "keep-optimizer-state", "keep client Adam state across rounds", _TRAINING.keep_optimizer_state
+    )
+    fidelity_samples: int = _key(
+        "fidelity-samples", "FSL-SAGE: samples per upload on which aux and server gradients are compared; 0 = off", 64
+    )
+    server_order: str = _key(
+        "server-order", "FSL-SAGE/CSE-FSL: server steps on a round's uploads client by client or mixed", "partition"
     )
     client_threads: int = _key("client-threads", "torch threads per client", 1)
     device: str = _key("device", "where models train: auto, cpu, cuda or cuda:N", "auto")
@@ -130,6 +142,7 @@ class RunSettings:
             seed=self.seed,
             patience=self.align_patience,
             min_improvement=self.align_min_improvement,
+            stacked=self.align_stacked,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -177,6 +190,7 @@ class RunSettings:
             "seed": self.seed,
             "align-patience": self.align_patience,
             "checkpoint-interval": self.checkpoint_interval,
+            "fidelity-samples": self.fidelity_samples,
         }
         if not 0.0 <= self.align_min_improvement < 1.0:
             raise ValueError(f"run config 'align-min-improvement' must be in [0, 1), got {self.align_min_improvement}")
@@ -191,6 +205,7 @@ class RunSettings:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"run config 'device' is {self.device!r}; allowed: {DEVICE_CHOICES}")
         _check_choice("partitioning", self.partitioning, PARTITIONINGS)
+        _check_choice("server-order", self.server_order, SERVER_ORDERS)
         _check_choice("dataset", self.dataset, tuple(DATASETS))
         _check_choice("model", self.model, tuple(SPLIT_MODELS))
         _check_choice("aux-variant", self.aux_variant, aux_variants(self.model))
@@ -206,8 +221,7 @@ class RunSettings:
         """
         if self.train_subset and self.train_subset < num_classes:
             raise ValueError(
-                f"run config 'train-subset' ({self.train_subset}) must be 0 (all) or at least "
-                f"the {num_classes} classes"
+                f"run config 'train-subset' ({self.train_subset}) must be 0 (all) or at least the {num_classes} classes"
             )
         if num_train < 2 * self.min_available_nodes:
             raise ValueError(

@@ -43,9 +43,7 @@ class SmashedBuffer:
             Labels, shape ``(n,)``.
         """
         if z.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"z holds {z.shape[0]} samples but y holds {y.shape[0]} labels"
-            )
+            raise ValueError(f"z holds {z.shape[0]} samples but y holds {y.shape[0]} labels")
         if z.shape[0] == 0:
             return
         self._batches.append((z.detach().clone(), y.detach().clone()))

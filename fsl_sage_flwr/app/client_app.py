@@ -3,7 +3,7 @@
 FSL-SAGE and CSE-FSL clients are NumPyClients served exactly as
 ``ClientApp(client_fn=...)`` would serve them (``fsl_sage_flwr.plugin``); the
 FedAvg client answers Flower's Message-API FedAvg; SplitFed has its per-batch
-handler. The records are specified in ``fsl_sage_flwr.wire``.
+handler. The records are specified in ``fsl_sage_flwr.transport.wire``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fsl_sage_flwr.algorithms import get_algorithm
+from fsl_sage_flwr.app.algorithms import get_algorithm
+from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.node_data import load_node_data
 from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
-from fsl_sage_flwr.config import RunSettings
+from fsl_sage_flwr.core.devices import resolve_device
+from fsl_sage_flwr.core.models import SplitModel, build_split_model, required_input_shape
 from fsl_sage_flwr.data import load_dataset_cached
-from fsl_sage_flwr.devices import resolve_device
-from fsl_sage_flwr.models import SplitModel, build_split_model, required_input_shape
-from fsl_sage_flwr.node_data import load_node_data
 from fsl_sage_flwr.plugin import numpy_client_reply
-from fsl_sage_flwr.wire import (
+from fsl_sage_flwr.transport.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
     GRAD_KEY,
@@ -40,7 +40,7 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run one local round (or FSL-SAGE's warm-up) of the run's algorithm."""
-    client, settings = _build_client(context)
+    client, settings = build_client(context)
     if isinstance(client, SplitFedClient):
         raise ValueError(f"'{settings.algorithm}' trains through per-batch '{SPLIT_STEP_ACTION}' messages")
     if isinstance(client, FedAvgClient):
@@ -51,7 +51,9 @@ def train(msg: Message, context: Context) -> Message:
 def _fedavg_reply(client: FedAvgClient, msg: Message) -> Message:
     """Answer Flower's Message-API FedAvg: named arrays in, named arrays and metrics out."""
     arrays = msg.content.array_records[ARRAYS_KEY]
-    parameters, num_examples, metrics = client.fit(arrays.to_numpy_ndarrays(), dict(msg.content.config_records[CONFIG_KEY]))
+    parameters, num_examples, metrics = client.fit(
+        arrays.to_numpy_ndarrays(), dict(msg.content.config_records[CONFIG_KEY])
+    )
     keys = list(client.shared_model.state_dict())
     reply = RecordDict(
         {
@@ -65,7 +67,7 @@ def _fedavg_reply(client: FedAvgClient, msg: Message) -> Message:
 @app.train(SPLIT_STEP_ACTION)
 def split_step(msg: Message, context: Context) -> Message:
     """SplitFed: apply the previous batch's gradient, send the next batch's activations."""
-    client, settings = _build_client(context)
+    client, settings = build_client(context)
     if not isinstance(client, SplitFedClient):
         raise ValueError(f"per-batch steps are part of SplitFed, not of '{settings.algorithm}'")
     config = dict(msg.content.config_records[CONFIG_KEY])
@@ -84,7 +86,8 @@ def split_step(msg: Message, context: Context) -> Message:
     return Message(content=reply, reply_to=msg)
 
 
-def _build_client(context: Context) -> tuple[Any, RunSettings]:
+def build_client(context: Context) -> tuple[Any, RunSettings]:
+    """Build the client of the run's algorithm for the node in ``context``; return it and the settings."""
     settings = RunSettings.from_run_config(context.run_config)
     torch.set_num_threads(settings.client_threads)
     partition_id = int(context.node_config["partition-id"])
@@ -97,7 +100,9 @@ def _build_client(context: Context) -> tuple[Any, RunSettings]:
     trainset = load_node_data(context.node_config, settings)
     data = load_dataset_cached(settings.dataset, **data_args)
     algorithm = get_algorithm(settings.algorithm)
-    split = _client_split(settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts)
+    split = _client_split(
+        settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts
+    )
     device = resolve_device(settings.device)
     return algorithm.client_class(split, trainset, partition_id, context.state, device), settings
 
@@ -112,4 +117,6 @@ def _client_split(
     from the request or from ``Context.state`` before it trains, so reusing the
     modules carries nothing from one node or round to the next.
     """
-    return build_split_model(model, num_classes=num_classes, input_shape=input_shape, aux_variant=aux_variant, parts=parts)
+    return build_split_model(
+        model, num_classes=num_classes, input_shape=input_shape, aux_variant=aux_variant, parts=parts
+    )

@@ -139,9 +139,7 @@ class MeteredGrid(Grid):
         self._book_received(replies)
         return replies
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Book messages, send them, book and return the replies."""
         messages = list(messages)
         self._book_sent(messages)

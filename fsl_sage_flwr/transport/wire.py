@@ -25,7 +25,7 @@ Reply, client to server (what Flower makes of a ``NumPyClient.fit`` result):
 - ``"fitres.num_examples"`` (MetricRecord): the local training samples, the
   FedAvg weight.
 - ``"fitres.metrics"`` (ConfigRecord, integers): ``partition-id``, ``local-steps``
-  and ``peak-memory-bytes`` (see ``fsl_sage_flwr.memory``).
+  and ``peak-memory-bytes`` (see ``fsl_sage_flwr.core.memory``).
 - ``"fitres.status"`` (ConfigRecord): Flower's status code and message.
 
 SplitFed exchanges (message type ``train.splitstep``), one pair per batch: the
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 ARRAYS_KEY = "arrays"
 AUX_KEY = "aux"
@@ -105,10 +105,7 @@ class SmashedUpload:
 
 def state_dict_spec(state_dict: Mapping[str, torch.Tensor]) -> dict[str, ArraySpec]:
     """Describe a model's state dict as the arrays a reply must carry."""
-    return {
-        name: ArraySpec(tuple(t.shape), str(t.detach().cpu().numpy().dtype))
-        for name, t in state_dict.items()
-    }
+    return {name: ArraySpec(tuple(t.shape), str(t.detach().cpu().numpy().dtype)) for name, t in state_dict.items()}
 
 
 def check_model_record(record: ArrayRecord, spec: Mapping[str, ArraySpec]) -> None:
@@ -117,8 +114,7 @@ def check_model_record(record: ArrayRecord, spec: Mapping[str, ArraySpec]) -> No
     extra = sorted(set(record.keys()) - set(spec))
     if missing or extra:
         raise MalformedReplyError(
-            f"model arrays differ from the expected keys (missing {missing[:3]}, "
-            f"unexpected {extra[:3]})"
+            f"model arrays differ from the expected keys (missing {missing[:3]}, unexpected {extra[:3]})"
         )
     for name, expected in spec.items():
         values = load_array(name, record[name], expected)
@@ -222,13 +218,9 @@ def to_array(values: np.ndarray) -> Array:
     return Array(np.ascontiguousarray(values))
 
 
-def _check_array_header(
-    name: str, shape: tuple[int, ...], dtype: str, expected: ArraySpec
-) -> None:
+def _check_array_header(name: str, shape: tuple[int, ...], dtype: str, expected: ArraySpec) -> None:
     if tuple(shape) != tuple(expected.shape):
-        raise MalformedReplyError(
-            f"array '{name}' has shape {tuple(shape)}, expected {expected.shape}"
-        )
+        raise MalformedReplyError(f"array '{name}' has shape {tuple(shape)}, expected {expected.shape}")
     if dtype != expected.dtype:
         raise MalformedReplyError(f"array '{name}' has dtype {dtype}, expected {expected.dtype}")
 
@@ -306,7 +298,9 @@ class LocalTraining:
                     "fsl_sage_flwr, which sends the local-training settings every round"
                 )
             value = config[key]
-            values[f.name] = float(value) if f.type == "float" and isinstance(value, int) and not isinstance(value, bool) else value
+            values[f.name] = (
+                float(value) if f.type == "float" and isinstance(value, int) and not isinstance(value, bool) else value
+            )
         return cls(**values)
 
     def max_uploaded(self, num_examples: int) -> int:
@@ -353,9 +347,7 @@ def request_content(
         WARMUP_KEY: warmup,
         AUX_INCLUDED_KEY: aux is not None,
     }
-    return RecordDict(
-        {REQUEST_ARRAYS_KEY: ArrayRecord(array_dict=arrays), REQUEST_CONFIG_KEY: ConfigRecord(config)}
-    )
+    return RecordDict({REQUEST_ARRAYS_KEY: ArrayRecord(array_dict=arrays), REQUEST_CONFIG_KEY: ConfigRecord(config)})
 
 
 def decode_request(
@@ -484,7 +476,9 @@ def parse_train_reply(
     if status is None or status.get("code") != 0:
         message = status.get("message", "") if status is not None else "missing"
         raise MalformedReplyError(f"client reports failure: {str(message)[:200]}")
-    num_examples = _strict_int(content.metric_records.get(REPLY_NUM_EXAMPLES_KEY, {}).get("num_examples"), "num-examples")
+    num_examples = _strict_int(
+        content.metric_records.get(REPLY_NUM_EXAMPLES_KEY, {}).get("num_examples"), "num-examples"
+    )
     if not 1 <= num_examples <= bounds.max_examples:
         raise MalformedReplyError(f"num-examples {num_examples} outside [1, {bounds.max_examples}]")
     metrics = content.config_records.get(REPLY_METRICS_KEY)
@@ -519,7 +513,9 @@ def _parse_upload(arrays: list[Array], bounds: ReplyBounds, max_samples: int) ->
     z_arr, y_arr, sizes_arr = arrays
     z = _read_npy("z", z_arr, None, max_bytes=max_samples * math.prod(bounds.cut_shape) * 4)
     if z.ndim != 1 + len(bounds.cut_shape) or z.dtype != np.float32 or z.shape[1:] != tuple(bounds.cut_shape):
-        raise MalformedReplyError(f"array 'z' has shape {z.shape} and dtype {z.dtype}, expected float32 (n, *{bounds.cut_shape})")
+        raise MalformedReplyError(
+            f"array 'z' has shape {z.shape} and dtype {z.dtype}, expected float32 (n, *{bounds.cut_shape})"
+        )
     n = int(z.shape[0])
     if n > max_samples:
         raise MalformedReplyError(f"uploads {n} samples, more than the bound {max_samples}")
@@ -537,7 +533,9 @@ def split_upload(z: np.ndarray, y: np.ndarray, sizes: np.ndarray, *, num_classes
         raise MalformedReplyError("smashed 'batch-sizes' must be a vector of at most n / 2 sizes")
     # Bounding each size before summing rules out int64 overflow in the sum.
     if np.any(sizes < 2) or np.any(sizes > max_batch) or int(sizes.sum()) != n:
-        raise MalformedReplyError(f"batch sizes {sizes.tolist()[:5]} must each be in [2, {max_batch}] and add up to {n}")
+        raise MalformedReplyError(
+            f"batch sizes {sizes.tolist()[:5]} must each be in [2, {max_batch}] and add up to {n}"
+        )
     if not np.all(np.isfinite(z)):
         raise MalformedReplyError("smashed 'z' holds NaN or inf")
     if n and (y.min() < 0 or y.max() >= num_classes):
@@ -560,7 +558,9 @@ def _read_npy(name: str, array: Array, expected: ArraySpec | None, *, max_bytes:
     nothing large or foreign is materialised; pickled (object) arrays are refused.
     """
     if not isinstance(array, Array) or array.stype != "numpy.ndarray":
-        raise MalformedReplyError(f"array '{name}' is not a numpy array ({getattr(array, 'stype', type(array).__name__)})")
+        raise MalformedReplyError(
+            f"array '{name}' is not a numpy array ({getattr(array, 'stype', type(array).__name__)})"
+        )
     if expected is not None:
         max_bytes = math.prod(expected.shape) * np.dtype(expected.dtype).itemsize
     limit = (max_bytes or 0) + _NPY_HEADER_BYTES

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsl_sage_flwr.buffer import SmashedBuffer
+from fsl_sage_flwr.core.buffer import SmashedBuffer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -100,7 +100,10 @@ class ClientState:
         """Bytes of the aux model, its optimizer state and the buffer."""
         model = sum(t.nbytes for t in self.aux.state_dict().values())
         optim = sum(
-            v.nbytes for slots in self.aux_optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor)
+            v.nbytes
+            for slots in self.aux_optimizer.state.values()
+            for v in slots.values()
+            if isinstance(v, torch.Tensor)
         )
         return model + optim + self.buffer.nbytes()
 

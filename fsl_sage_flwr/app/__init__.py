@@ -1,0 +1,1 @@
+"""Flower app entry points: server and client apps, algorithm registry, settings, round recording."""

@@ -1,0 +1,338 @@
+"""Auxiliary-model alignment: fit its input gradients to the server's."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsl_sage_flwr.core.estimation import input_gradient, preserved_buffers
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    """Auxiliary alignment of FSL-SAGE (Nair et al., ICML 2025).
+
+    The app's defaults (``RunSettings`` takes them): the paper's, but for the
+    small digits set l = 5 (paper: 10) and 30 epochs (paper: 100).
+    """
+
+    interval: int = 5
+    buffer_size: int = 1000
+    epochs: int = 30
+    batch_size: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patience: int = 0
+    """Stop after this many epochs without a ``min_improvement`` gain; 0 runs every epoch (the paper)."""
+    min_improvement: float = 0.01
+    """Relative drop of an epoch's matching loss that counts as a gain."""
+    stacked: bool = False
+    """Align all due clients in one vmapped pass per step (same result as one by one)."""
+
+
+@dataclass(frozen=True)
+class AlignmentReport:
+    """Gradient-matching loss and cosine similarity before and after alignment, and its cost."""
+
+    loss_before: float
+    loss_after: float
+    cosine_before: float
+    cosine_after: float
+    num_samples: int
+    epochs: int = 0
+    seconds: float = 0.0
+
+
+def server_cut_gradients(server: nn.Module, z: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Return the alignment targets ``G = d/dZ sum_n NLL(s(Z_n), Y_n)``.
+
+    Per-sample (sum-reduced) gradients, computed in train mode like the server's
+    own training passes, in chunks of ``batch_size`` (the alignment minibatch).
+    The server's BatchNorm running statistics are left as they were: buffered
+    activations are stale and must not move them (Nair et al., ICML 2025, Alg. 1).
+    """
+    targets = []
+    with preserved_buffers(server):
+        server.train()
+        for chunk in chunks(z.shape[0], batch_size):
+            targets.append(input_gradient(server, z[chunk], y[chunk], reduction="sum"))
+    return torch.cat(targets).detach()
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` covering ``range(n)``, none of one sample.
+
+    BatchNorm in train mode cannot normalise a single sample, so a one-sample
+    tail joins the chunk before it.
+    """
+    bounds = list(range(0, n, size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def gradient_matching_loss(aux: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return ``sum (d/dz sum_n NLL(a(z_n), y_n) - target)^2`` with a live graph."""
+    z = z.detach().requires_grad_(True)
+    estimate = input_gradient(aux, z, y, reduction="sum", create_graph=True)
+    return (estimate - target).pow(2).sum()
+
+
+def align_auxiliary(
+    aux: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    server: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    patience: int = 0,
+    min_improvement: float = 0.01,
+) -> AlignmentReport:
+    """Align one client's auxiliary model to the server model on its buffer.
+
+    Minimises the gradient-matching loss between the auxiliary model's and the
+    server model's per-sample cut-layer gradients with double backprop (Nair et
+    al., ICML 2025, Eq. 6). The caller keeps ``optimizer`` across alignments, as
+    the reference does.
+
+    Parameters
+    ----------
+    aux : nn.Module
+        The server's copy of the client's auxiliary model; trained in place.
+    optimizer : torch.optim.Optimizer
+        Optimizer over ``aux``'s parameters.
+    server : nn.Module
+        The current server-side model (not modified).
+    z, y : torch.Tensor
+        The client's buffered activations and labels.
+    epochs : int
+        Passes over the buffer.
+    batch_size : int
+        Minibatch size of the matching loss.
+    generator : torch.Generator, optional
+        Seeds the minibatch order.
+    patience : int
+        Early stop: end after ``patience`` epochs in a row whose summed matching
+        loss fell by less than ``min_improvement`` (relative) below the best so
+        far. 0 runs all ``epochs``, as the paper does.
+    min_improvement : float
+        The relative gain an epoch must make to count as one.
+
+    Returns
+    -------
+    AlignmentReport
+        Matching loss and cosine similarity on the whole buffer before and after,
+        the epochs run and the seconds taken.
+    """
+    started = time.perf_counter()
+    target = server_cut_gradients(server, z, y, batch_size)
+    before = _evaluate_match(aux, z, y, target, batch_size)
+    aux.train()
+    best, stale, epochs_run = math.inf, 0, 0
+    for _ in range(epochs):
+        order = torch.randperm(z.shape[0], generator=generator).to(z.device)
+        epoch_loss = torch.zeros((), device=z.device)
+        for chunk in chunks(z.shape[0], batch_size):
+            idx = order[chunk]
+            optimizer.zero_grad(set_to_none=True)
+            loss = gradient_matching_loss(aux, z[idx], y[idx], target[idx])
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.detach()
+        epochs_run += 1
+        if patience:
+            # One host sync per epoch, and only when stopping early is asked for.
+            value = float(epoch_loss)
+            if value < best * (1.0 - min_improvement):
+                best, stale = value, 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    after = _evaluate_match(aux, z, y, target, batch_size)
+    return AlignmentReport(
+        before[0], after[0], before[1], after[1], int(z.shape[0]), epochs_run, time.perf_counter() - started
+    )
+
+
+def _evaluate_match(
+    aux: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor,
+    batch_size: int,
+) -> tuple[float, float]:
+    """Matching loss and mean cosine similarity, without touching aux's state."""
+    with preserved_buffers(aux):
+        aux.train()
+        estimate = torch.cat(
+            [input_gradient(aux, z[chunk], y[chunk], reduction="sum") for chunk in chunks(z.shape[0], batch_size)]
+        )
+    loss = float((estimate - target).pow(2).sum())
+    cosine = F.cosine_similarity(estimate.flatten(1), target.flatten(1), dim=1, eps=1e-12)
+    return loss, float(cosine.mean())
+
+
+def align_auxiliaries_stacked(
+    auxes: list[nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    server: nn.Module,
+    buffers: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    batch_size: int,
+    generators: list[torch.Generator | None],
+    patience: int = 0,
+    min_improvement: float = 0.01,
+) -> list[AlignmentReport]:
+    """Align several clients' auxiliary models at once, one vmapped pass per step.
+
+    Computes the same per-client updates as :func:`align_auxiliary` called client
+    after client (Nair et al., ICML 2025, Eq. 6): clients whose buffers have the
+    same length are stacked (``torch.func.stack_module_state`` style) and their
+    double-backprop gradients come from one ``vmap`` over ``grad(grad(.))``.
+    Each client keeps its own optimizer (its own Adam moments), its own
+    BatchNorm buffers, minibatch order and early stop. Clients with different
+    buffer lengths fall into separate groups. A report's ``seconds`` is its
+    group's time shared evenly among the group's clients.
+
+    Parameters
+    ----------
+    auxes, optimizers : list
+        The clients' auxiliary models (same architecture) and their optimizers.
+    server : nn.Module
+        The current server-side model (not modified).
+    buffers : list of (torch.Tensor, torch.Tensor)
+        Each client's buffered activations and labels.
+    epochs, batch_size, patience, min_improvement
+        As in :func:`align_auxiliary`.
+    generators : list of torch.Generator or None
+        Each client's minibatch-order generator.
+
+    Returns
+    -------
+    list of AlignmentReport
+        One per client, in the order given.
+    """
+    if not len(auxes) == len(optimizers) == len(buffers) == len(generators):
+        raise ValueError("auxes, optimizers, buffers and generators must have the same length")
+    groups: dict[int, list[int]] = {}
+    for i, (z, _) in enumerate(buffers):
+        groups.setdefault(int(z.shape[0]), []).append(i)
+    reports: list[AlignmentReport | None] = [None] * len(auxes)
+    for members in groups.values():
+        group_reports = _align_group(
+            [auxes[i] for i in members],
+            [optimizers[i] for i in members],
+            server,
+            [buffers[i] for i in members],
+            epochs=epochs,
+            batch_size=batch_size,
+            generators=[generators[i] for i in members],
+            patience=patience,
+            min_improvement=min_improvement,
+        )
+        for i, report in zip(members, group_reports):
+            reports[i] = report
+    return [r for r in reports if r is not None]
+
+
+def _stacked_matching_step(template: nn.Module):
+    """``vmap``-ed ``(params, buffers, z, y, target) -> (grads, loss)`` of the matching loss."""
+
+    def matching_loss(params, buffers, z, y, target):
+        # BatchNorm updates its running statistics in place: they must be an input
+        # of every transformed function, never a captured tensor.
+        def summed_nll(z_in, buffers_in):
+            logits = torch.func.functional_call(template, (params, buffers_in), (z_in,))
+            return F.cross_entropy(logits, y, reduction="sum")
+
+        estimate = torch.func.grad(summed_nll)(z, buffers)
+        loss = (estimate - target).pow(2).sum()
+        return loss, loss.detach()
+
+    return torch.vmap(torch.func.grad(matching_loss, has_aux=True))
+
+
+def _align_group(
+    auxes: list[nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    server: nn.Module,
+    buffers: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    batch_size: int,
+    generators: list[torch.Generator | None],
+    patience: int,
+    min_improvement: float,
+) -> list[AlignmentReport]:
+    """Stacked alignment of clients whose buffers have one length."""
+    started = time.perf_counter()
+    n = int(buffers[0][0].shape[0])
+    device = buffers[0][0].device
+    targets = [server_cut_gradients(server, z, y, batch_size) for z, y in buffers]
+    before = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
+    # A stateless copy that only lends its structure to functional_call.
+    template = copy.deepcopy(auxes[0]).to("meta")
+    template.train()
+    step = _stacked_matching_step(template)
+    for aux in auxes:
+        aux.train()
+    best = [math.inf] * len(auxes)
+    stale = [0] * len(auxes)
+    epochs_run = [0] * len(auxes)
+    active = list(range(len(auxes)))
+    for _ in range(epochs):
+        if not active:
+            break
+        orders = [torch.randperm(n, generator=generators[i]).to(device) for i in active]
+        epoch_loss = torch.zeros(len(active), device=device)
+        for chunk in chunks(n, batch_size):
+            idx = [order[chunk] for order in orders]
+            params = _stack([dict(auxes[i].named_parameters()) for i in active])
+            stacked_buffers = _stack([dict(auxes[i].named_buffers()) for i in active])
+            z = torch.stack([buffers[i][0][j] for i, j in zip(active, idx)])
+            y = torch.stack([buffers[i][1][j] for i, j in zip(active, idx)])
+            target = torch.stack([targets[i][j] for i, j in zip(active, idx)])
+            grads, losses = step(params, stacked_buffers, z, y, target)
+            for k, i in enumerate(active):
+                with torch.no_grad():
+                    # BatchNorm running statistics moved in the stacked copy.
+                    for name, buf in auxes[i].named_buffers():
+                        buf.copy_(stacked_buffers[name][k])
+                optimizers[i].zero_grad(set_to_none=True)
+                for name, param in auxes[i].named_parameters():
+                    param.grad = grads[name][k].detach().clone()
+                optimizers[i].step()
+            epoch_loss += losses.detach()
+        still_active = []
+        for k, i in enumerate(active):
+            epochs_run[i] += 1
+            if patience:
+                value = float(epoch_loss[k])
+                if value < best[i] * (1.0 - min_improvement):
+                    best[i], stale[i] = value, 0
+                else:
+                    stale[i] += 1
+                    if stale[i] >= patience:
+                        continue
+            still_active.append(i)
+        active = still_active
+    after = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
+    seconds = (time.perf_counter() - started) / len(auxes)
+    return [AlignmentReport(b[0], a[0], b[1], a[1], n, e, seconds) for b, a, e in zip(before, after, epochs_run)]
+
+
+def _stack(named: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack each named tensor across clients into a fresh, detached tensor."""
+    return {name: torch.stack([d[name].detach() for d in named]) for name in named[0]}

@@ -1,0 +1,100 @@
+"""Helpers for testing the apps without a SuperLink: run configs, reply messages, a Grid double, fake data."""
+
+from __future__ import annotations
+
+import gzip
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Message, Metadata, RecordDict
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+
+from fsl_sage_flwr.transport.wire import TrainReply
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def app_config(output_dir: Path, **overrides: object) -> dict:
+    """Return the app's default run config, writing to ``output_dir``, with ``overrides``.
+
+    Parameters
+    ----------
+    output_dir : Path
+        The ``output-dir`` of the run; the run is named ``run``.
+    **overrides : object
+        Run-config values; underscores in the names stand for dashes.
+    """
+    config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    config.update({"output-dir": str(output_dir), "run-name": "run"})
+    config.update({key.replace("_", "-"): value for key, value in overrides.items()})
+    return config
+
+
+def fit_reply_content(reply: TrainReply) -> RecordDict:
+    """Return the records a NumPyClient's ``fit`` result becomes on its way to the server."""
+    arrays, num_examples, metrics = reply.to_fit_result()
+    fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, metrics)
+    return fitres_to_recorddict(fit_res, keep_input=False)
+
+
+def reply_from(node_id: int, content: RecordDict, message_type: str = "train") -> Message:
+    """Return a reply message as it arrives at the server from ``node_id``."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"reply-{node_id}",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
+    return Message(content=content, metadata=metadata)
+
+
+class ScriptedGrid:
+    """A Grid double: fixed node ids, replies produced by a function of each message.
+
+    Parameters
+    ----------
+    node_ids : list[int]
+        The ids ``get_node_ids`` reports.
+    respond : Callable[[Message], Message]
+        Builds the reply to each message sent.
+    """
+
+    def __init__(self, node_ids: list[int], respond: Callable[[Message], Message]) -> None:
+        self.node_ids = node_ids
+        self.respond = respond
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Return the fixed node ids."""
+        return list(self.node_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Record ``messages`` and return one scripted reply to each."""
+        messages = list(messages)
+        self.sent.extend(messages)
+        return [self.respond(m) for m in messages]
+
+
+def write_fake_mnist(folder: Path, n_train: int = 20, n_test: int = 10) -> None:
+    """Write tiny MNIST files (IDX format, random pixels, labels cycling 0-9) into a new ``folder``."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    # IDX header: two zero bytes, type code 0x08 (uint8), rank, then big-endian dims.
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
