@@ -79,9 +79,7 @@ def test_load_dataset_pads_digits_to_three_channels_32(digits):
     # Assert: 12 px of normalised zeros around the unchanged normalised image.
     assert splits.train.images.shape == (DIGITS_TRAIN, 3, 32, 32)
     assert splits.input_shape == (3, 32, 32)
-    np.testing.assert_array_equal(
-        splits.train.images[:, :, 12:20, 12:20], np.repeat(digits.train.images, 3, axis=1)
-    )
+    np.testing.assert_array_equal(splits.train.images[:, :, 12:20, 12:20], np.repeat(digits.train.images, 3, axis=1))
     border = splits.train.images.copy()
     border[:, :, 12:20, 12:20] = 0
     assert not border.any()

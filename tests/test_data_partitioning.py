@@ -66,14 +66,7 @@ def test_iid_partitions_have_near_equal_sizes_and_mixed_labels(digits):
 def _mean_label_skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:
     """Mean total-variation distance between each partition's and the global label mix."""
     overall = np.bincount(labels, minlength=10) / len(labels)
-    return float(
-        np.mean(
-            [
-                0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p) - overall).sum()
-                for p in parts
-            ]
-        )
-    )
+    return float(np.mean([0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p) - overall).sum() for p in parts]))
 
 
 def test_small_alpha_dirichlet_skews_labels_more_than_iid(digits):
@@ -108,27 +101,18 @@ def test_tiny_alpha_on_digits_still_gives_every_client_data(digits):
         (4, "dirichlet", -1.0, "alpha"),
     ],
 )
-def test_partition_indices_rejects_bad_arguments(
-    digits, num_partitions, partitioning, alpha, message
-):
+def test_partition_indices_rejects_bad_arguments(digits, num_partitions, partitioning, alpha, message):
     # Execute / Assert
     with pytest.raises(ValueError, match=message):
-        partition_indices(
-            digits.train.labels, num_partitions, partitioning=partitioning, alpha=alpha
-        )
+        partition_indices(digits.train.labels, num_partitions, partitioning=partitioning, alpha=alpha)
 
 
 def test_load_partition_returns_the_partition_samples(digits):
     # Prepare
-    expected = partition_indices(
-        digits.train.labels, 4, partitioning="dirichlet", alpha=1.0, seed=2
-    )
+    expected = partition_indices(digits.train.labels, 4, partitioning="dirichlet", alpha=1.0, seed=2)
 
     # Execute
-    clients = [
-        load_partition("digits", pid, 4, partitioning="dirichlet", alpha=1.0, seed=2)
-        for pid in range(4)
-    ]
+    clients = [load_partition("digits", pid, 4, partitioning="dirichlet", alpha=1.0, seed=2) for pid in range(4)]
 
     # Assert
     assert [len(c) for c in clients] == [len(p) for p in expected]
@@ -178,10 +162,7 @@ def test_load_dataset_cached_shares_one_entry_for_equivalent_arguments():
 def _flower_partitions(partitioner, table) -> list[np.ndarray]:
     """Sorted sample indices of every partition of ``table`` cut by ``partitioner``."""
     partitioner.dataset = table
-    return [
-        np.sort(np.asarray(partitioner.load_partition(pid)["index"]))
-        for pid in range(partitioner.num_partitions)
-    ]
+    return [np.sort(np.asarray(partitioner.load_partition(pid)["index"])) for pid in range(partitioner.num_partitions)]
 
 
 def test_iid_partitions_are_flowers_shards_of_a_seeded_permutation(digits):

@@ -100,9 +100,7 @@ def test_read_idx_round_trip(tmp_path, file_name):
 def test_read_idx_reads_big_endian_ints(tmp_path):
     # Prepare: type byte 0x0C = int32, stored big-endian.
     values = np.array([1, -2, 70000], dtype=">i4")
-    (tmp_path / "ints").write_bytes(
-        bytes([0, 0, 0x0C, 1]) + np.array([3], ">u4").tobytes() + values.tobytes()
-    )
+    (tmp_path / "ints").write_bytes(bytes([0, 0, 0x0C, 1]) + np.array([3], ">u4").tobytes() + values.tobytes())
 
     # Execute / Assert
     np.testing.assert_array_equal(read_idx(tmp_path / "ints"), [1, -2, 70000])
@@ -206,9 +204,7 @@ def test_cifar_python_version_layout(tmp_path, name):
     np.testing.assert_array_equal(splits.test.labels, [3, 2, 1])
 
 
-@pytest.mark.parametrize(
-    ("name", "hub_id"), [("cifar10", "uoft-cs/cifar10"), ("cifar100", "uoft-cs/cifar100")]
-)
+@pytest.mark.parametrize(("name", "hub_id"), [("cifar10", "uoft-cs/cifar10"), ("cifar100", "uoft-cs/cifar100")])
 def test_cifar_falls_back_to_the_hub(tmp_path, monkeypatch, name, hub_id):
     # Prepare: no local files; the hub is a fake, so no network is touched.
     monkeypatch.setattr(flwr_datasets, "FederatedDataset", _FakeFederatedDataset)

@@ -7,7 +7,6 @@ import pytest
 
 from fsl_sage_flwr.data import adapt_images
 
-
 # --------------------------------------------------------------------------- adapt_images
 
 

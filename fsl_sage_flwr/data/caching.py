@@ -107,9 +107,7 @@ def _memoised_dataset(
     seed: int,
 ) -> DatasetSplits:
     """Call :func:`load_dataset` once per canonical key."""
-    return load_dataset(
-        name, data_dir=data_dir, input_shape=input_shape, train_subset=train_subset, seed=seed
-    )
+    return load_dataset(name, data_dir=data_dir, input_shape=input_shape, train_subset=train_subset, seed=seed)
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,6 +117,4 @@ def _memoised_partitions(
     """Call :func:`partition_indices` once per dataset key and partitioning."""
     labels = _memoised_dataset(*key).train.labels
     seed = key[-1]
-    return tuple(
-        partition_indices(labels, num_partitions, partitioning=partitioning, alpha=alpha, seed=seed)
-    )
+    return tuple(partition_indices(labels, num_partitions, partitioning=partitioning, alpha=alpha, seed=seed))

@@ -54,9 +54,7 @@ _CIFAR_SPECS = {
 }
 
 
-def _read_cifar_files(
-    directory: Path, names: tuple[str, ...], label_key: bytes
-) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_files(directory: Path, names: tuple[str, ...], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate the batches ``names`` of ``directory`` into uint8 images and labels."""
     images, labels = [], []
     for name in names:

@@ -28,9 +28,7 @@ class ArrayDataset:
         if self.images.ndim < 2:
             raise ValueError(f"inputs must be (N, ...) with one row per sample, got shape {self.images.shape}")
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):
-            raise ValueError(
-                f"labels must be (N,) with N = {len(self.images)}, got shape {self.labels.shape}"
-            )
+            raise ValueError(f"labels must be (N,) with N = {len(self.images)}, got shape {self.labels.shape}")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -37,9 +37,7 @@ _IDX_STEMS = {
 }
 
 _IDX_HOW_TO_GET = {
-    "mnist": (
-        "download the four MNIST IDX .gz files into a folder and pass run-config data-dir=<folder>"
-    ),
+    "mnist": ("download the four MNIST IDX .gz files into a folder and pass run-config data-dir=<folder>"),
     "fashion-mnist": (
         "install the Debian package dataset-fashion-mnist (it fills "
         "/usr/share/datasets/fashion-mnist), or download the four Fashion-MNIST IDX .gz "
@@ -83,10 +81,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header_size != expected:
-        raise ValueError(
-            f"{path}: IDX payload has {len(raw) - header_size} bytes, "
-            f"shape {shape} needs {expected}"
-        )
+        raise ValueError(f"{path}: IDX payload has {len(raw) - header_size} bytes, shape {shape} needs {expected}")
     data = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
     return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
@@ -126,9 +121,7 @@ def _load_idx_dataset(name: str, data_dir: Path | None) -> RawSplits:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"{name}: {split} images {images.shape} and labels {labels.shape} do not match"
-            )
+            raise ValueError(f"{name}: {split} images {images.shape} and labels {labels.shape} do not match")
     log(INFO, "%s: loaded from %s", name, files["train_images"].parent)
     return RawSplits(
         scale_to_unit(arrays["train_images"][:, None], 255),

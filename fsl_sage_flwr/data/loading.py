@@ -101,12 +101,8 @@ def load_dataset(
 
     raw = DATASETS[name](Path(data_dir) if data_dir else None)
     mean, std = channel_stats(raw.train_images)
-    train = ArrayDataset(
-        normalise(raw.train_images, mean, std), raw.train_labels.astype(np.int64, copy=False)
-    )
-    test = ArrayDataset(
-        normalise(raw.test_images, mean, std), raw.test_labels.astype(np.int64, copy=False)
-    )
+    train = ArrayDataset(normalise(raw.train_images, mean, std), raw.train_labels.astype(np.int64, copy=False))
+    test = ArrayDataset(normalise(raw.test_images, mean, std), raw.test_labels.astype(np.int64, copy=False))
 
     if train_subset is not None and train_subset < len(train):
         train = train.subset(_stratified_sample(train.labels, train_subset, seed))

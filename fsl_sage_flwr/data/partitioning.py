@@ -69,9 +69,7 @@ def partition_indices(
         if not (np.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a positive number, got {alpha}")
         return _dirichlet_partition(labels, num_partitions, alpha, seed)
-    raise ValueError(
-        f"unknown partitioning {partitioning!r}; choose one of {', '.join(PARTITIONINGS)}"
-    )
+    raise ValueError(f"unknown partitioning {partitioning!r}; choose one of {', '.join(PARTITIONINGS)}")
 
 
 def _label_table(labels: np.ndarray, order: np.ndarray) -> Any:
@@ -88,8 +86,7 @@ def _label_table(labels: np.ndarray, order: np.ndarray) -> Any:
 def _partition_index_arrays(partitioner: Any, num_partitions: int) -> list[np.ndarray]:
     """Read the ``index`` column of every partition, sorted."""
     return [
-        np.sort(np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64))
-        for pid in range(num_partitions)
+        np.sort(np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)) for pid in range(num_partitions)
     ]
 
 
@@ -103,9 +100,7 @@ def _iid_partition(labels: np.ndarray, num_partitions: int, seed: int) -> list[n
     return _partition_index_arrays(partitioner, num_partitions)
 
 
-def _dirichlet_partition(
-    labels: np.ndarray, num_partitions: int, alpha: float, seed: int
-) -> list[np.ndarray]:
+def _dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Dirichlet label-skewed partitions, redrawn until every client has enough samples."""
     from flwr_datasets.partitioner import DirichletPartitioner
 
