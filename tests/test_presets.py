@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from flwr.common.config import flatten_dict, fuse_dicts, parse_config_args
 
-from fsl_sage_flwr import data
 from fsl_sage_flwr.app.client_app import app as client_app
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.results import read_results
 from fsl_sage_flwr.app.server_app import app as server_app
+from fsl_sage_flwr.data import cifar
 from simulations.compare import _parse_options, _strategy_names, build_run_configs, read_preset
 from simulations.in_process import run_in_process
 
@@ -221,7 +221,7 @@ def test_paper_cifar_preset_runs_two_rounds_on_a_synthetic_folder(tmp_path, monk
     def no_download(spec):
         raise AssertionError(f"tried to fetch {spec.hub_id}")
 
-    monkeypatch.setattr(data, "_load_cifar_from_hub", no_download)
+    monkeypatch.setattr(cifar, "_load_cifar_from_hub", no_download)
     config = _as_flower_reads_it(PRESETS_DIR / preset)
     _write_synthetic_cifar(tmp_path / "data", dataset, np.random.default_rng(0))
     config.update(
