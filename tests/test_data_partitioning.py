@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
+from fsl_sage_flwr.core.seeds import derive_seed
 from fsl_sage_flwr.data import (
     ArrayDataset,
     load_dataset,
@@ -16,7 +17,6 @@ from fsl_sage_flwr.data import (
     load_partition,
     partition_indices,
 )
-from fsl_sage_flwr.seeds import derive_seed
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360
 

@@ -1,4 +1,4 @@
-"""Tests for fsl_sage_flwr.seeds: the one seed-derivation function and its two schemes."""
+"""Tests for fsl_sage_flwr.core.seeds: the one seed-derivation function and its two schemes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fsl_sage_flwr.core import training
-from fsl_sage_flwr.seeds import derive_seed
+from fsl_sage_flwr.core.seeds import derive_seed
 
 
 @pytest.mark.parametrize("parts", [(0, "server-init"), (7, 3, 12, "batches"), (2**40, -1)])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Re-exported: the training code and its callers have always imported it from here.
-from fsl_sage_flwr.seeds import derive_seed as derive_seed
+from fsl_sage_flwr.core.seeds import derive_seed as derive_seed
 
 
 def minibatches(

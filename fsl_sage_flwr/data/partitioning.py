@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from flwr.common.logger import log
 
-from fsl_sage_flwr.seeds import derive_seed
+from fsl_sage_flwr.core.seeds import derive_seed
 
 # How often the Dirichlet partitioning is redrawn (each draw already retries 11 times
 # inside Flower Datasets) before a too-small ``alpha`` is reported as an error.
