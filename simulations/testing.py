@@ -89,11 +89,12 @@ def write_fake_mnist(folder: Path, n_train: int = 20, n_test: int = 10) -> None:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
     for split, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as an IDX file, gzip-compressed if the name ends in .gz."""
     # IDX header: two zero bytes, type code 0x08 (uint8), rank, then big-endian dims.
     header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     payload = header + array.astype(np.uint8).tobytes()

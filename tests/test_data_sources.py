@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import shlex
@@ -16,25 +15,10 @@ import pytest
 from PIL import Image
 
 from fsl_sage_flwr.data import DatasetNotFoundError, idx, load_array_pickle, load_dataset, read_idx
+from simulations.testing import write_fake_mnist, write_idx
 
 # The project's shared data folder sits beside the repository (also in CI's copy).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` (uint8) as an IDX file, gzip-compressed if the name ends in .gz."""
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    payload = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
-
-
-def _write_fake_mnist(folder: Path, n_train: int = 20, n_test: int = 10) -> None:
-    """Four tiny IDX files in the MNIST layout (2 images per class)."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
 
 
 def _write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_key: bytes) -> None:
@@ -87,7 +71,7 @@ class _FakeFederatedDataset:
 def test_read_idx_round_trip(tmp_path, file_name):
     # Prepare
     array = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
-    _write_idx(tmp_path / file_name, array)
+    write_idx(tmp_path / file_name, array)
 
     # Execute
     loaded = read_idx(tmp_path / file_name)
@@ -128,7 +112,7 @@ def test_read_idx_rejects_malformed_file_naming_it(tmp_path, content, message):
 
 def test_mnist_loads_from_a_folder_named_after_it(tmp_path):
     # Prepare: data_dir/mnist holds a mix of .gz and plain IDX files.
-    _write_fake_mnist(tmp_path / "mnist")
+    write_fake_mnist(tmp_path / "mnist")
 
     # Execute
     splits = load_dataset("mnist", data_dir=str(tmp_path), input_shape=(3, 32, 32))
