@@ -113,7 +113,7 @@ def test_alignment_lowers_matching_loss_and_raises_cosine(variant, loss_ratio, c
     assert report.cosine_after > report.cosine_before + cosine_gain
 
 
-def _aligned(epochs: int, patience: int, n: int = 200, batch_size: int = 100):
+def _aligned(epochs: int, patience: int, n: int = 200, batch_size: int = 100, min_improvement: float = 0.05):
     split = _split("default")
     x, y = _batch(n, seed=3)
     with torch.no_grad():
@@ -129,7 +129,7 @@ def _aligned(epochs: int, patience: int, n: int = 200, batch_size: int = 100):
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(0),
         patience=patience,
-        min_improvement=0.05,
+        min_improvement=min_improvement,
     )
 
 
@@ -141,6 +141,14 @@ def test_alignment_stops_once_the_matching_loss_stops_improving():
     assert full.epochs == 120
     assert 2 < early.epochs < 120
     assert early.cosine_after > early.cosine_before + 0.2
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_early_stop_ends_exactly_patience_epochs_after_the_last_gain(patience):
+    # Execute: no epoch can lower the loss by 99.99%, so only the first one counts as a gain
+    report = _aligned(epochs=20, patience=patience, min_improvement=0.9999)
+    # Assert
+    assert report.epochs == 1 + patience
 
 
 def test_a_buffer_one_sample_past_a_batch_aligns():

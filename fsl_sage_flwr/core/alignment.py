@@ -138,7 +138,8 @@ def align_auxiliary(
     target = server_cut_gradients(server, z, y, batch_size)
     before = _evaluate_match(aux, z, y, target, batch_size)
     aux.train()
-    best, stale, epochs_run = math.inf, 0, 0
+    stop = _EarlyStop(patience, min_improvement)
+    epochs_run = 0
     for _ in range(epochs):
         order = torch.randperm(z.shape[0], generator=generator).to(z.device)
         epoch_loss = torch.zeros((), device=z.device)
@@ -150,15 +151,8 @@ def align_auxiliary(
             optimizer.step()
             epoch_loss += loss.detach()
         epochs_run += 1
-        if patience:
-            # One host sync per epoch, and only when stopping early is asked for.
-            value = float(epoch_loss)
-            if value < best * (1.0 - min_improvement):
-                best, stale = value, 0
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
+        if stop.after_epoch(epoch_loss):
+            break
     after = _evaluate_match(aux, z, y, target, batch_size)
     return AlignmentReport(
         before[0], after[0], before[1], after[1], int(z.shape[0]), epochs_run, time.perf_counter() - started
@@ -288,8 +282,7 @@ def _align_group(
     step = _stacked_matching_step(template)
     for aux in auxes:
         aux.train()
-    best = [math.inf] * len(auxes)
-    stale = [0] * len(auxes)
+    stops = [_EarlyStop(patience, min_improvement) for _ in auxes]
     epochs_run = [0] * len(auxes)
     active = list(range(len(auxes)))
     for _ in range(epochs):
@@ -318,19 +311,35 @@ def _align_group(
         still_active = []
         for k, i in enumerate(active):
             epochs_run[i] += 1
-            if patience:
-                value = float(epoch_loss[k])
-                if value < best[i] * (1.0 - min_improvement):
-                    best[i], stale[i] = value, 0
-                else:
-                    stale[i] += 1
-                    if stale[i] >= patience:
-                        continue
-            still_active.append(i)
+            if not stops[i].after_epoch(epoch_loss[k]):
+                still_active.append(i)
         active = still_active
     after = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
     seconds = (time.perf_counter() - started) / len(auxes)
     return [AlignmentReport(b[0], a[0], b[1], a[1], n, e, seconds) for b, a, e in zip(before, after, epochs_run)]
+
+
+class _EarlyStop:
+    """The early-stop rule of an alignment: ``patience`` epochs in a row without a relative
+    gain of ``min_improvement`` below the best summed matching loss so far; 0 never stops."""
+
+    def __init__(self, patience: int, min_improvement: float) -> None:
+        self.patience = patience
+        self.min_improvement = min_improvement
+        self.best = math.inf
+        self.stale = 0
+
+    def after_epoch(self, epoch_loss: torch.Tensor) -> bool:
+        """Record an epoch's summed loss; return whether the alignment should stop."""
+        if not self.patience:
+            return False
+        # One host sync per epoch, and only when stopping early is asked for.
+        value = float(epoch_loss)
+        if value < self.best * (1.0 - self.min_improvement):
+            self.best, self.stale = value, 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
 
 
 def _stack(named: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

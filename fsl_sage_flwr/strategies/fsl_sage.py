@@ -383,7 +383,6 @@ class FSLSage(SplitFedAvg):
         if len(state.buffer) == 0:
             return
         z, y = (t.to(self.device) for t in state.buffer.tensors())  # a stored buffer loads on the CPU
-        seed = derive_seed(self.alignment.seed, server_round, slot.partition_id, "align")
         report = align_auxiliary(
             state.aux,
             state.aux_optimizer,
@@ -392,7 +391,7 @@ class FSLSage(SplitFedAvg):
             y,
             epochs=self.alignment.epochs,
             batch_size=self.alignment.batch_size,
-            generator=torch.Generator().manual_seed(seed),
+            generator=self._align_generator(slot, server_round),
             patience=self.alignment.patience,
             min_improvement=self.alignment.min_improvement,
         )
@@ -417,15 +416,16 @@ class FSLSage(SplitFedAvg):
             [tuple(t.to(self.device) for t in state.buffer.tensors()) for state in states],
             epochs=self.alignment.epochs,
             batch_size=self.alignment.batch_size,
-            generators=[
-                torch.Generator().manual_seed(derive_seed(self.alignment.seed, server_round, s.partition_id, "align"))
-                for s in slots
-            ],
+            generators=[self._align_generator(slot, server_round) for slot in slots],
             patience=self.alignment.patience,
             min_improvement=self.alignment.min_improvement,
         )
         for slot, report in zip(slots, reports):
             self._record_alignment(slot, report)
+
+    def _align_generator(self, slot: _ClientSlot, server_round: int) -> torch.Generator:
+        """The minibatch order of one client's alignment, the same one by one and stacked."""
+        return torch.Generator().manual_seed(derive_seed(self.alignment.seed, server_round, slot.partition_id, "align"))
 
     def _record_alignment(self, slot: _ClientSlot, report: AlignmentReport) -> None:
         self._store.changed(slot.partition_id)
