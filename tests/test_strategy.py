@@ -23,7 +23,9 @@ from simulations.testing import ScriptedGrid, fit_reply_content, reply_from
 NODES = {101: 0, 202: 1}  # node id -> partition id
 
 
-def _strategy(align_interval: int = 2, server_order: str = "partition") -> tuple[FSLSage, object]:
+def _strategy(
+    align_interval: int = 2, server_order: str = "partition", **alignment_changes: object
+) -> tuple[FSLSage, object]:
     torch.manual_seed(0)
     split = build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8))
     strategy = FSLSage(
@@ -31,7 +33,7 @@ def _strategy(align_interval: int = 2, server_order: str = "partition") -> tuple
         client_model=split.client,
         server_model=split.server,
         aux_factory=lambda: build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8)).aux,
-        alignment=AlignmentSettings(interval=align_interval, epochs=3, batch_size=64),
+        alignment=AlignmentSettings(interval=align_interval, epochs=3, batch_size=64, **alignment_changes),
         training=LocalTraining(batch_size=8, upload_interval=1),
         cut_shape=split.cut_shape,
         num_classes=10,
@@ -414,3 +416,52 @@ def test_fidelity_samples_zero_turns_the_measurement_off():
     strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
     # Assert
     assert not any(key.startswith("fidelity") for key in strategy.pop_alignment_summary())
+
+
+def _round_one_then_auxes_sent_in_round_two(strategy: FSLSage, split) -> tuple[dict, set[int]]:
+    """Run round 1 (both nodes); return its summary and the nodes whose aux round 2 sends."""
+    grid = ScriptedGrid(list(NODES), None)
+    arrays = ArrayRecord(split.client.state_dict())
+    list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    strategy.pop_alignment_summary()  # drop the warm-up's alignments
+    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    summary = strategy.pop_alignment_summary()
+    messages = strategy.configure_train(2, arrays, ConfigRecord(), grid)
+    sent = {m.metadata.dst_node_id for m in messages if m.content.config_records["fitins.config"]["aux-included"]}
+    return summary, sent
+
+
+@pytest.mark.parametrize(("threshold", "aligned"), [(0.0, set()), (1.0, set(NODES))])
+def test_adaptive_alignment_aligns_clients_under_the_threshold_between_intervals(threshold, aligned):
+    # Prepare: no fixed alignment before round 100; every cosine is under 1.0
+    strategy, split = _strategy(align_interval=100, threshold=threshold)
+    _warm(strategy, split)
+    # Execute
+    summary, sent = _round_one_then_auxes_sent_in_round_two(strategy, split)
+    # Assert: the aligned auxes, and only they, travel in round 2
+    assert sent == aligned
+    assert summary.get("alignments", 0) == len(aligned)
+    if threshold:
+        assert summary["alignments_triggered"] == len(aligned)
+
+
+def test_adaptive_alignment_within_a_budget_aligns_the_worst_client_first(caplog):
+    # Prepare: a budget of one aux's bytes
+    aux_bytes = sum(t.numel() * t.element_size() for t in _strategy()[1].aux.state_dict().values())
+    strategy, split = _strategy(align_interval=100, threshold=1.0, budget_bytes=aux_bytes + 1)
+    _warm(strategy, split)
+    # Execute
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        summary, sent = _round_one_then_auxes_sent_in_round_two(strategy, split)
+    # Assert: the client of the lower cosine got the one alignment the budget allows
+    cosines = {node: summary["fidelity_by_partition"][str(NODES[node])]["cosine"] for node in NODES}
+    assert sent == {min(cosines, key=cosines.get)}
+    assert summary["alignments_triggered"] == 1 and summary["triggered_align_bytes"] == aux_bytes
+    assert "alignment budget of" in caplog.text
+
+
+def test_adaptive_alignment_needs_a_cosine_threshold_and_a_non_negative_budget():
+    with pytest.raises(ValueError, match="cosine"):
+        AlignmentSettings(threshold=1.5)
+    with pytest.raises(ValueError, match="budget"):
+        AlignmentSettings(budget_bytes=-1)

@@ -13,6 +13,7 @@ from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.devices import DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
+from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
 from fsl_sage_flwr.transport.wire import LocalTraining
 
 #: The defaults of the settings other dataclasses own: local training and alignment.
@@ -58,7 +59,22 @@ class RunSettings:
     partitioning: str = _key("partitioning", "iid or dirichlet", "dirichlet")
     alpha: float = _key("alpha", "Dirichlet concentration", 1.0)
     upload_interval: int = _key("upload-interval", "q: upload (z, y) every q-th local step", _TRAINING.upload_interval)
+    upload_dtype: str = _key(
+        "upload-dtype",
+        "FSL-SAGE/CSE-FSL: encoding of uploaded activations: float32, float16, bfloat16, int8",
+        _TRAINING.upload_dtype,
+    )
     align_interval: int = _key("align-interval", "l: align auxiliary models every l rounds", _ALIGNMENT.interval)
+    align_threshold: float = _key(
+        "align-threshold",
+        "FSL-SAGE: also align a client whose measured gradient cosine falls under this; 0 = off",
+        _ALIGNMENT.threshold,
+    )
+    align_budget_bytes: int = _key(
+        "align-budget-bytes",
+        "FSL-SAGE: aux bytes the threshold-triggered alignments may send in a run; 0 = no limit",
+        _ALIGNMENT.budget_bytes,
+    )
     buffer_size: int = _key("buffer-size", "per-client (z, y) buffer cap in samples", _ALIGNMENT.buffer_size)
     align_epochs: int = _key("align-epochs", "alignment passes over a buffer", _ALIGNMENT.epochs)
     align_batch_size: int = _key("align-batch-size", "alignment minibatch size", _ALIGNMENT.batch_size)
@@ -128,6 +144,7 @@ class RunSettings:
             weight_decay=self.weight_decay,
             keep_optimizer_state=self.keep_optimizer_state,
             seed=self.seed,
+            upload_dtype=self.upload_dtype,
         )
 
     def alignment(self) -> AlignmentSettings:
@@ -143,6 +160,8 @@ class RunSettings:
             patience=self.align_patience,
             min_improvement=self.align_min_improvement,
             stacked=self.align_stacked,
+            threshold=self.align_threshold,
+            budget_bytes=self.align_budget_bytes,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -191,6 +210,7 @@ class RunSettings:
             "align-patience": self.align_patience,
             "checkpoint-interval": self.checkpoint_interval,
             "fidelity-samples": self.fidelity_samples,
+            "align-budget-bytes": self.align_budget_bytes,
         }
         if not 0.0 <= self.align_min_improvement < 1.0:
             raise ValueError(f"run config 'align-min-improvement' must be in [0, 1), got {self.align_min_improvement}")
@@ -206,6 +226,13 @@ class RunSettings:
             raise ValueError(f"run config 'device' is {self.device!r}; allowed: {DEVICE_CHOICES}")
         _check_choice("partitioning", self.partitioning, PARTITIONINGS)
         _check_choice("server-order", self.server_order, SERVER_ORDERS)
+        _check_choice("upload-dtype", self.upload_dtype, UPLOAD_DTYPES)
+        if not 0.0 <= self.align_threshold <= 1.0:
+            raise ValueError(f"run config 'align-threshold' must be a cosine in [0, 1], got {self.align_threshold}")
+        if self.align_threshold > 0 and self.fidelity_samples == 0:
+            raise ValueError(
+                "run config 'align-threshold' needs the fidelity measurement it acts on: set 'fidelity-samples' > 0"
+            )
         _check_choice("dataset", self.dataset, tuple(DATASETS))
         _check_choice("model", self.model, tuple(SPLIT_MODELS))
         _check_choice("aux-variant", self.aux_variant, aux_variants(self.model))

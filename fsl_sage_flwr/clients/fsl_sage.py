@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from torch import nn
@@ -12,7 +11,7 @@ from fsl_sage_flwr.clients.local_training import LocalTrainingClient
 from fsl_sage_flwr.core.estimation import client_step, preserved_buffers
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.training import derive_seed, minibatches
-from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest
+from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest, pack_uploads
 
 AUX_STATE_KEY = "fsl-sage.aux"
 
@@ -76,9 +75,5 @@ class FSLSageClient(LocalTrainingClient):
         with torch.no_grad(), preserved_buffers(self.split.client):
             self.split.client.train()
             z = self.split.client(xb)
-        smashed = (
-            z.cpu().numpy().astype(np.float32),
-            yb.cpu().numpy().astype(np.int64),
-            np.asarray([len(yb)], dtype=np.int64),
-        )
+        smashed = pack_uploads([(z, yb)], self.split.cut_shape, request.training.upload_dtype)
         return TrainReply(partition_id=self.partition_id, num_examples=len(self.y), smashed=smashed)

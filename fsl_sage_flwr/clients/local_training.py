@@ -137,11 +137,12 @@ class LocalTrainingClient(NumPyClient):
         )
         if training.keep_optimizer_state:
             save_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
+        smashed = pack_uploads(uploads, self.split.cut_shape, training.upload_dtype) if self.uploads_smashed else None
         return TrainReply(
             partition_id=self.partition_id,
             num_examples=len(self.y),
             shared=dict(zip(self.shared_model.state_dict(), self.get_parameters({}))),
-            smashed=pack_uploads(uploads, self.split.cut_shape) if self.uploads_smashed else None,
+            smashed=smashed,
             local_steps=steps,
             peak_memory_bytes=meter.peak_bytes,
         )

@@ -35,6 +35,18 @@ class AlignmentSettings:
     """Relative drop of an epoch's matching loss that counts as a gain."""
     stacked: bool = False
     """Align all due clients in one vmapped pass per step (same result as one by one)."""
+    threshold: float = 0.0
+    """Adaptive alignment: also align, in any round, a client whose measured gradient
+    fidelity (cosine) falls under this; 0 turns it off (the paper's fixed interval only)."""
+    budget_bytes: int = 0
+    """Bytes of auxiliary models the extra, fidelity-triggered alignments may send in
+    a run (each sends one aux to its client); 0 = no limit."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and -1.0 <= self.threshold <= 1.0):
+            raise ValueError(f"alignment threshold must be a cosine in [-1, 1], got {self.threshold}")
+        if self.budget_bytes < 0:
+            raise ValueError(f"alignment budget must be >= 0 bytes, got {self.budget_bytes}")
 
 
 @dataclass(frozen=True)

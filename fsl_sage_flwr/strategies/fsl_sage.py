@@ -115,6 +115,10 @@ class FSLSage(SplitFedAvg):
         self._recent_alignments: list[AlignmentReport] = []
         self.fidelity_samples = fidelity_samples
         self._recent_fidelity: list[tuple[int, Fidelity]] = []
+        self._round_fidelity: dict[int, Fidelity] = {}  # this round's, by node id
+        self._aux_bytes: int | None = None
+        self._triggered_bytes = 0  # aux bytes the fidelity-triggered alignments sent so far
+        self._recent_triggered = 0
 
     def summary(self) -> None:
         """Log the split-learning settings and FSL-SAGE's alignment ones."""
@@ -131,6 +135,9 @@ class FSLSage(SplitFedAvg):
             alignment.weight_decay,
         )
         log(INFO, "\t\t├──Early stop: patience %d, min. improvement %g", alignment.patience, alignment.min_improvement)
+        if alignment.threshold > 0:
+            budget = f"{alignment.budget_bytes} bytes" if alignment.budget_bytes else "no limit"
+            log(INFO, "\t\t├──Adaptive: also under gradient cosine %g, budget %s", alignment.threshold, budget)
         log(INFO, "\t\t└──Warm-up attempts per node: %d", self.warm_up_attempts)
 
     def warm_up(self, grid: Grid, arrays: ArrayRecord) -> None:
@@ -247,6 +254,7 @@ class FSLSage(SplitFedAvg):
 
     def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:
         """Measure each reply's gradient fidelity, then train the server model on the uploads."""
+        self._round_fidelity = {}
         for reply in replies:
             self.measure_fidelity(reply)
         super().train_server_on(replies, server_round)
@@ -282,27 +290,75 @@ class FSLSage(SplitFedAvg):
         slot = self._slots[reply.node_id]
         fidelity = gradient_fidelity(slot.aux, self.server_model, z, y)
         self._recent_fidelity.append((slot.partition_id, fidelity))
+        self._round_fidelity[reply.node_id] = fidelity
         return fidelity
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
-        """Mark delivered auxes; every ``interval`` rounds, align changed buffers."""
+        """Mark delivered auxes, then align the auxes due this round.
+
+        Every ``alignment.interval`` rounds all changed buffers (the paper); in the
+        rounds between, with adaptive alignment, the clients whose fidelity fell
+        under ``alignment.threshold``.
+        """
         for reply in accepted:
             if reply.node_id in self._aux_in_flight:
                 self._slots[reply.node_id].aux_pending = False
         # An aux aligned after the last round would reach no client.
-        last_round = self.num_rounds is not None and server_round >= self.num_rounds
-        if server_round % self.alignment.interval == 0 and not last_round:
+        if self.num_rounds is not None and server_round >= self.num_rounds:
+            return
+        if server_round % self.alignment.interval == 0:
             due = []
             for slot in sorted(self._slots.values(), key=lambda s: s.partition_id):
                 if slot.buffer_changed:
                     due.append(slot)
                 else:
                     log(INFO, "skipped aligning aux of partition %d: buffer unchanged", slot.partition_id)
-            if self.alignment.stacked:
-                self._align_stacked(due, server_round)
-            else:
-                for slot in due:
-                    self._align(slot, server_round)
+        else:
+            due = self._fidelity_triggered()
+        if self.alignment.stacked:
+            self._align_stacked(due, server_round)
+        else:
+            for slot in due:
+                self._align(slot, server_round)
+
+    def _fidelity_triggered(self) -> list[_ClientSlot]:
+        """Clients of this round whose measured cosine fell under the threshold, worst first.
+
+        Adaptive alignment on top of the paper's fixed interval: each such client
+        costs one aux sent to it, and these extra alignments stop where
+        ``alignment.budget_bytes`` would be exceeded.
+        """
+        threshold = self.alignment.threshold
+        if threshold <= 0:
+            return []
+        low = sorted(
+            (fidelity.cosine, self._slots[node_id].partition_id, node_id)
+            for node_id, fidelity in self._round_fidelity.items()
+            if fidelity.cosine < threshold
+        )
+        due = []
+        for cosine, partition_id, node_id in low:
+            slot = self._slots[node_id]
+            if not slot.buffer_changed:
+                continue
+            cost = self._aux_nbytes()
+            budget = self.alignment.budget_bytes
+            if budget and self._triggered_bytes + cost > budget:
+                log(INFO, "alignment budget of %d bytes spent: aux of partition %d stays", budget, partition_id)
+                break
+            self._triggered_bytes += cost
+            self._recent_triggered += 1
+            log(INFO, "aligning aux of partition %d: gradient cosine %.3f under %.3f", partition_id, cosine, threshold)
+            due.append(slot)
+        return due
+
+    def _aux_nbytes(self) -> int:
+        """Bytes of one aux model's arrays, what each extra alignment sends to its client."""
+        if self._aux_bytes is None:
+            with torch.random.fork_rng(devices=[]):
+                aux = self.aux_factory()
+            self._aux_bytes = sum(t.numel() * t.element_size() for t in aux.state_dict().values())
+        return self._aux_bytes
 
     def is_registered(self, node_id: int) -> bool:
         """Whether ``node_id`` took part in a warm-up and has a slot."""
@@ -325,6 +381,7 @@ class FSLSage(SplitFedAvg):
                 for node_id, s in sorted(self._slots.items(), key=lambda item: item[1].partition_id)
             ],
             "clients": self._store.snapshot(),
+            "triggered_align_bytes": self._triggered_bytes,
         }
 
     def load_server_state(self, state: dict[str, Any]) -> None:
@@ -337,6 +394,7 @@ class FSLSage(SplitFedAvg):
         """
         super().load_server_state(state)
         self._store.restore(state["clients"])
+        self._triggered_bytes = int(state.get("triggered_align_bytes", 0))
         self._slots = {
             int(node_id): _ClientSlot(
                 int(partition_id), self._store, aux_pending=True, buffer_changed=bool(changed), restored=True
@@ -449,7 +507,9 @@ class FSLSage(SplitFedAvg):
     def pop_alignment_summary(self) -> dict[str, Any]:
         """Sum up the alignments and fidelity measurements since the last call.
 
-        Alignments: count, epochs, seconds, mean cosines before and after.
+        Alignments: count, epochs, seconds, mean cosines before and after; with
+        adaptive alignment, how many the fidelity threshold triggered and the aux
+        bytes they have cost in the run so far.
         Fidelity (see :meth:`measure_fidelity`): mean and minimum cosine, mean
         relative error, and per partition (keys are partition ids as strings)
         the mean cosine and relative error of that round. Empty when neither
@@ -457,6 +517,9 @@ class FSLSage(SplitFedAvg):
         """
         summary = self._pop_fidelity_summary()
         reports, self._recent_alignments = self._recent_alignments, []
+        if self.alignment.threshold > 0:
+            summary["alignments_triggered"], self._recent_triggered = self._recent_triggered, 0
+            summary["triggered_align_bytes"] = self._triggered_bytes
         if not reports:
             return summary
         return {

@@ -189,10 +189,11 @@ class SplitServer(FedAvg):
         log(INFO, "\t│\t├──Cut-layer shape: %s | classes: %d", self.cut_shape, self.num_classes)
         log(
             INFO,
-            "\t│\t├──Local training: batch %d | epochs %d | upload every %d steps",
+            "\t│\t├──Local training: batch %d | epochs %d | upload every %d steps as %s",
             training.batch_size,
             training.local_epochs,
             training.upload_interval,
+            training.upload_dtype,
         )
         log(INFO, "\t│\t├──Adam: lr %g | weight decay %g", training.lr, training.weight_decay)
         log(INFO, "\t│\t├──Device: %s", self.device)

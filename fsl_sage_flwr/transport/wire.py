@@ -19,7 +19,9 @@ Reply, client to server (what Flower makes of a ``NumPyClient.fit`` result):
 
 - ``"fitres.parameters"`` (ArrayRecord, keys ``"0"``, ``"1"``, ...): the trained
   shared model's arrays in state-dict order (none in a warm-up reply), then
-  ``z`` float32 ``(n, *cut_shape)``, the activations kept every q-th step, ``y``
+  ``z`` ``(n, *cut_shape)``, the activations kept every q-th step, in the
+  ``upload-dtype`` encoding (float32 by default; for ``int8`` its float32
+  per-channel scale follows, see ``fsl_sage_flwr.transport.compression``), ``y``
   int64 ``(n,)``, their labels, and ``batch-sizes`` int64 ``(k,)``, how ``n``
   splits into the k uploaded batches, in upload order.
 - ``"fitres.num_examples"`` (MetricRecord): the local training samples, the
@@ -52,6 +54,8 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fsl_sage_flwr.transport.compression import decode_activations, encode_activations, upload_encoding
 
 ARRAYS_KEY = "arrays"
 AUX_KEY = "aux"
@@ -257,6 +261,10 @@ class LocalTraining:
         Clients keep their Adam state across rounds in ``Context.state``.
     seed : int
         Seeds the clients' batches and initialisation (with round and partition).
+    upload_dtype : str
+        Encoding of the uploaded activations: ``float32`` (the paper), ``float16``,
+        ``bfloat16`` or ``int8`` with a per-channel scale
+        (:mod:`fsl_sage_flwr.transport.compression`).
     """
 
     batch_size: int = _setting("batch-size", 16)
@@ -266,6 +274,7 @@ class LocalTraining:
     weight_decay: float = _setting("weight-decay", 1e-4)
     keep_optimizer_state: bool = _setting("keep-optimizer-state", False)
     seed: int = _setting("seed", 0)
+    upload_dtype: str = _setting("upload-dtype", "float32")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -281,8 +290,9 @@ class LocalTraining:
             raise ValueError(f"'weight-decay' must be a finite number >= 0, got {self.weight_decay}")
         if self.seed < 0:
             raise ValueError(f"'seed' must be >= 0, got {self.seed}")
+        upload_encoding(self.upload_dtype)
 
-    def to_config(self) -> dict[str, bool | int | float]:
+    def to_config(self) -> dict[str, bool | int | float | str]:
         """Return the settings as train-config entries."""
         return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -310,7 +320,7 @@ class LocalTraining:
 
 
 def _check_setting(key: str, value: Any, type_name: str) -> None:
-    expected = {"int": int, "float": float, "bool": bool}[type_name]
+    expected = {"int": int, "float": float, "bool": bool, "str": str}[type_name]
     if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
         raise ValueError(f"'{key}' must be {type_name}, got {value!r}")
 
@@ -385,19 +395,19 @@ def decode_request(
 class TrainReply:
     """A client's reply with its fields named; :meth:`to_fit_result` lays it out.
 
-    ``shared`` is absent in a warm-up reply; ``smashed`` (``z``, ``y``, batch
-    sizes, as :func:`pack_uploads` returns them) is absent for FedAvg.
+    ``shared`` is absent in a warm-up reply; ``smashed`` (``z`` as encoded, ``y``,
+    batch sizes, as :func:`pack_uploads` returns them) is absent for FedAvg.
     """
 
     partition_id: int
     num_examples: int
     shared: dict[str, np.ndarray] | None = None
-    smashed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    smashed: tuple[np.ndarray, ...] | None = None
     local_steps: int = 0
     peak_memory_bytes: int = 0
 
     def to_fit_result(self) -> tuple[list[np.ndarray], int, dict[str, int]]:
-        """Return what ``NumPyClient.fit`` returns: shared arrays, then ``z``, ``y``, batch sizes."""
+        """Return what ``NumPyClient.fit`` returns: shared arrays, then ``z`` (and its scale), ``y``, batch sizes."""
         arrays = list(self.shared.values()) if self.shared is not None else []
         arrays += list(self.smashed) if self.smashed is not None else []
         metrics = {
@@ -409,17 +419,19 @@ class TrainReply:
 
 
 def pack_uploads(
-    uploads: Sequence[tuple[torch.Tensor, torch.Tensor]], cut_shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate kept ``(z, y)`` batches into ``z``, ``y`` and their batch sizes."""
+    uploads: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    cut_shape: tuple[int, ...],
+    upload_dtype: str = "float32",
+) -> tuple[np.ndarray, ...]:
+    """Concatenate kept ``(z, y)`` batches into ``z`` encoded (and its scale), ``y``, batch sizes."""
     if uploads:
-        z = torch.cat([zb for zb, _ in uploads]).detach().cpu().numpy().astype(np.float32)
+        z = torch.cat([zb for zb, _ in uploads])
         y = torch.cat([yb for _, yb in uploads]).detach().cpu().numpy().astype(np.int64)
     else:
-        z = np.zeros((0, *cut_shape), dtype=np.float32)
+        z = torch.zeros((0, *cut_shape))
         y = np.zeros((0,), dtype=np.int64)
     sizes = np.asarray([int(yb.shape[0]) for _, yb in uploads], dtype=np.int64)
-    return z, y, sizes
+    return (*encode_activations(z, upload_dtype), y, sizes)
 
 
 @dataclass
@@ -491,12 +503,15 @@ def parse_train_reply(
     if record is None:
         raise MalformedReplyError(f"'{REPLY_ARRAYS_KEY}' is not an array record")
     specs = list((shared_spec or {}).items())
-    if list(record.keys()) != [str(i) for i in range(len(specs) + 3)]:
+    encoding = upload_encoding(bounds.training.upload_dtype)
+    upload_names = ["z", "z-scale"][: encoding.num_arrays] + ["y", "batch-sizes"]
+    count = len(specs) + len(upload_names)
+    if list(record.keys()) != [str(i) for i in range(count)]:
         raise MalformedReplyError(
-            f"reply carries {len(record.keys())} arrays, expected {len(specs) + 3} "
-            f"({len(specs)} model arrays, then z, y, batch-sizes)"
+            f"reply carries {len(record.keys())} arrays, expected {count} "
+            f"({len(specs)} model arrays, then {', '.join(upload_names)})"
         )
-    arrays = [record[str(i)] for i in range(len(specs) + 3)]
+    arrays = [record[str(i)] for i in range(count)]
     decoded = {name: _read_npy(name, array, spec) for (name, spec), array in zip(specs, arrays)}
     for name, values_ in decoded.items():
         if values_.dtype.kind == "f" and not np.all(np.isfinite(values_)):
@@ -504,21 +519,33 @@ def parse_train_reply(
     # A training reply holds every q-th of its steps; a warm-up reply one batch.
     training = bounds.training
     max_samples = training.max_uploaded(num_examples) if shared_spec is not None else training.batch_size
-    upload = _parse_upload(arrays[-3:], bounds, max_samples)
+    upload = _parse_upload(arrays[len(specs) :], bounds, max_samples)
     model = ArrayRecord(array_dict={k: to_array(v) for k, v in decoded.items()}) if shared_spec is not None else None
     return ParsedReply(node_id, values[PARTITION_ID_KEY], num_examples, model, upload, values)
 
 
 def _parse_upload(arrays: list[Array], bounds: ReplyBounds, max_samples: int) -> SmashedUpload:
-    z_arr, y_arr, sizes_arr = arrays
-    z = _read_npy("z", z_arr, None, max_bytes=max_samples * math.prod(bounds.cut_shape) * 4)
-    if z.ndim != 1 + len(bounds.cut_shape) or z.dtype != np.float32 or z.shape[1:] != tuple(bounds.cut_shape):
+    encoding = upload_encoding(bounds.training.upload_dtype)
+    z_arr, y_arr, sizes_arr = arrays[0], arrays[-2], arrays[-1]
+    z = _read_npy("z", z_arr, None, max_bytes=max_samples * math.prod(bounds.cut_shape) * encoding.itemsize)
+    if (
+        z.ndim != 1 + len(bounds.cut_shape)
+        or str(z.dtype) != encoding.wire_dtype
+        or z.shape[1:] != tuple(bounds.cut_shape)
+    ):
         raise MalformedReplyError(
-            f"array 'z' has shape {z.shape} and dtype {z.dtype}, expected float32 (n, *{bounds.cut_shape})"
+            f"array 'z' has shape {z.shape} and dtype {z.dtype}, "
+            f"expected {encoding.wire_dtype} (n, *{bounds.cut_shape}) for upload-dtype {encoding.name}"
         )
     n = int(z.shape[0])
     if n > max_samples:
         raise MalformedReplyError(f"uploads {n} samples, more than the bound {max_samples}")
+    scale = None
+    if encoding.has_scale:
+        scale = _read_npy("z-scale", arrays[1], ArraySpec((bounds.cut_shape[0],), "float32"))
+        if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+            raise MalformedReplyError("array 'z-scale' must hold finite scales >= 0")
+    z = decode_activations(z, scale, encoding.name)
     y = _read_npy("y", y_arr, ArraySpec((n,), "int64"))
     sizes = _read_npy("batch-sizes", sizes_arr, None, max_bytes=8 * (n // 2))
     if sizes.ndim != 1 or sizes.dtype != np.int64:
