@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fsl_sage_flwr.core.alignment import AlignmentSettings
-from fsl_sage_flwr.core.devices import DEVICE_CHOICES
+from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES, DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
@@ -99,6 +99,7 @@ class RunSettings:
     )
     client_threads: int = _key("client-threads", "torch threads per client", 1)
     device: str = _key("device", "where models train: auto, cpu, cuda or cuda:N", "auto")
+    autocast: str = _key("autocast", "precision of training forward passes: off or bfloat16", _TRAINING.autocast)
     round_timeout: float = _key("round-timeout", "seconds to wait for the replies of one exchange", 3600.0)
     node_wait_timeout: float = _key("node-wait-timeout", "seconds to wait for min-available-nodes at start", 600.0)
     warm_up_attempts: int = _key("warm-up-attempts", "how often a node whose warm-up fails is asked again", 3)
@@ -145,6 +146,7 @@ class RunSettings:
             keep_optimizer_state=self.keep_optimizer_state,
             seed=self.seed,
             upload_dtype=self.upload_dtype,
+            autocast=self.autocast,
         )
 
     def alignment(self) -> AlignmentSettings:
@@ -227,6 +229,7 @@ class RunSettings:
         _check_choice("partitioning", self.partitioning, PARTITIONINGS)
         _check_choice("server-order", self.server_order, SERVER_ORDERS)
         _check_choice("upload-dtype", self.upload_dtype, UPLOAD_DTYPES)
+        _check_choice("autocast", self.autocast, AUTOCAST_CHOICES)
         if not 0.0 <= self.align_threshold <= 1.0:
             raise ValueError(f"run config 'align-threshold' must be a cosine in [0, 1], got {self.align_threshold}")
         if self.align_threshold > 0 and self.fidelity_samples == 0:

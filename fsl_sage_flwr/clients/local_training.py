@@ -17,6 +17,7 @@ from fsl_sage_flwr.clients.common import (
     save_optimizer_state,
     state_to_numpy,
 )
+from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.core.training import derive_seed, make_adam, run_local_epochs
@@ -126,8 +127,13 @@ class LocalTrainingClient(NumPyClient):
         if training.keep_optimizer_state:
             load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
         meter = PeakMemoryMeter(self.held_models)
+
+        def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, training.autocast):
+                return self.step(optimizer, xb, yb, meter)
+
         uploads, steps = run_local_epochs(
-            lambda xb, yb: self.step(optimizer, xb, yb, meter),
+            step,
             self.x,
             self.y,
             epochs=training.local_epochs,

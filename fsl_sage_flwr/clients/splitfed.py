@@ -9,6 +9,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fsl_sage_flwr.clients.common import dataset_tensors, load_numpy, load_optimizer_state, save_optimizer_state
+from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import apply_cut_gradient
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.models import SplitModel
@@ -89,7 +90,8 @@ class SplitFedClient:
             if not 1 <= step <= len(batches):
                 raise ValueError(f"gradient for batch {step - 1}, but the round has {len(batches)} batches")
             xb, _ = batches[step - 1]
-            apply_cut_gradient(self.split.client, optimizer, xb, torch.from_numpy(grad).to(self.device), meter)
+            with autocast(self.device, training.autocast):
+                apply_cut_gradient(self.split.client, optimizer, xb, torch.from_numpy(grad).to(self.device), meter)
         metrics: dict[str, Any] = {
             PARTITION_ID_KEY: self.partition_id,
             NUM_BATCHES_KEY: len(batches),
@@ -100,7 +102,7 @@ class SplitFedClient:
             metrics[PEAK_MEMORY_KEY] = meter.peak_bytes
             return self.split.client.state_dict(), None, metrics
         xb, yb = batches[step]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, training.autocast):
             self.split.client.train()
             z = self.split.client(xb)  # BatchNorm statistics move here, once per batch
         self._save(optimizer, meter.peak_bytes)

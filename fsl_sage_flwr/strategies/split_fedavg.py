@@ -17,6 +17,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sampl
 from torch import nn
 
 from fsl_sage_flwr.app.config import SERVER_ORDERS
+from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
@@ -196,7 +197,7 @@ class SplitServer(FedAvg):
             training.upload_dtype,
         )
         log(INFO, "\t│\t├──Adam: lr %g | weight decay %g", training.lr, training.weight_decay)
-        log(INFO, "\t│\t├──Device: %s", self.device)
+        log(INFO, "\t│\t├──Device: %s | autocast: %s", self.device, training.autocast)
         log(
             INFO,
             "\t│\t└──Stop after %d round(s) without an accepted reply; wait %.0f s for nodes",
@@ -449,7 +450,8 @@ class SplitFedAvg(SplitServer):
                 continue
             z, y = z.to(self.device), y.to(self.device)
             try:
-                server_step(self.server_model, self.server_optimizer, z, y)
+                with autocast(self.device, self.training.autocast):
+                    server_step(self.server_model, self.server_optimizer, z, y)
             except UnsafeStepError as err:
                 log(
                     WARNING,

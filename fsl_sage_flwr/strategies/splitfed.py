@@ -16,6 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
+from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.core.training import make_adam
 from fsl_sage_flwr.strategies.split_fedavg import (
@@ -334,7 +335,8 @@ class SplitFed(SplitServer):
         optimizer = session.optimizer if self.mode == "ms" else self.server_optimizer
         z = z.clone().requires_grad_(True)
         try:
-            server_step(model, optimizer, z, y)
+            with autocast(self.device, self.training.autocast):
+                server_step(model, optimizer, z, y)
         except UnsafeStepError as err:
             self._leave(session, f"server step skipped: {err}")
             return

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES
 from fsl_sage_flwr.transport.compression import decode_activations, encode_activations, upload_encoding
 
 ARRAYS_KEY = "arrays"
@@ -265,6 +266,9 @@ class LocalTraining:
         Encoding of the uploaded activations: ``float32`` (the paper), ``float16``,
         ``bfloat16`` or ``int8`` with a per-channel scale
         (:mod:`fsl_sage_flwr.transport.compression`).
+    autocast : str
+        ``off`` (float32) or ``bfloat16``: the precision of training forward
+        passes, on clients and server alike (:func:`fsl_sage_flwr.core.devices.autocast`).
     """
 
     batch_size: int = _setting("batch-size", 16)
@@ -275,6 +279,7 @@ class LocalTraining:
     keep_optimizer_state: bool = _setting("keep-optimizer-state", False)
     seed: int = _setting("seed", 0)
     upload_dtype: str = _setting("upload-dtype", "float32")
+    autocast: str = _setting("autocast", "off")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -291,6 +296,8 @@ class LocalTraining:
         if self.seed < 0:
             raise ValueError(f"'seed' must be >= 0, got {self.seed}")
         upload_encoding(self.upload_dtype)
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ValueError(f"'autocast' must be one of {list(AUTOCAST_CHOICES)}, got {self.autocast!r}")
 
     def to_config(self) -> dict[str, bool | int | float | str]:
         """Return the settings as train-config entries."""
