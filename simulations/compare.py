@@ -170,11 +170,12 @@ def write_outputs(
         writer.writerow(list(StrategySummary.__dataclass_fields__))
         for s in summaries:
             writer.writerow([getattr(s, f) for f in StrategySummary.__dataclass_fields__])
-    _plot(output_dir, rows_by_strategy)
+    plot_accuracy(output_dir, rows_by_strategy)
     return summaries
 
 
-def _plot(output_dir: Path, rows_by_strategy: dict[str, list[dict[str, Any]]]) -> None:
+def plot_accuracy(output_dir: Path, rows_by_strategy: dict[str, list[dict[str, Any]]]) -> None:
+    """Write ``accuracy_vs_rounds.png`` and ``accuracy_vs_gib.png``, one line per named run."""
     import matplotlib
 
     matplotlib.use("Agg")
