@@ -4,7 +4,9 @@ A study is a named set of variants; a variant is a set of run-config overrides o
 common base. Each variant is one FSL-SAGE run of this package's ServerApp and
 ClientApp, in its own process without Ray (``simulations.in_process``): the same
 apps, messages and byte ledger as under ``flwr run``, without the simulation
-engine's start-up. Variants whose whole configuration is equal run once.
+engine's start-up. A whole configuration runs once: variants equal to one another,
+or to a finished run of another study (the base of every study), reuse its rows from
+``<output-dir>/runs/``.
 
 Usage (from the repository folder)::
 
@@ -26,6 +28,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
 from simulations.compare import plot_accuracy
 from simulations.flwr_run import parse_run_config
@@ -51,11 +55,12 @@ STUDIES: dict[str, dict[str, dict[str, Any]]] = {
     "adaptive": {
         "fixed l=5": {},
         "fixed l=10": {"align-interval": 10},
-        "l=10 + cosine<0.3": {"align-interval": 10, "align-threshold": 0.3},
-        "cosine<0.3 only": {"align-interval": 1000, "align-threshold": 0.3},
-        "cosine<0.3, budget 10 auxes": {"align-interval": 1000, "align-threshold": 0.3, "align-budget-aux": 10},
+        "l=10 + cosine<0.25": {"align-interval": 10, "align-threshold": 0.25},
+        # as many aux downloads as fixed l=5 makes in 20 rounds, spent where fidelity is low
+        "cosine<0.25, budget 30 auxes": {"align-interval": 1000, "align-threshold": 0.25, "align-budget-aux": 30},
     },
     "compression": {dtype: {"upload-dtype": dtype} for dtype in UPLOAD_DTYPES},
+    "autocast": {mode: {"autocast": mode} for mode in AUTOCAST_CHOICES},
 }
 
 #: The CPU base of every study: Fashion-MNIST subsample, the ``cnn`` split, 10 clients.
@@ -73,6 +78,7 @@ BASE: dict[str, Any] = {
     "alpha": 1.0,
     "client-threads": 1,
 }
+_COMPLETE = "complete"  # marks a run folder whose run ended with exit code 0
 _INPUT_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 DATA_DIRS = [REPOSITORY.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
 
@@ -157,16 +163,27 @@ def markdown_table(summaries: list[VariantSummary], target: float) -> str:
 
 
 def run_study(
-    study: str, configs: Mapping[str, dict[str, Any]], output_dir: Path, *, jobs: int, timeout: float
+    study: str, configs: Mapping[str, dict[str, Any]], runs_dir: Path, *, jobs: int, timeout: float
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """Run each distinct config once, at most ``jobs`` at a time; return rows per variant and the failed."""
-    runs_dir = output_dir / "runs"
+    """Run each distinct config once, at most ``jobs`` at a time; return rows per variant and the failed.
+
+    Runs live in ``runs_dir``, one folder per whole configuration, shared by the
+    studies: a configuration that already finished there (the base of several
+    studies, or a study run before) is read, not run again.
+    """
     by_key: dict[str, list[str]] = {}
     for name, config in configs.items():
         by_key.setdefault(_config_key(config), []).append(name)
-    pending = list(by_key.items())
-    running: list[tuple[str, list[str], subprocess.Popen[bytes], float]] = []
     rows: dict[str, list[dict[str, Any]]] = {}
+    pending = []
+    for key, names in by_key.items():
+        if (runs_dir / key / _COMPLETE).exists():
+            for name in names:
+                rows[name] = read_results(runs_dir / key / "run" / "results.jsonl")
+            print(f"[{study}] {' = '.join(names)}: finished before, in {runs_dir / key}", flush=True)
+        else:
+            pending.append((key, names))
+    running: list[tuple[str, list[str], subprocess.Popen[bytes], float]] = []
     failed: list[str] = []
     while pending or running:
         while pending and len(running) < jobs:
@@ -184,6 +201,7 @@ def run_study(
             results = runs_dir / key / "run" / "results.jsonl"
             label = " = ".join(names)
             if process.returncode == 0 and results.exists():
+                (runs_dir / key / _COMPLETE).touch()
                 for name in names:
                     rows[name] = read_results(results)
                 final = rows[names[0]][-1]["accuracy"]
@@ -224,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir) / args.study
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"[{args.study}] {len(configs)} variants, {args.jobs} at a time, into {output_dir}", flush=True)
-    rows, failed = run_study(args.study, configs, output_dir, jobs=args.jobs, timeout=args.timeout)
+    runs_dir = Path(args.output_dir) / "runs"
+    rows, failed = run_study(args.study, configs, runs_dir, jobs=args.jobs, timeout=args.timeout)
     if rows:
         best = max(max(r["accuracy"] for r in variant_rows) for variant_rows in rows.values())
         target = args.target_accuracy or 0.95 * best
@@ -237,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start(config: Mapping[str, Any], run_dir: Path) -> subprocess.Popen[bytes]:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt: the app refuses old rows
+    run_dir.mkdir(parents=True)
     config = {**config, "output-dir": str(run_dir.resolve()), "run-name": "run"}
     threads = str(config.get("client-threads", 1))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}

@@ -104,6 +104,11 @@ def test_a_study_runs_its_variants_and_writes_table_and_plots(tmp_path, capsys):
         assert float(table[name]["final_accuracy"]) == pytest.approx(last["accuracy"])
     assert float(table["int8"]["mib_up"]) < float(table["float32"]["mib_up"])
     assert "int8: final accuracy" in capsys.readouterr().out
+    # Execute again: the finished runs are read, not repeated
+    code = ablations.main(
+        ["compression", "--variants", "int8", "--rounds", "2", "--run-config", TINY, "--output-dir", str(tmp_path)]
+    )
+    assert code == 0 and "int8: finished before" in capsys.readouterr().out
 
 
 @pytest.mark.e2e  # one run that fails at its configuration check
