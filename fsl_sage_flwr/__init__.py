@@ -12,6 +12,7 @@ _PUBLIC = {
     "register_client": "fsl_sage_flwr.plugin",
     "LocalTraining": "fsl_sage_flwr.transport.wire",
     "AlignmentSettings": "fsl_sage_flwr.core.alignment",
+    "choose_aux_variant": "fsl_sage_flwr.core.aux_sizing",
     "FSLSage": "fsl_sage_flwr.strategies.fsl_sage",
     "FSLSageLegacy": "fsl_sage_flwr.strategies.legacy",
     "FSLSageClient": "fsl_sage_flwr.clients.fsl_sage",
