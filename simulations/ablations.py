@@ -15,7 +15,8 @@ Usage (from the repository folder)::
 
 Writes ``<output-dir>/<study>/``: ``rows.jsonl`` (every round of every variant, with
 its name), ``table.md`` and ``table.csv`` (per variant: best and final accuracy, the
-mean of the last five rounds, MiB sent up, MiB in all, MiB until the target accuracy,
+mean of the last five rounds, the largest fall below the best so far in the second half
+of the rounds, MiB sent up, MiB in all, MiB until the target accuracy,
 alignments run, mean gradient-fidelity cosine, seconds), and ``accuracy_vs_rounds.png``
 and ``accuracy_vs_gib.png``. The command exits non-zero, naming them, when variants
 fail; what finished is written first.
@@ -91,6 +92,7 @@ class VariantSummary:
     final_accuracy: float
     best_accuracy: float
     last5_accuracy: float
+    late_drop: float
     mib_up: float
     mib_total: float
     mib_to_target: float | None
@@ -134,6 +136,7 @@ def summarise(rows_by_variant: Mapping[str, list[dict[str, Any]]], target: float
                 final_accuracy=rows[-1]["accuracy"],
                 best_accuracy=max(r["accuracy"] for r in rows),
                 last5_accuracy=sum(r["accuracy"] for r in last) / len(last),
+                late_drop=_late_drop([r["accuracy"] for r in rows]),
                 mib_up=sum(r["bytes_up"] for r in rows) / MIB,
                 mib_total=rows[-1]["cumulative_bytes"] / MIB,
                 mib_to_target=reached["cumulative_bytes"] / MIB if reached else None,
@@ -145,19 +148,30 @@ def summarise(rows_by_variant: Mapping[str, list[dict[str, Any]]], target: float
     return summaries
 
 
+def _late_drop(accuracies: list[float]) -> float:
+    """The largest fall below the best accuracy so far, over the second half of the rounds."""
+    best, drop = 0.0, 0.0
+    for index, accuracy in enumerate(accuracies):
+        best = max(best, accuracy)
+        if index >= len(accuracies) // 2:
+            drop = max(drop, best - accuracy)
+    return drop
+
+
 def markdown_table(summaries: list[VariantSummary], target: float) -> str:
     """The study's table in Markdown."""
     lines = [
-        f"| variant | final | best | mean last 5 | MiB up | MiB total | MiB to {target:.2%} "
+        f"| variant | final | best | mean last 5 | late drop | MiB up | MiB total | MiB to {target:.2%} "
         "| alignments | mean fidelity cosine | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         to_target = f"{s.mib_to_target:.1f}" if s.mib_to_target is not None else "not reached"
         cosine = f"{s.fidelity_cosine:.3f}" if s.fidelity_cosine is not None else "-"
         lines.append(
             f"| {s.variant} | {s.final_accuracy:.4f} | {s.best_accuracy:.4f} | {s.last5_accuracy:.4f} "
-            f"| {s.mib_up:.1f} | {s.mib_total:.1f} | {to_target} | {s.alignments} | {cosine} | {s.seconds:.0f} |"
+            f"| {s.late_drop:.4f} | {s.mib_up:.1f} | {s.mib_total:.1f} | {to_target} | {s.alignments} "
+            f"| {cosine} | {s.seconds:.0f} |"
         )
     return "\n".join(lines)
 

@@ -64,6 +64,7 @@ def test_the_table_comes_from_the_rows(tmp_path):
     table = {r["variant"]: r for r in csv.DictReader((tmp_path / "table.csv").open())}
     assert float(table["a"]["final_accuracy"]) == 0.5 and float(table["a"]["best_accuracy"]) == 0.6
     assert float(table["a"]["mib_to_target"]) == 1.0 and float(table["b"]["mib_to_target"]) == 8.0
+    assert float(table["a"]["late_drop"]) == pytest.approx(0.1) and float(table["b"]["late_drop"]) == 0.0
     assert int(table["a"]["alignments"]) == 2 and float(table["a"]["fidelity_cosine"]) == pytest.approx(0.4)
     assert float(table["b"]["mib_up"]) == pytest.approx(sum(r["bytes_up"] for r in rows["b"]) / 2**20)
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 6
