@@ -58,7 +58,7 @@ STUDIES: dict[str, dict[str, dict[str, Any]]] = {
         "fixed l=10": {"align-interval": 10},
         "l=10 + cosine<0.25": {"align-interval": 10, "align-threshold": 0.25},
         # as many aux downloads as fixed l=5 makes in 20 rounds, spent where fidelity is low
-        "cosine<0.25, budget 30 auxes": {"align-interval": 1000, "align-threshold": 0.25, "align-budget-aux": 30},
+        "cosine<0.25 within 30 auxes": {"align-interval": 1000, "align-threshold": 0.25, "align-budget-aux": 30},
     },
     "compression": {dtype: {"upload-dtype": dtype} for dtype in UPLOAD_DTYPES},
     "autocast": {mode: {"autocast": mode} for mode in AUTOCAST_CHOICES},

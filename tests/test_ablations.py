@@ -43,7 +43,7 @@ def test_an_aux_budget_becomes_bytes_of_that_many_auxes():
     configs = ablations.variant_configs("adaptive", ablations.BASE)
     budgets = {name: c["align-budget-bytes"] for name, c in configs.items()}
     one_aux = ablations._aux_bytes(configs["fixed l=5"])
-    assert budgets["cosine<0.25, budget 30 auxes"] == 30 * one_aux > 0
+    assert budgets["cosine<0.25 within 30 auxes"] == 30 * one_aux > 0
     assert budgets["fixed l=5"] == 0
 
 
