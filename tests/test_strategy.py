@@ -461,6 +461,13 @@ def test_adaptive_alignment_within_a_budget_aligns_the_worst_client_first(caplog
 
 
 def test_adaptive_alignment_needs_a_cosine_threshold_and_a_non_negative_budget():
+    with pytest.raises(ValueError, match="set fidelity_samples > 0"):
+        FSLSage(
+            aux_factory=lambda: torch.nn.Linear(2, 2),
+            alignment=AlignmentSettings(threshold=0.3),
+            fidelity_samples=0,
+            shared_model=torch.nn.Linear(2, 2),
+        )
     with pytest.raises(ValueError, match="cosine"):
         AlignmentSettings(threshold=1.5)
     with pytest.raises(ValueError, match="budget"):

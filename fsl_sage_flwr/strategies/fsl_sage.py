@@ -104,6 +104,8 @@ class FSLSage(SplitFedAvg):
     ) -> None:
         if fidelity_samples < 0:
             raise ValueError(f"fidelity_samples must be >= 0, got {fidelity_samples}")
+        if alignment.threshold > 0 and fidelity_samples == 0:
+            raise ValueError("adaptive alignment (alignment.threshold > 0) acts on fidelity: set fidelity_samples > 0")
         super().__init__(**kwargs)
         self.aux_factory = aux_factory
         self.alignment = alignment
