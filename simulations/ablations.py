@@ -62,6 +62,13 @@ STUDIES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "compression": {dtype: {"upload-dtype": dtype} for dtype in UPLOAD_DTYPES},
     "autocast": {mode: {"autocast": mode} for mode in AUTOCAST_CHOICES},
+    # The stability question: FSL-SAGE's remedies against CSE-FSL on the same split and data.
+    "stability": {
+        "fsl-sage": {},
+        "fsl-sage mixed": {"server-order": "mixed"},
+        "fsl-sage mixed + cosine<0.25": {"server-order": "mixed", "align-threshold": 0.25},
+        "cse-fsl": {"algorithm": "cse-fsl"},
+    },
 }
 
 #: The CPU base of every study: Fashion-MNIST subsample, the ``cnn`` split, 10 clients.

@@ -36,7 +36,7 @@ def test_every_variant_is_a_valid_run_config():
         for name, config in ablations.variant_configs(study, ablations.BASE).items():
             # Assert
             settings = RunSettings.from_run_config({**config, "data-dir": ""})
-            assert settings.algorithm == "fsl-sage", name
+            assert settings.algorithm == ("cse-fsl" if name == "cse-fsl" else "fsl-sage"), name
 
 
 def test_an_aux_budget_becomes_bytes_of_that_many_auxes():
