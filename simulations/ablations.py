@@ -302,6 +302,7 @@ def _config_key(config: Mapping[str, Any]) -> str:
 
 def _aux_bytes(config: Mapping[str, Any]) -> int:
     """Bytes of one aux model of ``config``'s split, what the server sends per alignment."""
+    from fsl_sage_flwr.core.memory import state_nbytes
     from fsl_sage_flwr.core.models import build_split_model, required_input_shape
 
     split = build_split_model(
@@ -311,7 +312,7 @@ def _aux_bytes(config: Mapping[str, Any]) -> int:
         aux_variant=config["aux-variant"],
         parts=("client", "aux"),
     )
-    return sum(t.numel() * t.element_size() for t in split.aux.state_dict().values())
+    return state_nbytes(split.aux)
 
 
 def _parser() -> argparse.ArgumentParser:

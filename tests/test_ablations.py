@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fsl_sage_flwr.core.models import build_split_model
 from simulations import ablations
 
 TINY = 'dataset="digits" train-subset=0 min-available-nodes=3 align-epochs=2 batch-size=16'
@@ -42,7 +43,9 @@ def test_every_variant_is_a_valid_run_config():
 def test_an_aux_budget_becomes_bytes_of_that_many_auxes():
     configs = ablations.variant_configs("adaptive", ablations.BASE)
     budgets = {name: c["align-budget-bytes"] for name, c in configs.items()}
-    one_aux = ablations._aux_bytes(configs["fixed l=5"])
+    # the base's aux: the default variant of the cnn split on 1x28x28 images, 10 classes
+    aux = build_split_model("cnn", num_classes=10, input_shape=(1, 28, 28), parts=("client", "aux")).aux
+    one_aux = sum(t.numel() * t.element_size() for t in aux.state_dict().values())
     assert budgets["cosine<0.25 within 30 auxes"] == 30 * one_aux > 0
     assert budgets["fixed l=5"] == 0
 

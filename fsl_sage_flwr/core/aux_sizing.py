@@ -12,6 +12,7 @@ from torch import nn
 
 from fsl_sage_flwr.core.alignment import align_auxiliary
 from fsl_sage_flwr.core.fidelity import gradient_fidelity
+from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.core.training import make_adam
 
 
@@ -165,13 +166,13 @@ def choose_aux_variant(
 
 
 def _candidate(variant: str, aux: nn.Module, cosine: float, relative_error: float, seconds: float) -> AuxCandidate:
-    parameter_bytes = sum(p.numel() * p.element_size() for p in aux.parameters())
-    buffer_bytes = sum(b.numel() * b.element_size() for b in aux.buffers())
+    client_bytes = state_nbytes(aux)
+    parameter_bytes = sum(p.nbytes for p in aux.parameters())
     return AuxCandidate(
         variant=variant,
         parameters=sum(p.numel() for p in aux.parameters()),
-        client_bytes=parameter_bytes + buffer_bytes,
-        server_bytes=3 * parameter_bytes + buffer_bytes,  # Adam keeps two moments per parameter
+        client_bytes=client_bytes,
+        server_bytes=client_bytes + 2 * parameter_bytes,  # Adam keeps two moments per parameter
         cosine=cosine,
         relative_error=relative_error,
         seconds=seconds,

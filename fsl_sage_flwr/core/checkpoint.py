@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fsl_sage_flwr.core.buffer import SmashedBuffer
+from fsl_sage_flwr.core.memory import state_nbytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -98,7 +99,7 @@ class ClientState:
 
     def nbytes(self) -> int:
         """Bytes of the aux model, its optimizer state and the buffer."""
-        model = sum(t.nbytes for t in self.aux.state_dict().values())
+        model = state_nbytes(self.aux)
         optim = sum(
             v.nbytes
             for slots in self.aux_optimizer.state.values()

@@ -1,4 +1,4 @@
-"""Measure the peak bytes a client holds while it trains."""
+"""Measure the bytes models take: their state, and the peak a client holds while it trains."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+
+def state_nbytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s state dict (parameters and buffers): what storing or sending it costs."""
+    return sum(t.nbytes for t in module.state_dict().values())
 
 
 class PeakMemoryMeter:

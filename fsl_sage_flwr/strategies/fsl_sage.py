@@ -24,6 +24,7 @@ from fsl_sage_flwr.core.alignment import (
 from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.core.checkpoint import ClientState, ClientStore
 from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
+from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.core.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
 from fsl_sage_flwr.transport.wire import MalformedReplyError, ParsedReply, request_content
@@ -359,7 +360,7 @@ class FSLSage(SplitFedAvg):
         if self._aux_bytes is None:
             with torch.random.fork_rng(devices=[]):
                 aux = self.aux_factory()
-            self._aux_bytes = sum(t.numel() * t.element_size() for t in aux.state_dict().values())
+            self._aux_bytes = state_nbytes(aux)
         return self._aux_bytes
 
     def is_registered(self, node_id: int) -> bool:
