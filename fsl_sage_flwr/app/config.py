@@ -260,6 +260,24 @@ class RunSettings:
             )
 
 
+@dataclass(frozen=True)
+class ConfigKey:
+    """One run-config key as the reference documents it."""
+
+    key: str
+    default: Any
+    help: str
+
+
+def run_config_reference() -> list[ConfigKey]:
+    """Every run-config key the app reads, with its default and meaning, in the app's order.
+
+    The documentation's run-config page is generated from this list, so it
+    cannot drift from the keys the ServerApp checks.
+    """
+    return [ConfigKey(f.metadata["key"], f.default, f.metadata["help"]) for f in dataclasses.fields(RunSettings)]
+
+
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"run config '{key}' is {value!r}; allowed: {', '.join(allowed)}")
