@@ -48,8 +48,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from fsl_sage_flwr.app.algorithms import build_split, get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.data import load_dataset, load_partition
+from fsl_sage_flwr.transport.keys import WARMUP_KEY
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
-from fsl_sage_flwr.transport.wire import WARMUP_KEY, TrainReply, pack_uploads
+from fsl_sage_flwr.transport.replies import TrainReply
+from fsl_sage_flwr.transport.uploads import pack_uploads
 from simulations.flower_internals import set_task_identity
 from simulations.testing import fit_reply_content, reply_from
 

@@ -10,7 +10,7 @@ _PUBLIC = {
     "SplitSpec": "fsl_sage_flwr.plugin",
     "as_dataset": "fsl_sage_flwr.plugin",
     "register_client": "fsl_sage_flwr.plugin",
-    "LocalTraining": "fsl_sage_flwr.transport.wire",
+    "LocalTraining": "fsl_sage_flwr.transport.local_training",
     "AlignmentSettings": "fsl_sage_flwr.core.alignment",
     "choose_aux_variant": "fsl_sage_flwr.core.aux_sizing",
     "FSLSage": "fsl_sage_flwr.strategies.fsl_sage",

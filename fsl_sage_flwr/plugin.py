@@ -21,7 +21,8 @@ from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
-from fsl_sage_flwr.transport.wire import PARTITION_ID_KEY, LocalTraining
+from fsl_sage_flwr.transport.keys import PARTITION_ID_KEY
+from fsl_sage_flwr.transport.local_training import LocalTraining
 
 #: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
 #: ``Dataset`` of ``(input, label)`` pairs, or an :class:`ArrayDataset`.

@@ -13,7 +13,7 @@ from flwr.app import Message, Metadata, RecordDict
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from fsl_sage_flwr.transport.wire import TrainReply
+from fsl_sage_flwr.transport.replies import TrainReply
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

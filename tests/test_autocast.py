@@ -16,7 +16,10 @@ from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.plugin import as_dataset
 from fsl_sage_flwr.strategies import split_fedavg
-from fsl_sage_flwr.transport.wire import LocalTraining, ParsedReply, SmashedUpload, TrainRequest
+from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.replies import ParsedReply
+from fsl_sage_flwr.transport.requests import TrainRequest
+from fsl_sage_flwr.transport.uploads import SmashedUpload
 from simulations.in_process import run_in_process
 from simulations.testing import app_config
 

@@ -16,14 +16,10 @@ from fsl_sage_flwr.transport.compression import (
     encode_activations,
     upload_encoding,
 )
-from fsl_sage_flwr.transport.wire import (
-    LocalTraining,
-    MalformedReplyError,
-    ReplyBounds,
-    TrainReply,
-    pack_uploads,
-    parse_train_reply,
-)
+from fsl_sage_flwr.transport.errors import MalformedReplyError
+from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.replies import ReplyBounds, TrainReply, parse_train_reply
+from fsl_sage_flwr.transport.uploads import pack_uploads
 from simulations.in_process import run_in_process
 from simulations.testing import app_config, fit_reply_content
 

@@ -9,7 +9,7 @@ import pytest
 
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.core.alignment import AlignmentSettings
-from fsl_sage_flwr.transport.wire import LocalTraining
+from fsl_sage_flwr.transport.local_training import LocalTraining
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

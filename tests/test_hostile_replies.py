@@ -29,7 +29,9 @@ from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.splitfed import SplitFed
-from fsl_sage_flwr.transport.wire import LocalTraining, TrainReply, smashed_arrays_record
+from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.replies import TrainReply
+from fsl_sage_flwr.transport.splitfed_step import smashed_arrays_record
 from simulations.testing import fit_reply_content, reply_from
 
 pytestmark = pytest.mark.slow  # over a thousand generated replies per strategy: minutes

@@ -4,7 +4,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
-from fsl_sage_flwr.transport.wire import smashed_arrays_record
+from fsl_sage_flwr.transport.splitfed_step import smashed_arrays_record
 from simulations.testing import ScriptedGrid, reply_from
 
 

@@ -23,7 +23,9 @@ from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.data import load_dataset, partition_indices
 from fsl_sage_flwr.plugin import numpy_client_reply
-from fsl_sage_flwr.transport.wire import ArraySpec, MalformedReplyError, decode_request, load_array
+from fsl_sage_flwr.transport.arrays import ArraySpec, load_array
+from fsl_sage_flwr.transport.errors import MalformedReplyError
+from fsl_sage_flwr.transport.requests import decode_request
 from simulations.flower_internals import assign_message_id
 from simulations.in_process import run_in_process
 from simulations.testing import ScriptedGrid, reply_from

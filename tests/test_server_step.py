@@ -10,8 +10,8 @@ import torch
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.core.training import make_adam
+from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.guard import ActivationScale, UploadLimits
-from fsl_sage_flwr.transport.wire import MalformedReplyError
 
 
 def _server():

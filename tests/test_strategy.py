@@ -17,7 +17,9 @@ from fsl_sage_flwr.core.fidelity import gradient_fidelity
 from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.split_fedavg import weighted_average
-from fsl_sage_flwr.transport.wire import LocalTraining, TrainReply, state_dict_spec
+from fsl_sage_flwr.transport.arrays import state_dict_spec
+from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.replies import TrainReply
 from simulations.testing import ScriptedGrid, fit_reply_content, reply_from
 
 NODES = {101: 0, 202: 1}  # node id -> partition id

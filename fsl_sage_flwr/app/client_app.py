@@ -3,7 +3,8 @@
 FSL-SAGE and CSE-FSL clients are NumPyClients served exactly as
 ``ClientApp(client_fn=...)`` would serve them (``fsl_sage_flwr.plugin``); the
 FedAvg client answers Flower's Message-API FedAvg; SplitFed has its per-batch
-handler. The records are specified in ``fsl_sage_flwr.transport.wire``.
+handler. The records are specified in ``fsl_sage_flwr.transport.requests``,
+``fsl_sage_flwr.transport.replies`` and ``fsl_sage_flwr.transport.splitfed_step``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fsl_sage_flwr.core.devices import resolve_device
 from fsl_sage_flwr.core.models import SplitModel, build_split_model, required_input_shape
 from fsl_sage_flwr.data import load_dataset_cached
 from fsl_sage_flwr.plugin import numpy_client_reply
-from fsl_sage_flwr.transport.wire import (
+from fsl_sage_flwr.transport.keys import (
     ARRAYS_KEY,
     CONFIG_KEY,
     GRAD_KEY,
@@ -31,8 +32,8 @@ from fsl_sage_flwr.transport.wire import (
     NUM_EXAMPLES_KEY,
     SMASHED_KEY,
     SPLIT_STEP_ACTION,
-    smashed_arrays_record,
 )
+from fsl_sage_flwr.transport.splitfed_step import smashed_arrays_record
 
 app = ClientApp()
 

@@ -14,7 +14,7 @@ from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES, DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
-from fsl_sage_flwr.transport.wire import LocalTraining
+from fsl_sage_flwr.transport.local_training import LocalTraining
 
 #: The defaults of the settings other dataclasses own: local training and alignment.
 #: How the server steps through a round's uploads (``server-order``): client after

@@ -11,7 +11,9 @@ from fsl_sage_flwr.clients.local_training import LocalTrainingClient
 from fsl_sage_flwr.core.estimation import client_step, preserved_buffers
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.training import derive_seed, minibatches
-from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest, pack_uploads
+from fsl_sage_flwr.transport.replies import TrainReply
+from fsl_sage_flwr.transport.requests import TrainRequest
+from fsl_sage_flwr.transport.uploads import pack_uploads
 
 AUX_STATE_KEY = "fsl-sage.aux"
 

@@ -22,7 +22,9 @@ from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.core.training import derive_seed, make_adam, run_local_epochs
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.transport.wire import TrainReply, TrainRequest, decode_request, pack_uploads
+from fsl_sage_flwr.transport.replies import TrainReply
+from fsl_sage_flwr.transport.requests import TrainRequest, decode_request
+from fsl_sage_flwr.transport.uploads import pack_uploads
 
 OPTIMIZER_STATE_KEY = "client-optimizer"
 
@@ -33,7 +35,7 @@ class LocalTrainingClient(NumPyClient):
     Subclasses say which module travels (``shared_model``), which one the
     optimizer trains (``trained_model``), which models the client holds
     (``held_models``, for the memory meter), and what one step is (``step``).
-    Every training setting comes from the request (``fsl_sage_flwr.transport.wire``), so a
+    Every training setting comes from the request (``fsl_sage_flwr.transport.requests``), so a
     client trains with exactly what the server checks its reply against. Seeds
     derive from (seed, round, partition), so runs repeat exactly.
 
@@ -108,7 +110,7 @@ class LocalTrainingClient(NumPyClient):
         return state_to_numpy(self.shared_model)
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        """Run a local round (or a warm-up); return the arrays laid out by ``fsl_sage_flwr.transport.wire``."""
+        """Run a local round (or a warm-up); return the arrays laid out by ``fsl_sage_flwr.transport.replies``."""
         request = decode_request(
             parameters, config, shared_keys=list(self.shared_model.state_dict()), aux_keys=self.aux_keys
         )

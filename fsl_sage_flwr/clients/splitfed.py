@@ -15,16 +15,16 @@ from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.core.training import derive_seed, make_adam, minibatches
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.transport.wire import (
+from fsl_sage_flwr.transport.keys import (
     NUM_BATCHES_KEY,
     NUM_EXAMPLES_KEY,
     PARTITION_ID_KEY,
     PEAK_MEMORY_KEY,
     SERVER_ROUND_KEY,
     STEP_KEY,
-    LocalTraining,
-    pack_uploads,
 )
+from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.uploads import pack_uploads
 
 MODEL_STATE_KEY = "splitfed.client"
 OPTIMIZER_STATE_KEY = "splitfed.client-optimizer"

@@ -27,7 +27,9 @@ from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
 from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.core.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
-from fsl_sage_flwr.transport.wire import MalformedReplyError, ParsedReply, request_content
+from fsl_sage_flwr.transport.errors import MalformedReplyError
+from fsl_sage_flwr.transport.replies import ParsedReply
+from fsl_sage_flwr.transport.requests import request_content
 
 
 @dataclass

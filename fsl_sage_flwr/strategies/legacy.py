@@ -22,7 +22,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fsl_sage_flwr.strategies.fsl_sage import FSLSage
-from fsl_sage_flwr.transport.wire import to_array
+from fsl_sage_flwr.transport.arrays import to_array
 
 
 class FSLSageLegacy(Strategy):

@@ -21,22 +21,14 @@ from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.transport.arrays import ArraySpec, state_dict_spec, to_array
+from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
+from fsl_sage_flwr.transport.keys import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
-from fsl_sage_flwr.transport.wire import (
-    ARRAYS_KEY,
-    METRICS_KEY,
-    NUM_EXAMPLES_KEY,
-    ArraySpec,
-    LocalTraining,
-    MalformedReplyError,
-    ParsedReply,
-    ReplyBounds,
-    parse_train_reply,
-    request_content,
-    state_dict_spec,
-    to_array,
-)
+from fsl_sage_flwr.transport.replies import ParsedReply, ReplyBounds, parse_train_reply
+from fsl_sage_flwr.transport.requests import request_content
 
 WEIGHT_KEY = NUM_EXAMPLES_KEY
 

@@ -26,8 +26,9 @@ from fsl_sage_flwr.strategies.split_fedavg import (
     optimizer_bytes,
     weighted_average,
 )
-from fsl_sage_flwr.transport.ledger import ByteLedger
-from fsl_sage_flwr.transport.wire import (
+from fsl_sage_flwr.transport.arrays import check_model_record, state_dict_spec, to_array
+from fsl_sage_flwr.transport.errors import MalformedReplyError
+from fsl_sage_flwr.transport.keys import (
     ARRAYS_KEY,
     CONFIG_KEY,
     GRAD_KEY,
@@ -38,16 +39,11 @@ from fsl_sage_flwr.transport.wire import (
     SMASHED_KEY,
     SPLIT_STEP_ACTION,
     STEP_KEY,
-    MalformedReplyError,
-    ParsedReply,
-    SmashedUpload,
-    check_metrics,
-    check_model_record,
-    parse_smashed,
-    reply_int,
-    state_dict_spec,
-    to_array,
 )
+from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.replies import ParsedReply
+from fsl_sage_flwr.transport.splitfed_step import check_metrics, parse_smashed, reply_int
+from fsl_sage_flwr.transport.uploads import SmashedUpload
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fsl_sage_flwr.transport.wire import MalformedReplyError
+from fsl_sage_flwr.transport.errors import MalformedReplyError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
 
-from fsl_sage_flwr.transport.wire import PARTITION_ID_KEY, PEAK_MEMORY_KEY
+from fsl_sage_flwr.transport.keys import PARTITION_ID_KEY, PEAK_MEMORY_KEY
 
 _NOT_AVERAGED = {PARTITION_ID_KEY, PEAK_MEMORY_KEY}
 
