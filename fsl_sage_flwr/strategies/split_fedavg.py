@@ -16,7 +16,6 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from torch import nn
 
-from fsl_sage_flwr.app.config import SERVER_ORDERS
 from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
@@ -39,6 +38,9 @@ from fsl_sage_flwr.transport.wire import (
 )
 
 WEIGHT_KEY = NUM_EXAMPLES_KEY
+#: How the server steps through a round's uploads (``server-order``): client after
+#: client as the paper does, or all the round's batches shuffled together.
+SERVER_ORDERS = ("partition", "mixed")
 
 
 class SplitServer(FedAvg):
