@@ -110,7 +110,7 @@ class _Clients:
             self.num_clients,
             partitioning=s.partitioning,
             alpha=s.alpha,
-            seed=s.seed,
+            seed=s.training.seed,
             data_dir=s.data_dir,
         )
 
@@ -119,7 +119,7 @@ class _Clients:
         x, y = torch.from_numpy(data.images), torch.from_numpy(data.labels)
         state = arrays.to_torch_state_dict()
         self.model.load_state_dict(state)
-        b, q = self.settings.batch_size, self.settings.upload_interval
+        b, q = self.settings.training.batch_size, self.settings.training.upload_interval
         steps = [0] if warmup else range(0, math.ceil(len(y) / b), q)
         uploads = []
         with torch.no_grad():

@@ -355,7 +355,7 @@ def read_preset(path: str | Path) -> Preset:
 
 
 def _run_config_keys() -> set[str]:
-    return {f.metadata["key"] for f in RunSettings.__dataclass_fields__.values()}
+    return set(RunSettings().to_config())
 
 
 def _option_parser() -> argparse.ArgumentParser:

@@ -105,4 +105,4 @@ def test_run_config_names_a_bad_align_stacked_value():
     # Execute / Assert
     with pytest.raises(ValueError, match="'align-stacked' must be"):
         RunSettings.from_run_config(config)
-    assert RunSettings.from_run_config({**config, "align-stacked": True}).alignment().stacked
+    assert RunSettings.from_run_config({**config, "align-stacked": True}).alignment.stacked

@@ -41,7 +41,7 @@ def test_an_unknown_autocast_mode_is_refused_everywhere(tmp_path):
         autocast("cpu", "float16")
     with pytest.raises(ValueError, match="'autocast' must be one of"):
         LocalTraining(autocast="float16")
-    with pytest.raises(ValueError, match="'autocast' is 'fp16'"):
+    with pytest.raises(ValueError, match="'autocast' must be one of off, bfloat16, got 'fp16'"):
         RunSettings.from_run_config(app_config(tmp_path, autocast="fp16"))
 
 

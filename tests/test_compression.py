@@ -120,7 +120,7 @@ def test_an_int8_upload_with_a_bad_scale_is_refused(scale, reason):
 
 
 def test_run_config_refuses_an_unknown_upload_dtype(tmp_path):
-    with pytest.raises(ValueError, match="'upload-dtype' is 'fp8'"):
+    with pytest.raises(ValueError, match="'upload-dtype' must be one of .*got 'fp8'"):
         RunSettings.from_run_config(app_config(tmp_path, upload_dtype="fp8"))
 
 

@@ -78,7 +78,7 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
         "server_model": split.server,
         "cut_shape": split.cut_shape,
         "num_classes": data.num_classes,
-        "training": settings.local_training(),
+        "training": settings.training,
         "max_examples": len(data.train),
         "max_rounds_without_replies": settings.max_rounds_without_replies,
         "node_wait_timeout": settings.node_wait_timeout,
@@ -119,7 +119,7 @@ def _fsl_sage_server(
     strategy = FSLSage(
         shared_model=split.client,
         aux_factory=lambda: build_split(settings, data).aux,
-        alignment=settings.alignment(),
+        alignment=settings.alignment,
         warm_up_attempts=settings.warm_up_attempts,
         state_dir=state_dir,
         max_cached_clients=settings.max_cached_clients,
@@ -196,7 +196,10 @@ def _splitfed_server(mode: str) -> Callable[..., ServerSetup]:
     ) -> ServerSetup:
         split = build_split(settings, data)
         strategy = SplitFed(
-            mode=mode, batch_size=settings.batch_size, ledger=ledger, **_split_kwargs(settings, data, split, tap)
+            mode=mode,
+            batch_size=settings.training.batch_size,
+            ledger=ledger,
+            **_split_kwargs(settings, data, split, tap),
         )
         return _split_setup(strategy, split)
 

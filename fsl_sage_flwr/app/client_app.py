@@ -96,7 +96,7 @@ def build_client(context: Context) -> tuple[Any, RunSettings]:
         "data_dir": settings.data_dir or None,
         "input_shape": required_input_shape(settings.model),
         "train_subset": settings.train_subset or None,
-        "seed": settings.seed,
+        "seed": settings.training.seed,
     }
     trainset = load_node_data(context.node_config, settings)
     data = load_dataset_cached(settings.dataset, **data_args)

@@ -3,117 +3,144 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fsl_sage_flwr.core.alignment import AlignmentSettings
-from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES, DEVICE_CHOICES
+from fsl_sage_flwr.core.devices import DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
+from fsl_sage_flwr.core.settings import (
+    check_types,
+    key_of,
+    record_config,
+    record_from_config,
+    require,
+    require_at_least,
+    require_choice,
+    require_positive,
+    setting,
+)
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
-from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
+from fsl_sage_flwr.strategies.fsl_sage import FSLSage
+from fsl_sage_flwr.strategies.split_fedavg import SERVER_ORDERS
 from fsl_sage_flwr.transport.local_training import LocalTraining
 
-#: The defaults of the settings other dataclasses own: local training and alignment.
-#: How the server steps through a round's uploads (``server-order``): client after
-#: client as the paper does, or all the round's batches shuffled together.
-SERVER_ORDERS = ("partition", "mixed")
 
-_TRAINING = LocalTraining()
-_ALIGNMENT = AlignmentSettings()
+def _strategy_default(name: str) -> Any:
+    """The default of a strategy keyword, read from the constructor that declares it.
 
-
-def _key(name: str, help_text: str, default: Any) -> Any:
-    return field(default=default, metadata={"key": name, "help": help_text})
+    The app offers the strategies' own defaults as run-config defaults; reading
+    them here keeps one place for each value.
+    """
+    for cls in FSLSage.__mro__:
+        parameter = inspect.signature(cls.__init__).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise LookupError(f"no strategy constructor declares a default for '{name}'")
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """Every knob a user tunes through ``--run-config``, named as in ``pyproject.toml``.
 
-    The defaults here are the app's only ones: local-training defaults are
-    :class:`~fsl_sage_flwr.transport.wire.LocalTraining`'s, alignment defaults
-    :class:`~fsl_sage_flwr.core.alignment.AlignmentSettings`', the rest are set
-    below, and ``pyproject.toml``'s run config repeats them all (a test keeps
-    the two equal). They suit the embedded digits set; where the paper (Nair et
-    al., ICML 2025) differs, ``pyproject.toml`` names its value: 200 rounds,
-    B = 256, l = 10, 100 alignment epochs.
+    The fields here are what the app alone knows (data set, split model, where
+    results go, timeouts, ...) and the strategy keywords it passes on; the
+    local-training and alignment settings are the records that own them,
+    :class:`~fsl_sage_flwr.transport.local_training.LocalTraining` and
+    :class:`~fsl_sage_flwr.core.alignment.AlignmentSettings`, which check their
+    own values and hold their own defaults. Strategy keywords take the
+    strategy's default where the app has none of its own. ``pyproject.toml``'s
+    run config repeats every default (a test keeps the two equal). They suit the
+    embedded digits set; where the paper (Nair et al., ICML 2025) differs,
+    ``pyproject.toml`` names its value: 200 rounds, B = 256, l = 10, 100
+    alignment epochs.
     """
 
-    algorithm: str = _key("algorithm", "fsl-sage, cse-fsl, fedavg, splitfed-ms or splitfed-ss", "fsl-sage")
-    num_server_rounds: int = _key("num-server-rounds", "federated rounds", 20)
-    fraction_train: float = _key("fraction-train", "share of nodes trained per round", 1.0)
-    min_train_nodes: int = _key("min-train-nodes", "fewest nodes trained per round", 1)
-    min_available_nodes: int = _key("min-available-nodes", "nodes to wait for at start", 2)
-    local_epochs: int = _key("local-epochs", "local epochs E per round", _TRAINING.local_epochs)
-    batch_size: int = _key("batch-size", "local minibatch size B", _TRAINING.batch_size)
-    lr: float = _key("lr", "Adam learning rate of client and server models", _TRAINING.lr)
-    weight_decay: float = _key("weight-decay", "Adam weight decay", _TRAINING.weight_decay)
-    dataset: str = _key("dataset", "digits, mnist, fashion-mnist, cifar10, cifar100", "digits")
-    data_dir: str = _key("data-dir", "folder holding the dataset files", "")
-    train_subset: int = _key("train-subset", "stratified train subsample size, 0 = all", 0)
-    model: str = _key("model", "split model: cnn or resnet18", "cnn")
-    aux_variant: str = _key("aux-variant", "auxiliary model: linear, half, default, full", "default")
-    partitioning: str = _key("partitioning", "iid or dirichlet", "dirichlet")
-    alpha: float = _key("alpha", "Dirichlet concentration", 1.0)
-    upload_interval: int = _key("upload-interval", "q: upload (z, y) every q-th local step", _TRAINING.upload_interval)
-    upload_dtype: str = _key(
-        "upload-dtype",
-        "FSL-SAGE/CSE-FSL: encoding of uploaded activations: float32, float16, bfloat16, int8",
-        _TRAINING.upload_dtype,
+    algorithm: str = setting("algorithm", "fsl-sage", "fsl-sage, cse-fsl, fedavg, splitfed-ms or splitfed-ss")
+    num_server_rounds: int = setting("num-server-rounds", 20, "federated rounds")
+    fraction_train: float = setting("fraction-train", 1.0, "share of nodes trained per round")
+    min_train_nodes: int = setting("min-train-nodes", 1, "fewest nodes trained per round")
+    min_available_nodes: int = setting("min-available-nodes", 2, "nodes to wait for at start")
+    dataset: str = setting("dataset", "digits", "digits, mnist, fashion-mnist, cifar10, cifar100")
+    data_dir: str = setting("data-dir", "", "folder holding the dataset files")
+    train_subset: int = setting("train-subset", 0, "stratified train subsample size, 0 = all")
+    model: str = setting("model", "cnn", "split model: cnn or resnet18")
+    aux_variant: str = setting("aux-variant", "default", "auxiliary model: linear, half, default, full")
+    partitioning: str = setting("partitioning", "dirichlet", "iid or dirichlet")
+    alpha: float = setting("alpha", 1.0, "Dirichlet concentration")
+    fidelity_samples: int = setting(
+        "fidelity-samples",
+        _strategy_default("fidelity_samples"),
+        "FSL-SAGE: samples per upload on which aux and server gradients are compared; 0 = off",
     )
-    align_interval: int = _key("align-interval", "l: align auxiliary models every l rounds", _ALIGNMENT.interval)
-    align_threshold: float = _key(
-        "align-threshold",
-        "FSL-SAGE: also align a client whose measured gradient cosine falls under this; 0 = off",
-        _ALIGNMENT.threshold,
+    server_order: str = setting(
+        "server-order",
+        _strategy_default("server_order"),
+        "FSL-SAGE/CSE-FSL: server steps on a round's uploads client by client or mixed",
     )
-    align_budget_bytes: int = _key(
-        "align-budget-bytes",
-        "FSL-SAGE: aux bytes the threshold-triggered alignments may send in a run; 0 = no limit",
-        _ALIGNMENT.budget_bytes,
+    client_threads: int = setting("client-threads", 1, "torch threads per client")
+    device: str = setting("device", "auto", "where models train: auto, cpu, cuda or cuda:N")
+    round_timeout: float = setting("round-timeout", 3600.0, "seconds to wait for the replies of one exchange")
+    node_wait_timeout: float = setting(
+        "node-wait-timeout", _strategy_default("node_wait_timeout"), "seconds to wait for min-available-nodes at start"
     )
-    buffer_size: int = _key("buffer-size", "per-client (z, y) buffer cap in samples", _ALIGNMENT.buffer_size)
-    align_epochs: int = _key("align-epochs", "alignment passes over a buffer", _ALIGNMENT.epochs)
-    align_batch_size: int = _key("align-batch-size", "alignment minibatch size", _ALIGNMENT.batch_size)
-    align_lr: float = _key("align-lr", "Adam learning rate of the alignment", _ALIGNMENT.lr)
-    align_patience: int = _key(
-        "align-patience", "stop an alignment after this many epochs without gain; 0 = never", _ALIGNMENT.patience
+    warm_up_attempts: int = setting(
+        "warm-up-attempts", _strategy_default("warm_up_attempts"), "how often a node whose warm-up fails is asked again"
     )
-    align_min_improvement: float = _key(
-        "align-min-improvement", "relative loss drop an alignment epoch must make", _ALIGNMENT.min_improvement
+    max_rounds_without_replies: int = setting(
+        "max-rounds-without-replies",
+        _strategy_default("max_rounds_without_replies"),
+        "stop the run after this many rounds in a row without an accepted reply",
     )
-    align_stacked: bool = _key(
-        "align-stacked", "align all due auxiliary models at once (vmapped); same result", _ALIGNMENT.stacked
+    max_cached_clients: int = setting(
+        "max-cached-clients",
+        _strategy_default("max_cached_clients"),
+        "FSL-SAGE: clients whose server-side state is held in memory; the rest is on disk",
     )
-    keep_optimizer_state: bool = _key(
-        "keep-optimizer-state", "keep client Adam state across rounds", _TRAINING.keep_optimizer_state
-    )
-    fidelity_samples: int = _key(
-        "fidelity-samples", "FSL-SAGE: samples per upload on which aux and server gradients are compared; 0 = off", 64
-    )
-    server_order: str = _key(
-        "server-order", "FSL-SAGE/CSE-FSL: server steps on a round's uploads client by client or mixed", "partition"
-    )
-    client_threads: int = _key("client-threads", "torch threads per client", 1)
-    device: str = _key("device", "where models train: auto, cpu, cuda or cuda:N", "auto")
-    autocast: str = _key("autocast", "precision of training forward passes: off or bfloat16", _TRAINING.autocast)
-    round_timeout: float = _key("round-timeout", "seconds to wait for the replies of one exchange", 3600.0)
-    node_wait_timeout: float = _key("node-wait-timeout", "seconds to wait for min-available-nodes at start", 600.0)
-    warm_up_attempts: int = _key("warm-up-attempts", "how often a node whose warm-up fails is asked again", 3)
-    max_rounds_without_replies: int = _key(
-        "max-rounds-without-replies", "stop the run after this many rounds in a row without an accepted reply", 3
-    )
-    max_cached_clients: int = _key(
-        "max-cached-clients", "FSL-SAGE: clients whose server-side state is held in memory; the rest is on disk", 64
-    )
-    checkpoint_interval: int = _key("checkpoint-interval", "write a checkpoint every this many rounds, 0 = never", 0)
-    resume: bool = _key("resume", "continue the run in output-dir/run-name from its checkpoint", False)
-    seed: int = _key("seed", "seed of data split, models and sampling", _TRAINING.seed)
-    output_dir: str = _key("output-dir", "results folder; relative paths go under $HOME", "fsl-sage-flwr-outputs")
-    run_name: str = _key("run-name", "results subfolder; empty = timestamp and algorithm", "")
+    checkpoint_interval: int = setting("checkpoint-interval", 0, "write a checkpoint every this many rounds, 0 = never")
+    resume: bool = setting("resume", False, "continue the run in output-dir/run-name from its checkpoint")
+    output_dir: str = setting("output-dir", "fsl-sage-flwr-outputs", "results folder; relative paths go under $HOME")
+    run_name: str = setting("run-name", "", "results subfolder; empty = timestamp and algorithm")
+    training: LocalTraining = field(default_factory=LocalTraining)
+    """What clients train with (batch size, epochs, q, Adam, seed, upload encoding, autocast)."""
+    alignment: AlignmentSettings = field(default_factory=AlignmentSettings)
+    """FSL-SAGE's alignment settings."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require_at_least(
+            self,
+            1,
+            "num_server_rounds",
+            "min_train_nodes",
+            "min_available_nodes",
+            "client_threads",
+            "warm_up_attempts",
+            "max_rounds_without_replies",
+            "max_cached_clients",
+        )
+        require_at_least(self, 0, "train_subset", "fidelity_samples", "checkpoint_interval")
+        require(0.0 < self.fraction_train <= 1.0, self, "fraction_train", "in (0, 1]")
+        require_positive(self, "alpha", "round_timeout", "node_wait_timeout")
+        require(
+            self.min_train_nodes <= self.min_available_nodes,
+            self,
+            "min_train_nodes",
+            f"at most 'min-available-nodes' ({self.min_available_nodes}): no round could be sampled",
+        )
+        require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, self, "device", str(DEVICE_CHOICES))
+        require_choice(self, "partitioning", PARTITIONINGS)
+        require_choice(self, "server_order", SERVER_ORDERS)
+        require_choice(self, "dataset", tuple(DATASETS))
+        require_choice(self, "model", tuple(SPLIT_MODELS))
+        require_choice(self, "aux_variant", aux_variants(self.model))
+        if self.alignment.threshold > 0 and self.fidelity_samples == 0:
+            raise ValueError(
+                "run config 'align-threshold' needs the fidelity measurement it acts on: set 'fidelity-samples' > 0"
+            )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -126,119 +153,22 @@ class RunSettings:
             of range.
         """
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            key = f.metadata["key"]
+        for f, _ in _all_fields():
+            key = key_of(f)
             if key not in run_config:
                 raise ValueError(f"run config lacks '{key}' ({f.metadata['help']})")
-            values[f.name] = _coerce(key, run_config[key], f.type)
-        settings = cls(**values)
-        settings._check()
-        return settings
-
-    def local_training(self) -> LocalTraining:
-        """The settings the strategy sends to every client each round."""
-        return LocalTraining(
-            batch_size=self.batch_size,
-            local_epochs=self.local_epochs,
-            upload_interval=self.upload_interval,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            keep_optimizer_state=self.keep_optimizer_state,
-            seed=self.seed,
-            upload_dtype=self.upload_dtype,
-            autocast=self.autocast,
-        )
-
-    def alignment(self) -> AlignmentSettings:
-        """FSL-SAGE's alignment settings."""
-        return AlignmentSettings(
-            interval=self.align_interval,
-            buffer_size=self.buffer_size,
-            epochs=self.align_epochs,
-            batch_size=self.align_batch_size,
-            lr=self.align_lr,
-            weight_decay=self.weight_decay,
-            seed=self.seed,
-            patience=self.align_patience,
-            min_improvement=self.align_min_improvement,
-            stacked=self.align_stacked,
-            threshold=self.align_threshold,
-            budget_bytes=self.align_budget_bytes,
+            values[key] = _coerce(key, run_config[key], f.type)
+        own = {f.name: values[key_of(f)] for f in _own_fields()}
+        return cls(
+            **own,
+            training=record_from_config(LocalTraining, values, origin="run config"),
+            alignment=record_from_config(AlignmentSettings, values, origin="run config"),
         )
 
     def to_config(self) -> dict[str, Any]:
         """Return the settings as a flat run-config mapping (kebab-case keys)."""
-        return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def _check(self) -> None:
-        positive = {
-            "num-server-rounds": self.num_server_rounds,
-            "local-epochs": self.local_epochs,
-            "batch-size": self.batch_size,
-            "upload-interval": self.upload_interval,
-            "align-interval": self.align_interval,
-            "buffer-size": self.buffer_size,
-            "align-batch-size": self.align_batch_size,
-            "client-threads": self.client_threads,
-            "max-rounds-without-replies": self.max_rounds_without_replies,
-            "warm-up-attempts": self.warm_up_attempts,
-            "min-train-nodes": self.min_train_nodes,
-            "min-available-nodes": self.min_available_nodes,
-            "max-cached-clients": self.max_cached_clients,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ValueError(f"run config '{key}' must be >= 1, got {value}")
-        if self.batch_size < 2:
-            raise ValueError("run config 'batch-size' must be >= 2 (BatchNorm needs 2 samples)")
-        if not 0.0 < self.fraction_train <= 1.0:
-            raise ValueError(f"run config 'fraction-train' must be in (0, 1], got {self.fraction_train}")
-        positive_reals = {
-            "lr": self.lr,
-            "align-lr": self.align_lr,
-            "alpha": self.alpha,
-            "round-timeout": self.round_timeout,
-            "node-wait-timeout": self.node_wait_timeout,
-        }
-        for key, value in positive_reals.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"run config '{key}' must be a finite number > 0, got {value}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"run config 'weight-decay' must be a finite number >= 0, got {self.weight_decay}")
-        non_negative = {
-            "align-epochs": self.align_epochs,
-            "train-subset": self.train_subset,
-            "seed": self.seed,
-            "align-patience": self.align_patience,
-            "checkpoint-interval": self.checkpoint_interval,
-            "fidelity-samples": self.fidelity_samples,
-            "align-budget-bytes": self.align_budget_bytes,
-        }
-        if not 0.0 <= self.align_min_improvement < 1.0:
-            raise ValueError(f"run config 'align-min-improvement' must be in [0, 1), got {self.align_min_improvement}")
-        for key, value in non_negative.items():
-            if value < 0:
-                raise ValueError(f"run config '{key}' must be >= 0, got {value}")
-        if self.min_train_nodes > self.min_available_nodes:
-            raise ValueError(
-                f"run config 'min-train-nodes' ({self.min_train_nodes}) exceeds "
-                f"'min-available-nodes' ({self.min_available_nodes}): no round could be sampled"
-            )
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"run config 'device' is {self.device!r}; allowed: {DEVICE_CHOICES}")
-        _check_choice("partitioning", self.partitioning, PARTITIONINGS)
-        _check_choice("server-order", self.server_order, SERVER_ORDERS)
-        _check_choice("upload-dtype", self.upload_dtype, UPLOAD_DTYPES)
-        _check_choice("autocast", self.autocast, AUTOCAST_CHOICES)
-        if not 0.0 <= self.align_threshold <= 1.0:
-            raise ValueError(f"run config 'align-threshold' must be a cosine in [0, 1], got {self.align_threshold}")
-        if self.align_threshold > 0 and self.fidelity_samples == 0:
-            raise ValueError(
-                "run config 'align-threshold' needs the fidelity measurement it acts on: set 'fidelity-samples' > 0"
-            )
-        _check_choice("dataset", self.dataset, tuple(DATASETS))
-        _check_choice("model", self.model, tuple(SPLIT_MODELS))
-        _check_choice("aux-variant", self.aux_variant, aux_variants(self.model))
+        own = {key_of(f): getattr(self, f.name) for f in _own_fields()}
+        return {**own, **record_config(self.training), **record_config(self.alignment)}
 
     def check_data(self, num_train: int, num_classes: int) -> None:
         """Check the settings against the loaded training split, before any message.
@@ -267,20 +197,38 @@ class ConfigKey:
     key: str
     default: Any
     help: str
+    owner: str
+    """The settings record that holds and checks it."""
 
 
 def run_config_reference() -> list[ConfigKey]:
-    """Every run-config key the app reads, with its default and meaning, in the app's order.
+    """Every run-config key the app reads, with its default, meaning and owner, in the app's order.
 
     The documentation's run-config page is generated from this list, so it
     cannot drift from the keys the ServerApp checks.
     """
-    return [ConfigKey(f.metadata["key"], f.default, f.metadata["help"]) for f in dataclasses.fields(RunSettings)]
+    return [ConfigKey(key_of(f), f.default, f.metadata["help"], owner.__name__) for f, owner in _all_fields()]
 
 
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"run config '{key}' is {value!r}; allowed: {', '.join(allowed)}")
+def _own_fields() -> list[dataclasses.Field]:
+    """RunSettings' own keyed fields (not the nested records)."""
+    return [f for f in dataclasses.fields(RunSettings) if "key" in f.metadata]
+
+
+def _all_fields() -> list[tuple[dataclasses.Field, type]]:
+    """Every keyed field of the run and its records, each key once (``seed`` and ``weight-decay`` are shared)."""
+    seen: set[str] = set()
+    result = []
+    for owner, owner_fields in (
+        (RunSettings, _own_fields()),
+        (LocalTraining, dataclasses.fields(LocalTraining)),
+        (AlignmentSettings, dataclasses.fields(AlignmentSettings)),
+    ):
+        for f in owner_fields:
+            if key_of(f) not in seen:
+                seen.add(key_of(f))
+                result.append((f, owner))
+    return result
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:

@@ -72,7 +72,7 @@ def load_node_data(node_config: Mapping[str, Any], settings: RunSettings) -> Arr
         data_dir=settings.data_dir or None,
         input_shape=input_shape,
         train_subset=settings.train_subset or None,
-        seed=settings.seed,
+        seed=settings.training.seed,
     )
 
 
@@ -83,7 +83,7 @@ def _load_local(folder: Path, settings: RunSettings, input_shape: tuple[int, int
     if npz.is_file():
         return _read_npz(npz, input_shape)
     return load_dataset_cached(
-        settings.dataset, data_dir=str(folder), input_shape=input_shape, seed=settings.seed
+        settings.dataset, data_dir=str(folder), input_shape=input_shape, seed=settings.training.seed
     ).train
 
 

@@ -59,14 +59,14 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is None:
         check_fresh_results(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    random.seed(settings.seed)  # Flower's FedAvg samples nodes with `random`
-    torch.manual_seed(derive_seed(settings.seed, "server-init"))
+    random.seed(settings.training.seed)  # Flower's FedAvg samples nodes with `random`
+    torch.manual_seed(derive_seed(settings.training.seed, "server-init"))
     data = load_dataset(
         settings.dataset,
         data_dir=settings.data_dir or None,
         input_shape=required_input_shape(settings.model),
         train_subset=settings.train_subset or None,
-        seed=settings.seed,
+        seed=settings.training.seed,
     )
     settings.check_data(len(data.train), data.num_classes)
     tap = TrainMetricsTap()
@@ -118,7 +118,7 @@ def main(grid: Grid, context: Context) -> None:
         first_round=first_round,
         num_rounds=settings.num_server_rounds,
         timeout=settings.round_timeout,
-        train_config=ConfigRecord(settings.local_training().to_config()),  # read by Flower's FedAvg only
+        train_config=ConfigRecord(settings.training.to_config()),  # read by Flower's FedAvg only
         evaluate_fn=recorder,
         after_round=after_round,
     )

@@ -12,41 +12,59 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl_sage_flwr.core.estimation import input_gradient, preserved_buffers
+from fsl_sage_flwr.core.settings import (
+    check_types,
+    require,
+    require_at_least,
+    require_non_negative,
+    require_positive,
+    setting,
+)
 
 
 @dataclass(frozen=True)
 class AlignmentSettings:
-    """Auxiliary alignment of FSL-SAGE (Nair et al., ICML 2025).
+    """Auxiliary alignment of FSL-SAGE (Nair et al., ICML 2025, Alg. 1), checked when built.
 
     The app's defaults (``RunSettings`` takes them): the paper's, but for the
-    small digits set l = 5 (paper: 10) and 30 epochs (paper: 100).
+    small digits set l = 5 (paper: 10) and 30 epochs (paper: 100). Each field
+    names its run-config key; a bad value raises ``ValueError`` naming it.
     """
 
-    interval: int = 5
-    buffer_size: int = 1000
-    epochs: int = 30
-    batch_size: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    patience: int = 0
-    """Stop after this many epochs without a ``min_improvement`` gain; 0 runs every epoch (the paper)."""
-    min_improvement: float = 0.01
-    """Relative drop of an epoch's matching loss that counts as a gain."""
-    stacked: bool = False
-    """Align all due clients in one vmapped pass per step (same result as one by one)."""
-    threshold: float = 0.0
-    """Adaptive alignment: also align, in any round, a client whose measured gradient
-    fidelity (cosine) falls under this; 0 turns it off (the paper's fixed interval only)."""
-    budget_bytes: int = 0
-    """Bytes of auxiliary models the extra, fidelity-triggered alignments may send in
-    a run (each sends one aux to its client); 0 = no limit."""
+    interval: int = setting("align-interval", 5, "l: align auxiliary models every l rounds")
+    buffer_size: int = setting("buffer-size", 1000, "per-client (z, y) buffer cap in samples")
+    epochs: int = setting("align-epochs", 30, "alignment passes over a buffer (0: send the aux unaligned)")
+    batch_size: int = setting("align-batch-size", 1000, "alignment minibatch size")
+    lr: float = setting("align-lr", 1e-3, "Adam learning rate of the alignment")
+    weight_decay: float = setting("weight-decay", 1e-4, "Adam weight decay")
+    seed: int = setting("seed", 0, "seed of data split, models, batches and sampling")
+    patience: int = setting(
+        "align-patience", 0, "stop an alignment after this many epochs without gain; 0 = all epochs (the paper)"
+    )
+    min_improvement: float = setting(
+        "align-min-improvement", 0.01, "relative drop of an epoch's matching loss that counts as a gain"
+    )
+    stacked: bool = setting("align-stacked", False, "align all due auxiliary models at once (vmapped); same result")
+    threshold: float = setting(
+        "align-threshold",
+        0.0,
+        "FSL-SAGE: also align, in any round, a client whose measured gradient cosine falls under this; 0 = off",
+    )
+    budget_bytes: int = setting(
+        "align-budget-bytes",
+        0,
+        "FSL-SAGE: aux bytes the threshold-triggered alignments may send in a run; 0 = no limit",
+    )
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.threshold) and -1.0 <= self.threshold <= 1.0):
-            raise ValueError(f"alignment threshold must be a cosine in [-1, 1], got {self.threshold}")
-        if self.budget_bytes < 0:
-            raise ValueError(f"alignment budget must be >= 0 bytes, got {self.budget_bytes}")
+        check_types(self)
+        require_at_least(self, 1, "interval", "buffer_size", "batch_size")
+        require_at_least(self, 0, "epochs", "seed", "patience", "budget_bytes")
+        require_positive(self, "lr")
+        require_non_negative(self, "weight_decay")
+        require(0.0 <= self.min_improvement < 1.0, self, "min_improvement", "in [0, 1)")
+        # A cosine under 0 cannot trigger anything that 0 (off) would not: the range is [0, 1].
+        require(0.0 <= self.threshold <= 1.0, self, "threshold", "a cosine in [0, 1]")
 
 
 @dataclass(frozen=True)

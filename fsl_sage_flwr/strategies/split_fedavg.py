@@ -16,7 +16,6 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 from torch import nn
 
-from fsl_sage_flwr.app.config import SERVER_ORDERS
 from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
@@ -31,6 +30,9 @@ from fsl_sage_flwr.transport.replies import ParsedReply, ReplyBounds, parse_trai
 from fsl_sage_flwr.transport.requests import request_content
 
 WEIGHT_KEY = NUM_EXAMPLES_KEY
+#: How the server steps through a round's uploads (``server-order``): client after
+#: client as the paper does, or all the round's batches shuffled together.
+SERVER_ORDERS = ("partition", "mixed")
 
 
 class SplitServer(FedAvg):
@@ -320,7 +322,7 @@ class SplitFedAvg(SplitServer):
         ]
 
     def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
-        """The content of one node's train request (see ``fsl_sage_flwr.transport.wire``)."""
+        """The content of one node's train request (see ``fsl_sage_flwr.transport.requests``)."""
         return request_content(arrays, server_round=server_round, training=self.training)
 
     def aggregate_train(
