@@ -295,3 +295,22 @@ def test_a_server_state_without_guards_is_refused():
     # Execute / Assert
     with pytest.raises(ValueError, match="older checkpoint"):
         _cse_fsl(False).load_server_state(state)
+
+
+def test_a_resumed_fsl_sage_server_lets_a_client_back_under_a_new_node_id_within_its_bounds():
+    # Prepare: a server restored from a checkpoint of nodes 101 and 202
+    restored = _fsl_sage(False)
+    restored.load_server_state(_roundtrip(_fsl_sage(True).server_state()))
+    # Execute: partition 1 warms up again under node ids 909 (claiming too much) and 910
+    restored.accept_warm_up(
+        [
+            (909, _content(None, 909, 0, partition=1, num_examples=1000, batches=1)),
+            (910, _content(None, 910, 0, partition=1, batches=1)),
+        ]
+    )
+    # Assert: 910 holds 202's identity and slot; 909 and 202 may not claim partition 1 any more
+    assert restored.is_registered(910) and not restored.is_registered(909)
+    assert restored.identities.state_dict()["nodes"] == [[101, 0, DECLARED], [910, 1, DECLARED]]
+    for node_id in (909, 202):
+        with pytest.raises(MalformedReplyError, match="belongs to node 910"):
+            restored.parse_reply(node_id, _content(restored.shared_model, node_id, 2, partition=1), expect_model=True)

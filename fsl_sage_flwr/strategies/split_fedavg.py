@@ -267,12 +267,16 @@ class SplitServer(FedAvg):
     def load_server_state(self, state: dict) -> None:
         """Restore what :meth:`server_state` returned.
 
+        The guards come back as they were; only a node id new to this run may
+        take over a partition whose node was not heard from since (see
+        :class:`~fsl_sage_flwr.transport.guard.IdentityRegistry`).
+
         Raises
         ------
         ValueError
-            When ``state`` holds no guard state (a checkpoint of an older version,
-            which ``server_state`` without guards wrote: resuming from it would
-            forget every bound), or the guards' state does not fit them.
+            When ``state`` holds no guard state (a checkpoint of format 1: resuming
+            it would forget every bound, so it is refused), or the guards' state
+            does not fit them.
         """
         missing = [key for key in ("activation_scale", "identities") if key not in state]
         if missing:
