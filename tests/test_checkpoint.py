@@ -1,4 +1,4 @@
-"""Checkpoints: a server killed mid-run resumes to the metrics of an uninterrupted run; safe run folders."""
+"""Checkpoints: a server killed mid-run resumes to the metrics and guards of an uninterrupted run; safe run folders."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from simulations.testing import app_config
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = {
-    "num-server-rounds": 6,
+    "num-server-rounds": 8,  # checkpoints after rounds 2, 4 and 6: one written after the resume
     "align-interval": 2,
     "align-epochs": 5,
     "min-available-nodes": 4,
@@ -64,21 +64,33 @@ def test_a_server_killed_mid_run_resumes_to_the_metrics_of_an_uninterrupted_run(
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert 6 not in _rounds_written(results)
+    assert 8 not in _rounds_written(results)
     checkpoint_round = safe_load(tmp_path / "killed" / "run" / CHECKPOINT_FILE)["round"]
     assert checkpoint_round in (2, 4)
     # Execute: resume in a new process
     resumed = _server_process(tmp_path / "killed", resume=True)
-    _, err = resumed.communicate(timeout=180)
-    _, whole_err = whole.communicate(timeout=180)
+    _, err = resumed.communicate(timeout=240)
+    _, whole_err = whole.communicate(timeout=240)
     # Assert: every round once, each row as in the uninterrupted run (timings aside)
     assert resumed.returncode == 0, err[-3000:]
     assert whole.returncode == 0, whole_err[-3000:]
     expected = read_results(tmp_path / "whole" / "run" / "results.jsonl")
     rows = read_results(results)
-    assert [r["round"] for r in rows] == list(range(7))
+    assert [r["round"] for r in rows] == list(range(9))
     assert _strip(rows) == _strip(expected)
     assert f"resuming from the checkpoint of round {checkpoint_round}" in err
+    # Assert: the checkpoints both runs wrote after round 6 hold the same guard state
+    resumed_guards, whole_guards = (_guards(tmp_path / run / "run" / CHECKPOINT_FILE) for run in ("killed", "whole"))
+    assert resumed_guards == whole_guards
+    assert len(whole_guards["identities"]["nodes"]) == 4
+    assert whole_guards["activation_scale"]["recent"]
+
+
+def _guards(path: Path) -> dict:
+    """The reply guards' state in a checkpoint of round 6."""
+    checkpoint = safe_load(path)
+    assert checkpoint["round"] == 6
+    return {key: checkpoint["server"][key] for key in ("activation_scale", "identities")}
 
 
 def test_resume_without_a_checkpoint_and_rerun_over_results_are_refused(tmp_path):

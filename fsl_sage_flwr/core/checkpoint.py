@@ -24,7 +24,8 @@ from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.core.memory import state_nbytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 1
+#: 2: the server state holds the reply guards (activation scale, identities); 1 did not
+FORMAT_VERSION = 2
 
 
 def atomic_save(obj: Any, path: Path) -> None:

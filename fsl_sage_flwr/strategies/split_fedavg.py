@@ -244,16 +244,39 @@ class SplitServer(FedAvg):
         return module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer)
 
     def server_state(self) -> dict:
-        """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies."""
+        """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies, the guards.
+
+        The guards are ``"activation_scale"`` and ``"identities"`` (their ``state_dict()``),
+        so that a resumed run refuses the replies the uninterrupted one would.
+        """
         return {
             "server_model": self.server_model.state_dict(),
             "server_optimizer": self.server_optimizer.state_dict(),
             "rounds_without_replies": self._rounds_without_replies,
             "drop_reasons": list(self._drop_reasons),
+            "activation_scale": self.activation_scale.state_dict(),
+            "identities": self.identities.state_dict(),
         }
 
     def load_server_state(self, state: dict) -> None:
-        """Restore what :meth:`server_state` returned."""
+        """Restore what :meth:`server_state` returned.
+
+        The guards come back as they were; only a node id new to this run may
+        take over a partition whose node was not heard from since (see
+        :class:`~fsl_sage_flwr.transport.guard.IdentityRegistry`).
+
+        Raises
+        ------
+        ValueError
+            When ``state`` holds no guard state (a checkpoint of format 1: resuming
+            it would forget every bound, so it is refused), or the guards' state
+            does not fit them.
+        """
+        missing = [key for key in ("activation_scale", "identities") if key not in state]
+        if missing:
+            raise ValueError(f"server state without {missing}: an older checkpoint, which cannot be resumed")
+        self.activation_scale.load_state_dict(state["activation_scale"])
+        self.identities.load_state_dict(state["identities"])
         self.server_model.load_state_dict(state["server_model"])
         self.server_optimizer.load_state_dict(state["server_optimizer"])
         self._rounds_without_replies = int(state["rounds_without_replies"])

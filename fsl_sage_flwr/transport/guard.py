@@ -13,7 +13,8 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -103,6 +104,64 @@ class ActivationScale:
         """The values the scale is computed from, oldest first (for comparisons)."""
         return tuple(self._recent)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The scale's state as plain numbers, for a checkpoint.
+
+        Returns
+        -------
+        dict[str, Any]
+            ``"limits"``: the :class:`UploadLimits` fields by name; ``"recent"``:
+            the accepted batches' largest ``|z|``, oldest first.
+        """
+        return {"limits": asdict(self.limits), "recent": list(self._recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, after checking all of it.
+
+        The state must have been saved under the same limits: a scale computed
+        over another window, or checked against another factor, is not the one
+        this run would hold.
+
+        Raises
+        ------
+        ValueError
+            When keys or types are wrong, a value is negative or not finite,
+            the limits differ from this scale's, or more values than the window
+            holds are given. Nothing changes then.
+        """
+        _require_keys("ActivationScale", state, {"limits", "recent"})
+        limits = state["limits"]
+        _require_keys("ActivationScale limits", limits, set(asdict(self.limits)))
+        if limits != asdict(self.limits):
+            raise ValueError(
+                f"ActivationScale state was saved with limits {limits}, this scale has {asdict(self.limits)}"
+            )
+        recent = state["recent"]
+        if not isinstance(recent, list) or not all(_is_peak(value) for value in recent):
+            raise ValueError("ActivationScale state 'recent' must be a list of finite numbers >= 0")
+        if len(recent) > self.limits.window:
+            raise ValueError(
+                f"ActivationScale state holds {len(recent)} values, more than the window of {self.limits.window}"
+            )
+        self._recent = deque((float(value) for value in recent), maxlen=self.limits.window)
+
+
+def _is_peak(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _require_keys(what: str, state: object, expected: set[str]) -> None:
+    """Raise ValueError unless ``state`` is a dict with exactly the ``expected`` keys."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} state must be a dict, got {type(state).__name__}")
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected, key=str)
+        raise ValueError(f"{what} state has wrong keys: missing {missing}, unexpected {extra}")
+
 
 def batch_peaks(batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
     """The largest ``|z|`` of each ``(z, y)`` batch (0 for an empty one)."""
@@ -123,6 +182,13 @@ class IdentityRegistry:
     A node keeps the partition id of its first accepted reply, and may never
     claim more training samples than it first declared.
 
+    Identities restored by :meth:`load_state_dict` keep every bound, but their
+    node ids are those of an earlier Flower run, and a new run (as a resumed
+    one is) may draw new node ids. So, until the node of a restored identity is
+    heard from again, a node id this registry does not know may take that
+    partition over: it inherits the identity, and with it the number of samples
+    first declared. Once registered, a restored node is bound as before.
+
     Parameters
     ----------
     max_partitions : int
@@ -133,6 +199,7 @@ class IdentityRegistry:
         self.max_partitions = max_partitions
         self._nodes: dict[int, NodeIdentity] = {}
         self._owners: dict[int, int] = {}
+        self._restored: set[int] = set()  # restored node ids not heard from since
 
     def get(self, node_id: int) -> NodeIdentity | None:
         """The identity ``node_id`` registered, if any."""
@@ -142,10 +209,12 @@ class IdentityRegistry:
         """Raise MalformedReplyError unless the claim fits what is registered; change nothing."""
         if not 0 <= partition_id < self.max_partitions:
             raise MalformedReplyError(f"partition-id {partition_id} outside [0, {self.max_partitions})")
+        known = self._nodes.get(node_id)
         owner = self._owners.get(partition_id)
         if owner is not None and owner != node_id:
-            raise MalformedReplyError(f"partition-id {partition_id} belongs to node {owner}")
-        known = self._nodes.get(node_id)
+            if known is not None or owner not in self._restored:
+                raise MalformedReplyError(f"partition-id {partition_id} belongs to node {owner}")
+            known = self._nodes[owner]  # a new node id taking over a restored identity
         if known is None:
             return
         if known.partition_id != partition_id:
@@ -154,11 +223,69 @@ class IdentityRegistry:
             raise MalformedReplyError(f"num-examples {num_examples} exceeds the {known.num_examples} first declared")
 
     def register(self, node_id: int, partition_id: int, num_examples: int) -> None:
-        """Record a checked claim; a node's first identity stays."""
-        if node_id not in self._nodes:
+        """Record a checked claim; a node's first identity stays, a restored one passes to a new node id."""
+        if node_id in self._nodes:
+            self._restored.discard(node_id)
+            return
+        owner = self._owners.get(partition_id)
+        if owner in self._restored:
+            self._restored.discard(owner)
+            self._nodes[node_id] = self._nodes.pop(owner)
+        else:
             self._nodes[node_id] = NodeIdentity(partition_id, num_examples)
-            self._owners[partition_id] = node_id
+        self._owners[partition_id] = node_id
 
     def snapshot(self) -> dict[int, NodeIdentity]:
         """Every registered node's identity (for comparisons)."""
         return dict(self._nodes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The registry as plain numbers, for a checkpoint.
+
+        Returns
+        -------
+        dict[str, Any]
+            ``"max_partitions"``, and ``"nodes"``: one ``[node_id, partition_id,
+            num_examples]`` per node, in registration order (a partition's owner
+            is the last node registered with it, as :meth:`register` made it).
+        """
+        nodes = [[node_id, i.partition_id, i.num_examples] for node_id, i in self._nodes.items()]
+        return {"max_partitions": self.max_partitions, "nodes": nodes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, after checking all of it.
+
+        Every restored node counts as not heard from since (see the class).
+
+        Raises
+        ------
+        ValueError
+            When keys or types are wrong, ``max_partitions`` differs from this
+            registry's, a partition id lies outside it, or a node id repeats.
+            Nothing changes then.
+        """
+        _require_keys("IdentityRegistry", state, {"max_partitions", "nodes"})
+        if state["max_partitions"] != self.max_partitions:
+            raise ValueError(
+                f"IdentityRegistry state was saved with max_partitions={state['max_partitions']!r}, "
+                f"this registry has {self.max_partitions}"
+            )
+        nodes: dict[int, NodeIdentity] = {}
+        for entry in _as_list("IdentityRegistry state 'nodes'", state["nodes"]):
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and all(_is_count(v) for v in entry)):
+                raise ValueError(f"IdentityRegistry node entry {entry!r} is not [node_id, partition_id, num_examples]")
+            node_id, partition_id, num_examples = entry
+            if partition_id >= self.max_partitions:
+                raise ValueError(f"IdentityRegistry node {node_id}: partition-id {partition_id} out of range")
+            if node_id in nodes:
+                raise ValueError(f"IdentityRegistry state names node {node_id} twice")
+            nodes[node_id] = NodeIdentity(partition_id, num_examples)
+        self._nodes = nodes
+        self._owners = {identity.partition_id: node_id for node_id, identity in nodes.items()}
+        self._restored = set(nodes)
+
+
+def _as_list(what: str, value: object) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list, got {type(value).__name__}")
+    return value
