@@ -16,8 +16,10 @@ from torch import nn
 from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
+from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
-from fsl_sage_flwr.transport.wire import LocalTraining, MalformedReplyError, TrainReply
+from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.replies import TrainReply
 from simulations.testing import fit_reply_content
 
 CUT = (16, 2, 2)
