@@ -12,7 +12,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _default(value: Any) -> str:
+def format_default(value: Any) -> str:
     """A default as one would write it in ``--run-config``: strings quoted, booleans lower case."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -28,7 +28,7 @@ def run_config_table() -> str:
 
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for entry in run_config_reference():
-        rows.append(f"| `{entry.key}` | `{_cell(_default(entry.default))}` | {_cell(entry.help)} |")
+        rows.append(f"| `{entry.key}` | `{_cell(format_default(entry.default))}` | {_cell(entry.help)} |")
     return "\n".join(rows)
 
 
