@@ -22,13 +22,14 @@ def format_default(value: Any) -> str:
 
 
 def run_config_table() -> str:
-    """The Markdown table of every run-config key, its default and its meaning."""
+    """The Markdown table of every run-config key: its default, meaning and the settings record that checks it."""
     # Imported here, so that building the other pages does not need torch.
     from fsl_sage_flwr.app.config import run_config_reference
 
-    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows = ["| key | default | meaning | checked by |", "|---|---|---|---|"]
     for entry in run_config_reference():
-        rows.append(f"| `{entry.key}` | `{_cell(format_default(entry.default))}` | {_cell(entry.help)} |")
+        default = _cell(format_default(entry.default))
+        rows.append(f"| `{entry.key}` | `{default}` | {_cell(entry.help)} | `{entry.owner}` |")
     return "\n".join(rows)
 
 
