@@ -16,7 +16,7 @@ from fsl_sage_flwr.core.estimation import server_step
 from fsl_sage_flwr.core.fidelity import gradient_fidelity
 from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
-from fsl_sage_flwr.strategies.split_fedavg import weighted_average
+from fsl_sage_flwr.strategies.averaging import weighted_average
 from fsl_sage_flwr.transport.wire import LocalTraining, TrainReply, state_dict_spec
 from simulations.testing import ScriptedGrid, fit_reply_content, reply_from
 
@@ -165,7 +165,7 @@ def test_server_model_trains_on_uploads_in_partition_order_and_is_not_averaged()
 
 def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float], FSLSage]:
     """Run one round of two 4-batch replies; return each server step's first z value."""
-    import fsl_sage_flwr.strategies.split_fedavg as split_fedavg
+    import fsl_sage_flwr.strategies.upload_training as upload_training
 
     strategy, split = _strategy(align_interval=100, server_order=server_order)
     _warm(strategy, split)
@@ -177,7 +177,7 @@ def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float],
 
     weights = _scaled_weights(split, 1.0)
     with monkeypatch.context() as patch:
-        patch.setattr(split_fedavg, "server_step", recording_step)
+        patch.setattr(upload_training, "server_step", recording_step)
         strategy.aggregate_train(
             3,
             [

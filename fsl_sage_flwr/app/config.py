@@ -12,15 +12,12 @@ from typing import Any
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES, DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
+from fsl_sage_flwr.core.server_order import SERVER_ORDERS
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
 from fsl_sage_flwr.transport.wire import LocalTraining
 
 #: The defaults of the settings other dataclasses own: local training and alignment.
-#: How the server steps through a round's uploads (``server-order``): client after
-#: client as the paper does, or all the round's batches shuffled together.
-SERVER_ORDERS = ("partition", "mixed")
-
 _TRAINING = LocalTraining()
 _ALIGNMENT = AlignmentSettings()
 

@@ -26,7 +26,7 @@ from fsl_sage_flwr.core.checkpoint import ClientState, ClientStore
 from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
 from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.core.training import derive_seed, make_adam
-from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
+from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.wire import MalformedReplyError, ParsedReply, request_content
 
 
@@ -58,12 +58,12 @@ class _ClientSlot:
         return self.state.buffer
 
 
-class FSLSage(SplitFedAvg):
+class FSLSage(UploadTrainingServer):
     """FSL-SAGE: federated split learning with smashed-activation gradient estimation.
 
     Implements the server of Nair et al., "FSL-SAGE: Accelerating Federated Split
     Learning via Smashed Activation Gradient Estimation", ICML 2025. On top of
-    :class:`SplitFedAvg` (FedAvg of client models, one server model trained on
+    :class:`UploadTrainingServer` (FedAvg of client models, one server model trained on
     uploaded activations) it keeps per client a FIFO buffer of ``(z, y)`` and a
     copy of that client's auxiliary model; every ``alignment.interval`` rounds it
     aligns each auxiliary model to the server model's cut-layer gradients and
@@ -89,7 +89,7 @@ class FSLSage(SplitFedAvg):
         Samples of each upload on which the server measures gradient fidelity
         (see :meth:`measure_fidelity`); 0 turns the measurement off.
     **kwargs
-        As for :class:`SplitFedAvg` (``shared_model`` is the client model).
+        As for :class:`UploadTrainingServer` (``shared_model`` is the client model).
     """
 
     def __init__(
@@ -244,7 +244,7 @@ class FSLSage(SplitFedAvg):
         """Check a reply; a training reply must come from a warmed-up node.
 
         Its partition id and sample count are bounded by the warm-up's
-        (see :meth:`SplitFedAvg.parse_reply`); a warm-up reply may not claim a
+        (see :meth:`UploadTrainingServer.parse_reply`); a warm-up reply may not claim a
         partition another node holds.
         """
         reply = super().parse_reply(node_id, content, expect_model=expect_model)
