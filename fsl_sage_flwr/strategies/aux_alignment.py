@@ -54,7 +54,7 @@ class AuxAligner:
                 self._align_stacked(slots[start : start + size], server_model, settings, server_round)
         else:
             for slot in slots:
-                self._align_one(slot, server_model, settings, server_round)
+                self.align_one(slot, server_model, settings, server_round)
 
     def run(
         self,
@@ -100,9 +100,10 @@ class AuxAligner:
             "align_cosine_after": sum(r.cosine_after for r in reports) / len(reports),
         }
 
-    def _align_one(
+    def align_one(
         self, slot: ClientSlot, server_model: nn.Module, settings: AlignmentSettings, server_round: int
     ) -> None:
+        """Align the aux of one slot, whatever ``settings.stacked`` says; nothing if its buffer is empty."""
         state = slot.state
         if len(state.buffer) == 0:
             return

@@ -167,7 +167,7 @@ class FSLSage(UploadTrainingServer):
                 continue
             slot = self._new_slot(reply.node_id, reply.partition_id)
             self.train_server_on([reply], server_round=0)
-            self._aligner.align([slot], self.server_model, self.alignment, server_round=0)
+            self._aligner.align_one(slot, self.server_model, self.alignment, server_round=0)
         if not self._slots:
             reasons = "; ".join(self._drop_reasons[:3]) or "no reply arrived"
             raise RuntimeError(f"warm-up: no node warmed up, the run cannot train; first reasons: {reasons}")
