@@ -105,6 +105,24 @@ def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
     assert all(len(strategy.client_state(NODES[n]).buffer) == 8 for n in NODES)
 
 
+def test_client_accessors_show_each_warmed_up_client_by_partition():
+    # Prepare: a fresh aux built outside the run must leave the global RNG as it was
+    strategy, split = _strategy()
+    rng_before = torch.random.get_rng_state()
+    fresh = strategy.initial_aux(0)
+    rng_after = torch.random.get_rng_state()
+    # Execute
+    _warm(strategy, split)
+    status = strategy.client_status(0)
+    # Assert
+    assert torch.equal(rng_before, rng_after)
+    assert torch.equal(strategy.initial_aux(0).state_dict()["0.weight"], fresh.state_dict()["0.weight"])
+    assert strategy.known_partitions() == {partition: node for node, partition in NODES.items()}
+    assert (status.partition_id, status.node_id, status.aux_pending, status.buffer_changed) == (0, 101, True, False)
+    with pytest.raises(KeyError):
+        strategy.client_state(7)
+
+
 def test_aux_travels_again_only_after_it_changed():
     # Prepare: round 1 delivered both auxes; no alignment until round 2
     strategy, split = _strategy(align_interval=2)
