@@ -26,14 +26,14 @@ from fsl_sage_flwr.transport.wire import LocalTraining, ParsedReply, ReplyBounds
 class SplitServer(FedAvg):
     """What every split strategy's server holds: one server model, the client side's spec, the guards.
 
-    The common base of
-    :class:`~fsl_sage_flwr.strategies.upload_training.UploadTrainingServer` (FSL-SAGE, CSE-FSL) and the
-    SplitFed baselines (Nair et al., ICML 2025, Sec. 5): the server-side model
-    and its optimizer, the bounds a reply is checked against, the registry of
-    node identities, the running activation scale, node sampling, server-side
-    evaluation, checkpoint state and the one weighted average of client-side
-    arrays (:func:`weighted_average`). How a round exchanges messages is the
-    subclass's.
+    The common base of :class:`~fsl_sage_flwr.strategies.upload_training.UploadTrainingServer`
+    (FSL-SAGE, CSE-FSL) and the SplitFed baselines (Nair et al., ICML 2025,
+    Sec. 5): the server-side model and its optimizer, the bounds a reply is
+    checked against, the registry of node identities, the running activation
+    scale, node sampling, server-side evaluation, checkpoint state and the one
+    weighted average of client-side arrays
+    (:func:`~fsl_sage_flwr.strategies.averaging.weighted_average`). How a round
+    exchanges messages is the subclass's.
 
     Parameters
     ----------

@@ -176,10 +176,9 @@ class UploadTrainingServer(SplitServer):
         """One server step per uploaded batch of ``replies``, in ``server_order``.
 
         ``"partition"`` takes the replies one after another (in the order given)
-        and each reply's batches in upload order, as the reference code does;
-        ``"mixed"`` shuffles all the round's batches together (seeded by the
-        round), so that the server's last steps, and its BatchNorm statistics, do
-        not follow the last clients alone. The batches first enter the running
+        and each reply's batches in upload order; ``"mixed"`` shuffles all the
+        round's batches together (see
+        :func:`~fsl_sage_flwr.core.server_order.server_step_order`). The batches first enter the running
         activation scale. A step that ``server_step`` skips is logged with the
         node and the reason; :meth:`server_trained` then receives, per reply, the
         batches the model did train on, in upload order.
