@@ -15,7 +15,7 @@ from fsl_sage_flwr.clients import FSLSageClient
 from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.plugin import as_dataset
-from fsl_sage_flwr.strategies import split_fedavg
+from fsl_sage_flwr.strategies import upload_training
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.replies import ParsedReply
 from fsl_sage_flwr.transport.requests import TrainRequest
@@ -67,15 +67,15 @@ def test_a_client_trains_under_the_autocast_the_server_sent(mode, bfloat16_value
 def test_the_server_steps_under_the_runs_autocast(monkeypatch, mode):
     # Prepare: record whether autocast is on in each server step
     seen = []
-    original = split_fedavg.server_step
+    original = upload_training.server_step
 
     def spy(*args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(split_fedavg, "server_step", spy)
+    monkeypatch.setattr(upload_training, "server_step", spy)
     split = build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8))
-    strategy = split_fedavg.SplitFedAvg(
+    strategy = upload_training.UploadTrainingServer(
         shared_model=split.client,
         client_model=split.client,
         server_model=split.server,

@@ -258,10 +258,12 @@ def _state(strategy, arrays: ArrayRecord | None) -> dict[str, object]:
         state.update({f"averaged.{k}": v for k, v in arrays.to_torch_state_dict().items()})
     state["scale"] = strategy.activation_scale.snapshot()
     state["identities"] = strategy.identities.snapshot()
-    for node_id, slot in getattr(strategy, "_slots", {}).items():
-        state[f"slot.{node_id}"] = (slot.partition_id, slot.aux_pending, slot.buffer_changed, len(slot.buffer))
-        state.update({f"buffer.{node_id}.{i}": t for i, t in enumerate(slot.buffer.tensors())})
-        state.update({f"aux.{node_id}.{k}": v for k, v in slot.aux.state_dict().items()})
+    known = strategy.known_partitions() if isinstance(strategy, FSLSage) else {}
+    for partition_id, node_id in known.items():
+        client, status = strategy.client_state(partition_id), strategy.client_status(partition_id)
+        state[f"slot.{node_id}"] = (partition_id, status.aux_pending, status.buffer_changed, len(client.buffer))
+        state.update({f"buffer.{node_id}.{i}": t for i, t in enumerate(client.buffer.tensors())})
+        state.update({f"aux.{node_id}.{k}": v for k, v in client.aux.state_dict().items()})
     return state
 
 

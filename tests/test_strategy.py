@@ -16,7 +16,7 @@ from fsl_sage_flwr.core.estimation import server_step
 from fsl_sage_flwr.core.fidelity import gradient_fidelity
 from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
-from fsl_sage_flwr.strategies.split_fedavg import weighted_average
+from fsl_sage_flwr.strategies.averaging import weighted_average
 from fsl_sage_flwr.transport.arrays import state_dict_spec
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.replies import TrainReply
@@ -87,7 +87,7 @@ def _scaled_weights(split, factor: float) -> ArrayRecord:
 def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
     # Prepare: what each node's aux would be without alignment
     strategy, split = _strategy()
-    unaligned = {pid: strategy._new_slot(pid).aux.state_dict() for pid in NODES.values()}
+    unaligned = {pid: strategy.initial_aux(pid).state_dict() for pid in NODES.values()}
     # Execute
     _warm(strategy, split)
     grid = ScriptedGrid(list(NODES), None)
@@ -101,10 +101,28 @@ def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
             k.removeprefix("aux."): torch.from_numpy(record[k].numpy()) for k in record.keys() if k.startswith("aux.")
         }
         assert message.content.config_records["fitins.config"]["aux-included"] is True
-        for name, value in strategy._slots[node].aux.state_dict().items():
+        for name, value in strategy.client_state(NODES[node]).aux.state_dict().items():
             torch.testing.assert_close(sent[name], value)
         assert not torch.equal(sent["0.weight"], unaligned[NODES[node]]["0.weight"])
-    assert all(len(strategy._slots[n].buffer) == 8 for n in NODES)
+    assert all(len(strategy.client_state(NODES[n]).buffer) == 8 for n in NODES)
+
+
+def test_client_accessors_show_each_warmed_up_client_by_partition():
+    # Prepare: a fresh aux built outside the run must leave the global RNG as it was
+    strategy, split = _strategy()
+    rng_before = torch.random.get_rng_state()
+    fresh = strategy.initial_aux(0)
+    rng_after = torch.random.get_rng_state()
+    # Execute
+    _warm(strategy, split)
+    status = strategy.client_status(0)
+    # Assert
+    assert torch.equal(rng_before, rng_after)
+    assert torch.equal(strategy.initial_aux(0).state_dict()["0.weight"], fresh.state_dict()["0.weight"])
+    assert strategy.known_partitions() == {partition: node for node, partition in NODES.items()}
+    assert (status.partition_id, status.node_id, status.aux_pending, status.buffer_changed) == (0, 101, True, False)
+    with pytest.raises(KeyError):
+        strategy.client_state(7)
 
 
 def test_aux_travels_again_only_after_it_changed():
@@ -167,7 +185,7 @@ def test_server_model_trains_on_uploads_in_partition_order_and_is_not_averaged()
 
 def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float], FSLSage]:
     """Run one round of two 4-batch replies; return each server step's first z value."""
-    import fsl_sage_flwr.strategies.split_fedavg as split_fedavg
+    import fsl_sage_flwr.strategies.upload_training as upload_training
 
     strategy, split = _strategy(align_interval=100, server_order=server_order)
     _warm(strategy, split)
@@ -179,7 +197,7 @@ def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float],
 
     weights = _scaled_weights(split, 1.0)
     with monkeypatch.context() as patch:
-        patch.setattr(split_fedavg, "server_step", recording_step)
+        patch.setattr(upload_training, "server_step", recording_step)
         strategy.aggregate_train(
             3,
             [
@@ -206,8 +224,8 @@ def test_mixed_server_order_trains_on_the_same_batches_interleaved_and_buffers_i
     assert sorted(mixed_steps) == sorted(upload_order) and mixed_steps != upload_order
     assert mixed_steps == mixed_again
     # each client's buffer keeps its own batches in upload order (warm-up batch first)
-    for node, slot in mixed._slots.items():
-        z, _ = slot.buffer.tensors()
+    for partition, node in mixed.known_partitions().items():
+        z, _ = mixed.client_state(partition).buffer.tensors()
         assert [float(z[i].flatten()[0]) for i in range(8, len(z), 8)] == first_values[node]
 
 
@@ -220,14 +238,14 @@ def test_aux_models_are_aligned_per_client_and_never_averaged():
     # Prepare: an alignment round in which only node 202 replies
     strategy, split = _strategy(align_interval=1)
     _warm(strategy, split)
-    before = {n: copy.deepcopy(strategy._slots[n].aux.state_dict()) for n in NODES}
+    before = {n: copy.deepcopy(strategy.client_state(NODES[n]).aux.state_dict()) for n in NODES}
     # Execute
     strategy.aggregate_train(1, [reply_from(202, _train_reply(202, _scaled_weights(split, 1.0), 20))])
     # Assert: 202's aux was re-aligned; 101's is bit for bit what it was
-    assert not torch.equal(strategy._slots[202].aux.state_dict()["0.weight"], before[202]["0.weight"])
-    for name, value in strategy._slots[101].aux.state_dict().items():
+    assert not torch.equal(strategy.client_state(NODES[202]).aux.state_dict()["0.weight"], before[202]["0.weight"])
+    for name, value in strategy.client_state(NODES[101]).aux.state_dict().items():
         assert torch.equal(value, before[101][name]), name
-    assert strategy._slots[202].aux_pending
+    assert strategy.client_status(NODES[202]).aux_pending
 
 
 def _break(kind: str, split) -> RecordDict:
@@ -308,7 +326,7 @@ def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, ca
         torch.testing.assert_close(dirty_arrays.to_torch_state_dict()[name], value)
     for (name, got), want in zip(dirty.server_model.state_dict().items(), clean.server_model.state_dict().values()):
         torch.testing.assert_close(got, want, msg=name)
-    assert len(dirty._slots[202].buffer) == len(clean._slots[202].buffer) == 8
+    assert len(dirty.client_state(NODES[202]).buffer) == len(clean.client_state(NODES[202]).buffer) == 8
 
 
 def test_a_one_sample_warm_up_batch_is_dropped_not_fatal(caplog):
@@ -326,7 +344,7 @@ def test_a_one_sample_warm_up_batch_is_dropped_not_fatal(caplog):
     with caplog.at_level(logging.WARNING, logger="flwr"):
         strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()))
     # Assert: node 101 is registered, node 202 is not, and the log says why
-    assert set(strategy._slots) == {101}
+    assert set(strategy.known_partitions().values()) == {101}
     assert any("dropped reply from node 202" in r.getMessage() for r in caplog.records)
 
 
@@ -374,9 +392,10 @@ def test_strategy_stacked_alignment_gives_the_one_by_one_auxes_and_logs_the_skip
     stacked = _stacked_strategy_run(True, caplog)
 
     # Assert: node 202's aux matches; node 101 (unchanged buffer) was skipped, with a log line
-    for name, value in one_by_one._slots[202].aux.state_dict().items():
-        torch.testing.assert_close(stacked._slots[202].aux.state_dict()[name], value, rtol=1e-3, atol=1e-3)
-    assert stacked._slots[202].aux_pending and not stacked._slots[202].buffer_changed
+    for name, value in one_by_one.client_state(NODES[202]).aux.state_dict().items():
+        torch.testing.assert_close(stacked.client_state(NODES[202]).aux.state_dict()[name], value, rtol=1e-3, atol=1e-3)
+    status = stacked.client_status(NODES[202])
+    assert status.aux_pending and not status.buffer_changed
     messages = [r.getMessage() for r in caplog.records]
     assert "skipped aligning aux of partition 0: buffer unchanged" in messages
     assert not any("aligned aux of partition 0" in m for m in messages)
@@ -390,10 +409,13 @@ def test_server_records_fidelity_per_partition_against_the_model_before_the_roun
     strategy.pop_alignment_summary()  # drop the warm-up's measurements
     server_before = copy.deepcopy(strategy.server_model)
     expected = {}
-    for node, partition in NODES.items():
+    for partition in NODES.values():
         z, y, _ = _smashed(partition)
         expected[str(partition)] = gradient_fidelity(
-            copy.deepcopy(strategy._slots[node].aux), server_before, torch.from_numpy(z[:8]), torch.from_numpy(y[:8])
+            copy.deepcopy(strategy.client_state(partition).aux),
+            server_before,
+            torch.from_numpy(z[:8]),
+            torch.from_numpy(y[:8]),
         )
     # Execute
     strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])

@@ -21,13 +21,14 @@ from torch import nn
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
 from fsl_sage_flwr.core.devices import resolve_device
+from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.core.models import SplitModel, build_full_model, build_split_model
 from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.data import DatasetSplits
 from fsl_sage_flwr.strategies import FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
-from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg, module_bytes
 from fsl_sage_flwr.strategies.splitfed import SplitFed
+from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.ledger import ByteLedger
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 
@@ -91,7 +92,7 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
     }
 
 
-def _split_setup(strategy: SplitFedAvg, split: SplitModel) -> ServerSetup:
+def _split_setup(strategy: UploadTrainingServer, split: SplitModel) -> ServerSetup:
     def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
         strategy.shared_model.load_state_dict(arrays.to_torch_state_dict())
         return {"client_model": _on_cpu(split.client), "server_model": _on_cpu(split.server)}
@@ -181,7 +182,7 @@ def _fedavg_server(
         strategy=strategy,
         initial_arrays=ArrayRecord(full.state_dict()),
         evaluate=evaluate,
-        server_memory_bytes=lambda: module_bytes(full),
+        server_memory_bytes=lambda: state_nbytes(full),
         final_models=final_models,
     )
 

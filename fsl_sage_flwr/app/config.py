@@ -12,6 +12,7 @@ from typing import Any
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.devices import DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
+from fsl_sage_flwr.core.server_order import SERVER_ORDERS
 from fsl_sage_flwr.core.settings import (
     check_types,
     key_of,
@@ -25,7 +26,6 @@ from fsl_sage_flwr.core.settings import (
 )
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.strategies.fsl_sage import FSLSage
-from fsl_sage_flwr.strategies.split_fedavg import SERVER_ORDERS
 from fsl_sage_flwr.transport.local_training import LocalTraining
 
 

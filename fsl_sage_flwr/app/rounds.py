@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
-from fsl_sage_flwr.strategies.split_fedavg import SplitServer
+from fsl_sage_flwr.strategies.split_server import SplitServer
 
 
 def run_rounds(

@@ -27,7 +27,7 @@ from fsl_sage_flwr.core.checkpoint import (
 from fsl_sage_flwr.core.models import required_input_shape
 from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import load_dataset
-from fsl_sage_flwr.strategies.split_fedavg import wait_for_nodes
+from fsl_sage_flwr.strategies.split_server import wait_for_nodes
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fsl_sage_flwr.core.buffer import SmashedBuffer
-from fsl_sage_flwr.core.memory import state_nbytes
+from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 #: 2: the server state holds the reply guards (activation scale, identities); 1 did not
@@ -100,14 +100,7 @@ class ClientState:
 
     def nbytes(self) -> int:
         """Bytes of the aux model, its optimizer state and the buffer."""
-        model = state_nbytes(self.aux)
-        optim = sum(
-            v.nbytes
-            for slots in self.aux_optimizer.state.values()
-            for v in slots.values()
-            if isinstance(v, torch.Tensor)
-        )
-        return model + optim + self.buffer.nbytes()
+        return state_nbytes(self.aux) + optimizer_nbytes(self.aux_optimizer) + self.buffer.nbytes()
 
 
 class ClientStore:

@@ -14,6 +14,11 @@ def state_nbytes(module: nn.Module) -> int:
     return sum(t.nbytes for t in module.state_dict().values())
 
 
+def optimizer_nbytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of ``optimizer``'s per-parameter state (Adam's moments, step counters)."""
+    return sum(v.nbytes for slots in optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor))
+
+
 class PeakMemoryMeter:
     """Track the peak of parameters + gradients + optimizer state + saved activations.
 
@@ -53,7 +58,7 @@ class PeakMemoryMeter:
         """Update the peak with what is held now; return the current total."""
         total = sum(self._tensor_bytes(m) for m in self.modules)
         if optimizer is not None:
-            total += sum(v.nbytes for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+            total += optimizer_nbytes(optimizer)
         if with_activations:
             total += sum(self._saved.values())
         self.peak_bytes = max(self.peak_bytes, total)

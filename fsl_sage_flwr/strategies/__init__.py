@@ -2,6 +2,6 @@
 
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
-from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
+from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 
-__all__ = ["AlignmentSettings", "FSLSage", "FSLSageLegacy", "SplitFedAvg"]
+__all__ = ["AlignmentSettings", "FSLSage", "FSLSageLegacy", "UploadTrainingServer"]

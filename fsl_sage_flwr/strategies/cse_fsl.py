@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
+from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 
 
-class CSEFSL(SplitFedAvg):
+class CSEFSL(UploadTrainingServer):
     """CSE-FSL (Mu and Shen), the closest baseline of FSL-SAGE (Nair et al., ICML 2025).
 
     Clients train their model and an auxiliary classifier on a local loss and

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -15,57 +14,28 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
-from fsl_sage_flwr.core.alignment import (
-    AlignmentReport,
-    AlignmentSettings,
-    align_auxiliaries_stacked,
-    align_auxiliary,
-)
+from fsl_sage_flwr.core.alignment import AlignmentSettings
+from fsl_sage_flwr.core.alignment_schedule import AlignmentBudget, AlignmentCandidate, plan_alignment
 from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.core.checkpoint import ClientState, ClientStore
+from fsl_sage_flwr.core.client_slots import ClientSlot, ClientSlots, ClientStatus
 from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
+from fsl_sage_flwr.core.fidelity_stats import FidelityLog, fidelity_sample
 from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.core.training import derive_seed, make_adam
-from fsl_sage_flwr.strategies.split_fedavg import SplitFedAvg
+from fsl_sage_flwr.strategies.aux_alignment import AuxAligner
+from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.replies import ParsedReply
 from fsl_sage_flwr.transport.requests import request_content
 
 
-@dataclass
-class _ClientSlot:
-    """What the server keeps for one client: flags in memory, buffer and aux copy in the store."""
-
-    partition_id: int
-    store: ClientStore
-    aux_pending: bool = True  # aligned since it was last delivered
-    buffer_changed: bool = False
-    restored: bool = False  # from a checkpoint, and its node not heard from since
-
-    @property
-    def state(self) -> ClientState:
-        """Aux model, aux optimizer and buffer (loaded from disk if not cached)."""
-        return self.store.get(self.partition_id)
-
-    @property
-    def aux(self) -> nn.Module:
-        return self.state.aux
-
-    @property
-    def aux_optimizer(self) -> torch.optim.Optimizer:
-        return self.state.aux_optimizer
-
-    @property
-    def buffer(self) -> SmashedBuffer:
-        return self.state.buffer
-
-
-class FSLSage(SplitFedAvg):
+class FSLSage(UploadTrainingServer):
     """FSL-SAGE: federated split learning with smashed-activation gradient estimation.
 
     Implements the server of Nair et al., "FSL-SAGE: Accelerating Federated Split
     Learning via Smashed Activation Gradient Estimation", ICML 2025. On top of
-    :class:`SplitFedAvg` (FedAvg of client models, one server model trained on
+    :class:`UploadTrainingServer` (FedAvg of client models, one server model trained on
     uploaded activations) it keeps per client a FIFO buffer of ``(z, y)`` and a
     copy of that client's auxiliary model; every ``alignment.interval`` rounds it
     aligns each auxiliary model to the server model's cut-layer gradients and
@@ -91,7 +61,7 @@ class FSLSage(SplitFedAvg):
         Samples of each upload on which the server measures gradient fidelity
         (see :meth:`measure_fidelity`); 0 turns the measurement off.
     **kwargs
-        As for :class:`SplitFedAvg` (``shared_model`` is the client model).
+        As for :class:`UploadTrainingServer` (``shared_model`` is the client model).
     """
 
     def __init__(
@@ -113,17 +83,16 @@ class FSLSage(SplitFedAvg):
         self.aux_factory = aux_factory
         self.alignment = alignment
         self._store = ClientStore(self._empty_state, state_dir, max_cached_clients)
-        self._slots: dict[int, _ClientSlot] = {}
+        self._slots = ClientSlots(self._store)
         self._aux_in_flight: set[int] = set()
         self.warm_up_attempts = warm_up_attempts
         self._warm_up_tries: dict[int, int] = {}
-        self._recent_alignments: list[AlignmentReport] = []
+        self._aligner = AuxAligner(self._store, self.device)
         self.fidelity_samples = fidelity_samples
-        self._recent_fidelity: list[tuple[int, Fidelity]] = []
-        self._round_fidelity: dict[int, Fidelity] = {}  # this round's, by node id
+        self._fidelity_log = FidelityLog()
+        self._round_cosines: dict[int, float] = {}  # this round's fidelity, by partition id
         self._aux_bytes: int | None = None
-        self._triggered_bytes = 0  # aux bytes the fidelity-triggered alignments sent so far
-        self._recent_triggered = 0
+        self._budget = AlignmentBudget()
 
     def summary(self) -> None:
         """Log the split-learning settings and FSL-SAGE's alignment ones."""
@@ -192,21 +161,15 @@ class FSLSage(SplitFedAvg):
                 parsed.append(self.parse_reply(node_id, content, expect_model=False))
             except MalformedReplyError as err:
                 self.log_dropped(node_id, err)
-        restored = {slot.partition_id: n for n, slot in self._slots.items() if slot.restored}
         # A node's warm-up declares its partition and its number of samples for good.
         for reply in self.resolve_claims(parsed):
             self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
-            if reply.partition_id in restored:
-                # A resumed run meets a client under a new node id: it keeps its state.
-                slot = self._slots.pop(restored.pop(reply.partition_id))
-                slot.restored = False
-                self._slots[reply.node_id] = slot
+            if self._slots.claim_restored(reply.partition_id, reply.node_id):
                 log(INFO, "node %d is partition %d of the checkpoint", reply.node_id, reply.partition_id)
                 continue
-            slot = self._new_slot(reply.partition_id)
-            self._slots[reply.node_id] = slot
+            slot = self._new_slot(reply.node_id, reply.partition_id)
             self.train_server_on([reply], server_round=0)
-            self._align(slot, server_round=0)
+            self._aligner.align_one(slot, self.server_model, self.alignment, server_round=0)
         if not self._slots:
             reasons = "; ".join(self._drop_reasons[:3]) or "no reply arrived"
             raise RuntimeError(f"warm-up: no node warmed up, the run cannot train; first reasons: {reasons}")
@@ -235,7 +198,7 @@ class FSLSage(SplitFedAvg):
             slot = self._slots[node_id]
             aux = None
             if slot.aux_pending:
-                aux = ArrayRecord(slot.aux.state_dict())
+                aux = ArrayRecord(slot.state.aux.state_dict())
                 self._aux_in_flight.add(node_id)
             requests.append(
                 (node_id, request_content(arrays, server_round=server_round, training=self.training, aux=aux))
@@ -246,7 +209,7 @@ class FSLSage(SplitFedAvg):
         """Check a reply; a training reply must come from a warmed-up node.
 
         Its partition id and sample count are bounded by the warm-up's
-        (see :meth:`SplitFedAvg.parse_reply`); a warm-up reply may not claim a
+        (see :meth:`UploadTrainingServer.parse_reply`); a warm-up reply may not claim a
         partition another node holds.
         """
         reply = super().parse_reply(node_id, content, expect_model=expect_model)
@@ -259,7 +222,7 @@ class FSLSage(SplitFedAvg):
 
     def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:
         """Measure each reply's gradient fidelity, then train the server model on the uploads."""
-        self._round_fidelity = {}
+        self._round_cosines = {}
         for reply in replies:
             self.measure_fidelity(reply)
         super().train_server_on(replies, server_round)
@@ -268,7 +231,7 @@ class FSLSage(SplitFedAvg):
         """Buffer the batches of ``reply`` the server model trained on."""
         slot = self._slots[reply.node_id]
         if batches:
-            buffer = slot.buffer
+            buffer = slot.state.buffer
             for z, y in batches:
                 buffer.append(z, y)
             self._store.changed(slot.partition_id)
@@ -283,19 +246,14 @@ class FSLSage(SplitFedAvg):
         (a view, no copy). Weights and BatchNorm statistics stay unchanged. No
         communication: the server holds both the upload and the aux copy.
         """
-        if self.fidelity_samples == 0:
+        sample = fidelity_sample(reply.upload.batches, self.fidelity_samples)
+        if sample is None:
             return None
-        batch = next(((z, y) for z, y in reply.upload.batches if z.shape[0] >= 2), None)
-        if batch is None:
-            return None
-        count = min(self.fidelity_samples, batch[0].shape[0])
-        if count < 2:
-            return None
-        z, y = (t[:count].to(self.device) for t in batch)
+        z, y = (t.to(self.device) for t in sample)
         slot = self._slots[reply.node_id]
-        fidelity = gradient_fidelity(slot.aux, self.server_model, z, y)
-        self._recent_fidelity.append((slot.partition_id, fidelity))
-        self._round_fidelity[reply.node_id] = fidelity
+        fidelity = gradient_fidelity(slot.state.aux, self.server_model, z, y)
+        self._fidelity_log.record(slot.partition_id, fidelity)
+        self._round_cosines[slot.partition_id] = fidelity.cosine
         return fidelity
 
     def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
@@ -308,54 +266,13 @@ class FSLSage(SplitFedAvg):
         for reply in accepted:
             if reply.node_id in self._aux_in_flight:
                 self._slots[reply.node_id].aux_pending = False
-        # An aux aligned after the last round would reach no client.
-        if self.num_rounds is not None and server_round >= self.num_rounds:
-            return
-        if server_round % self.alignment.interval == 0:
-            due = []
-            for slot in sorted(self._slots.values(), key=lambda s: s.partition_id):
-                if slot.buffer_changed:
-                    due.append(slot)
-                else:
-                    log(INFO, "skipped aligning aux of partition %d: buffer unchanged", slot.partition_id)
-        else:
-            due = self._fidelity_triggered()
-        if self.alignment.stacked:
-            self._align_stacked(due, server_round)
-        else:
-            for slot in due:
-                self._align(slot, server_round)
-
-    def _fidelity_triggered(self) -> list[_ClientSlot]:
-        """Clients of this round whose measured cosine fell under the threshold, worst first.
-
-        Adaptive alignment on top of the paper's fixed interval: each such client
-        costs one aux sent to it, and these extra alignments stop where
-        ``alignment.budget_bytes`` would be exceeded.
-        """
-        threshold = self.alignment.threshold
-        if threshold <= 0:
-            return []
-        low = sorted(
-            (fidelity.cosine, self._slots[node_id].partition_id, node_id)
-            for node_id, fidelity in self._round_fidelity.items()
-            if fidelity.cosine < threshold
-        )
-        due = []
-        for cosine, partition_id, node_id in low:
-            slot = self._slots[node_id]
-            if not slot.buffer_changed:
-                continue
-            cost = self._aux_nbytes()
-            budget = self.alignment.budget_bytes
-            if budget and self._triggered_bytes + cost > budget:
-                log(INFO, "alignment budget of %d bytes spent: aux of partition %d stays", budget, partition_id)
-                break
-            self._triggered_bytes += cost
-            self._recent_triggered += 1
-            log(INFO, "aligning aux of partition %d: gradient cosine %.3f under %.3f", partition_id, cosine, threshold)
-            due.append(slot)
-        return due
+        candidates = [
+            AlignmentCandidate(slot.partition_id, slot.buffer_changed, self._round_cosines.get(slot.partition_id))
+            for _, slot in self._slots.by_partition()
+        ]
+        plan = plan_alignment(server_round, self.num_rounds, self.alignment, candidates, self._budget, self._aux_nbytes)
+        due = [self._slots.find(partition_id)[1] for partition_id in plan.due]
+        self._aligner.run(plan, due, self.server_model, self.alignment, server_round)
 
     def _aux_nbytes(self) -> int:
         """Bytes of one aux model's arrays, what each extra alignment sends to its client."""
@@ -369,6 +286,34 @@ class FSLSage(SplitFedAvg):
         """Whether ``node_id`` took part in a warm-up and has a slot."""
         return node_id in self._slots
 
+    def known_partitions(self) -> dict[int, int]:
+        """Partition id -> node id of every client the server keeps state for, by partition id."""
+        return {slot.partition_id: node_id for node_id, slot in self._slots.by_partition()}
+
+    def client_state(self, partition_id: int) -> ClientState:
+        """The server's state of one client: its aux model, the aux's optimizer and its buffer of uploads.
+
+        The live objects, loaded from ``state_dir`` if not cached; read them, do
+        not change them. Raises ``KeyError`` for a partition no node warmed up.
+        """
+        return self._slots.find(partition_id)[1].state
+
+    def client_status(self, partition_id: int) -> ClientStatus:
+        """Whether one client's aux awaits delivery and its buffer changed since its last alignment.
+
+        Raises ``KeyError`` for a partition no node warmed up.
+        """
+        node_id, slot = self._slots.find(partition_id)
+        return slot.status(node_id)
+
+    def initial_aux(self, partition_id: int) -> nn.Module:
+        """A fresh aux model for ``partition_id``, as the server builds it when the client first warms up.
+
+        Seeded by ``alignment.seed`` and the partition; leaves the global RNG alone.
+        """
+        with torch.random.fork_rng(devices=[]):
+            return self._seeded_aux(partition_id)
+
     def server_memory_bytes(self) -> int:
         """Bytes the server keeps: server model and optimizer, aux copies, buffers."""
         return super().server_memory_bytes() + self._store.nbytes()
@@ -381,12 +326,9 @@ class FSLSage(SplitFedAvg):
         """
         return {
             **super().server_state(),
-            "slots": [
-                [node_id, s.partition_id, s.aux_pending, s.buffer_changed]
-                for node_id, s in sorted(self._slots.items(), key=lambda item: item[1].partition_id)
-            ],
+            "slots": self._slots.snapshot(),
             "clients": self._store.snapshot(),
-            "triggered_align_bytes": self._triggered_bytes,
+            "triggered_align_bytes": self._budget.spent_bytes,
         }
 
     def load_server_state(self, state: dict[str, Any]) -> None:
@@ -399,13 +341,8 @@ class FSLSage(SplitFedAvg):
         """
         super().load_server_state(state)
         self._store.restore(state["clients"])
-        self._triggered_bytes = int(state.get("triggered_align_bytes", 0))
-        self._slots = {
-            int(node_id): _ClientSlot(
-                int(partition_id), self._store, aux_pending=True, buffer_changed=bool(changed), restored=True
-            )
-            for node_id, partition_id, _, changed in state["slots"]
-        }
+        self._budget.spent_bytes = int(state.get("triggered_align_bytes", 0))
+        self._slots.restore(state["slots"])
 
     def checkpoint_saved(self) -> None:
         """The checkpoint naming the store's files is on disk: drop superseded client files."""
@@ -421,18 +358,22 @@ class FSLSage(SplitFedAvg):
 
     def sample_nodes(self, server_round: int, connected: set[int]) -> list[int]:
         """Seeded sampling over partition ids, which stay fixed while node ids do not."""
-        by_partition = sorted((n for n in self._slots if n in connected), key=lambda n: self._slots[n].partition_id)
+        by_partition = [n for n, _ in self._slots.by_partition() if n in connected]
         wanted = max(int(len(by_partition) * self.fraction_train), self.min_train_nodes)
         rng = random.Random(derive_seed(self.alignment.seed, server_round, "sample"))
         chosen = set(rng.sample(by_partition, min(len(by_partition), wanted)))
         return [n for n in by_partition if n in chosen]
 
-    def _new_slot(self, partition_id: int) -> _ClientSlot:
-        torch.manual_seed(derive_seed(self.alignment.seed, partition_id, "aux-init"))
-        aux = self.aux_factory().to(self.device)
+    def _new_slot(self, node_id: int, partition_id: int) -> ClientSlot:
+        aux = self._seeded_aux(partition_id)
         optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
         self._store.add(partition_id, ClientState(aux, optimizer, SmashedBuffer(self.alignment.buffer_size)))
-        return _ClientSlot(partition_id, self._store)
+        return self._slots.add(node_id, partition_id)
+
+    def _seeded_aux(self, partition_id: int) -> nn.Module:
+        # Seeds the global RNG: a client's first aux depends on its partition alone.
+        torch.manual_seed(derive_seed(self.alignment.seed, partition_id, "aux-init"))
+        return self.aux_factory().to(self.device)
 
     def _empty_state(self, partition_id: int) -> ClientState:
         """A blank client state to load a stored one into; leaves the global RNG alone."""
@@ -440,74 +381,6 @@ class FSLSage(SplitFedAvg):
             aux = self.aux_factory().to(self.device)
         optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
         return ClientState(aux, optimizer, SmashedBuffer(self.alignment.buffer_size))
-
-    def _align(self, slot: _ClientSlot, server_round: int) -> None:
-        state = slot.state
-        if len(state.buffer) == 0:
-            return
-        z, y = (t.to(self.device) for t in state.buffer.tensors())  # a stored buffer loads on the CPU
-        report = align_auxiliary(
-            state.aux,
-            state.aux_optimizer,
-            self.server_model,
-            z,
-            y,
-            epochs=self.alignment.epochs,
-            batch_size=self.alignment.batch_size,
-            generator=self._align_generator(slot, server_round),
-            patience=self.alignment.patience,
-            min_improvement=self.alignment.min_improvement,
-        )
-        self._record_alignment(slot, report)
-
-    def _align_stacked(self, slots: list[_ClientSlot], server_round: int) -> None:
-        """Align the auxes of ``slots`` at once; each gets what ``_align`` would give it."""
-        # No more clients at once than the store caches: an evicted state would lose its update.
-        size = self._store.max_cached
-        for start in range(0, len(slots), size):
-            self._align_stacked_batch(slots[start : start + size], server_round)
-
-    def _align_stacked_batch(self, slots: list[_ClientSlot], server_round: int) -> None:
-        slots = [slot for slot in slots if len(slot.state.buffer) > 0]
-        if not slots:
-            return
-        states = [slot.state for slot in slots]  # one lookup each: the store may load from disk
-        reports = align_auxiliaries_stacked(
-            [state.aux for state in states],
-            [state.aux_optimizer for state in states],
-            self.server_model,
-            [tuple(t.to(self.device) for t in state.buffer.tensors()) for state in states],
-            epochs=self.alignment.epochs,
-            batch_size=self.alignment.batch_size,
-            generators=[self._align_generator(slot, server_round) for slot in slots],
-            patience=self.alignment.patience,
-            min_improvement=self.alignment.min_improvement,
-        )
-        for slot, report in zip(slots, reports):
-            self._record_alignment(slot, report)
-
-    def _align_generator(self, slot: _ClientSlot, server_round: int) -> torch.Generator:
-        """The minibatch order of one client's alignment, the same one by one and stacked."""
-        return torch.Generator().manual_seed(derive_seed(self.alignment.seed, server_round, slot.partition_id, "align"))
-
-    def _record_alignment(self, slot: _ClientSlot, report: AlignmentReport) -> None:
-        self._store.changed(slot.partition_id)
-        slot.aux_pending = True
-        slot.buffer_changed = False
-        self._recent_alignments.append(report)
-        log(
-            INFO,
-            "aligned aux of partition %d on %d samples in %d epochs, %.2f s: matching loss %.4g -> %.4g, "
-            "cosine %.3f -> %.3f",
-            slot.partition_id,
-            report.num_samples,
-            report.epochs,
-            report.seconds,
-            report.loss_before,
-            report.loss_after,
-            report.cosine_before,
-            report.cosine_after,
-        )
 
     def pop_alignment_summary(self) -> dict[str, Any]:
         """Sum up the alignments and fidelity measurements since the last call.
@@ -520,39 +393,8 @@ class FSLSage(SplitFedAvg):
         the mean cosine and relative error of that round. Empty when neither
         ran. The ServerApp adds it to each round's results row.
         """
-        summary = self._pop_fidelity_summary()
-        reports, self._recent_alignments = self._recent_alignments, []
+        summary = self._fidelity_log.pop_summary()
         if self.alignment.threshold > 0:
-            summary["alignments_triggered"], self._recent_triggered = self._recent_triggered, 0
-            summary["triggered_align_bytes"] = self._triggered_bytes
-        if not reports:
-            return summary
-        return {
-            **summary,
-            "alignments": len(reports),
-            "align_epochs": sum(r.epochs for r in reports),
-            "align_seconds": sum(r.seconds for r in reports),
-            "align_cosine_before": sum(r.cosine_before for r in reports) / len(reports),
-            "align_cosine_after": sum(r.cosine_after for r in reports) / len(reports),
-        }
-
-    def _pop_fidelity_summary(self) -> dict[str, Any]:
-        measured, self._recent_fidelity = self._recent_fidelity, []
-        if not measured:
-            return {}
-        by_partition: dict[int, list[Fidelity]] = {}
-        for partition_id, fidelity in measured:
-            by_partition.setdefault(partition_id, []).append(fidelity)
-        cosines = [f.cosine for _, f in measured]
-        return {
-            "fidelity_cosine_mean": sum(cosines) / len(cosines),
-            "fidelity_cosine_min": min(cosines),
-            "fidelity_relative_error_mean": sum(f.relative_error for _, f in measured) / len(measured),
-            "fidelity_by_partition": {
-                str(pid): {
-                    "cosine": sum(f.cosine for f in items) / len(items),
-                    "relative_error": sum(f.relative_error for f in items) / len(items),
-                }
-                for pid, items in sorted(by_partition.items())
-            },
-        }
+            summary["alignments_triggered"] = self._budget.pop_triggered()
+            summary["triggered_align_bytes"] = self._budget.spent_bytes
+        return {**summary, **self._aligner.pop_summary()}

@@ -18,14 +18,10 @@ from torch import nn
 
 from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
 from fsl_sage_flwr.core.training import make_adam
-from fsl_sage_flwr.strategies.split_fedavg import (
-    WEIGHT_KEY,
-    SplitServer,
-    module_bytes,
-    optimizer_bytes,
-    weighted_average,
-)
+from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY, weighted_average
+from fsl_sage_flwr.strategies.split_server import SplitServer
 from fsl_sage_flwr.transport.arrays import check_model_record, state_dict_spec, to_array
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.keys import (
@@ -70,7 +66,7 @@ class SplitFed(SplitServer):
     cut-layer gradient, and the client backpropagates it. All sampled clients
     work in lock-step, one message pair per batch each, plus the last pair that
     returns the trained client model. Client models are averaged by FedAvg
-    (:func:`~fsl_sage_flwr.strategies.split_fedavg.weighted_average`).
+    (:func:`~fsl_sage_flwr.strategies.averaging.weighted_average`).
 
     Flower's round loop carries one exchange per round, so ``configure_train``
     sends the first step (the client model and the local-training settings)
@@ -86,7 +82,7 @@ class SplitFed(SplitServer):
     SplitFed-MS start each round with fresh Adam state.
 
     A step reply is checked whole before the server trains on it, as in
-    :class:`~fsl_sage_flwr.strategies.split_fedavg.SplitFedAvg`: integer
+    :class:`~fsl_sage_flwr.strategies.upload_training.UploadTrainingServer`: integer
     metrics, the node's partition and first declared sample count, one
     non-empty batch within ``upload_limits``. A node whose reply fails a check,
     or whose server step ``server_step`` skips, leaves the round with a log line
@@ -102,7 +98,7 @@ class SplitFed(SplitServer):
         The run's byte ledger (the one its :class:`~fsl_sage_flwr.transport.ledger.MeteredGrid`
         books on), for SplitFed-MS's exchange with the fed server.
     **kwargs
-        As for :class:`~fsl_sage_flwr.strategies.split_fedavg.SplitServer`;
+        As for :class:`~fsl_sage_flwr.strategies.split_server.SplitServer`;
         ``shared_model`` is the client model.
     """
 
@@ -173,8 +169,8 @@ class SplitFed(SplitServer):
         if self.mode == "ss":
             return super().server_memory_bytes()
         copies = [s for s in self._sessions.values() if s.model is not None]
-        return module_bytes(self.server_model) + sum(
-            module_bytes(s.model) + optimizer_bytes(s.optimizer) for s in copies
+        return state_nbytes(self.server_model) + sum(
+            state_nbytes(s.model) + optimizer_nbytes(s.optimizer) for s in copies
         )
 
     def _run_steps(self, replies: list[Message]) -> list[Message]:
@@ -342,7 +338,7 @@ class SplitFed(SplitServer):
         """Book each server-side copy going to the fed server and back (SFL-V1)."""
         if self.ledger is None:
             return
-        nbytes = module_bytes(self.server_model)
+        nbytes = state_nbytes(self.server_model)
         for session in sessions:
             self.ledger.add_up(session.node_id, nbytes)
             self.ledger.add_down(session.node_id, nbytes)

@@ -1,50 +1,41 @@
-"""Shared server side of split algorithms that average client arrays and train one server model."""
+"""The server every split strategy builds on: one server model, the client side's spec, the guards."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from logging import INFO, WARNING
-from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import nn
 
-from fsl_sage_flwr.core.devices import autocast
-from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
-from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam
+from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
+from fsl_sage_flwr.core.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.transport.arrays import ArraySpec, state_dict_spec, to_array
-from fsl_sage_flwr.transport.errors import MalformedReplyError
+from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY, weighted_average
+from fsl_sage_flwr.transport.arrays import state_dict_spec
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
-from fsl_sage_flwr.transport.keys import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
-from fsl_sage_flwr.transport.replies import ParsedReply, ReplyBounds, parse_train_reply
-from fsl_sage_flwr.transport.requests import request_content
-
-WEIGHT_KEY = NUM_EXAMPLES_KEY
-#: How the server steps through a round's uploads (``server-order``): client after
-#: client as the paper does, or all the round's batches shuffled together.
-SERVER_ORDERS = ("partition", "mixed")
+from fsl_sage_flwr.transport.replies import ParsedReply, ReplyBounds
 
 
 class SplitServer(FedAvg):
     """What every split strategy's server holds: one server model, the client side's spec, the guards.
 
-    The common base of :class:`SplitFedAvg` (FSL-SAGE, CSE-FSL) and the
-    SplitFed baselines (Nair et al., ICML 2025, Sec. 5): the server-side model
-    and its optimizer, the bounds a reply is checked against, the registry of
-    node identities, the running activation scale, node sampling, server-side
-    evaluation, checkpoint state and the one weighted average of client-side
-    arrays (:func:`weighted_average`). How a round exchanges messages is the
-    subclass's.
+    The common base of :class:`~fsl_sage_flwr.strategies.upload_training.UploadTrainingServer`
+    (FSL-SAGE, CSE-FSL) and the SplitFed baselines (Nair et al., ICML 2025,
+    Sec. 5): the server-side model and its optimizer, the bounds a reply is
+    checked against, the registry of node identities, the running activation
+    scale, node sampling, server-side evaluation, checkpoint state and the one
+    weighted average of client-side arrays
+    (:func:`~fsl_sage_flwr.strategies.averaging.weighted_average`). How a round
+    exchanges messages is the subclass's.
 
     Parameters
     ----------
@@ -241,7 +232,7 @@ class SplitServer(FedAvg):
 
     def server_memory_bytes(self) -> int:
         """Bytes of the tensors the server keeps: model, optimizer state."""
-        return module_bytes(self.server_model) + optimizer_bytes(self.server_optimizer)
+        return state_nbytes(self.server_model) + optimizer_nbytes(self.server_optimizer)
 
     def server_state(self) -> dict:
         """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies, the guards.
@@ -302,192 +293,6 @@ class SplitServer(FedAvg):
         return weighted_average([(r.arrays, r.num_examples) for r in accepted], self.shared_spec)
 
 
-class SplitFedAvg(SplitServer):
-    """FedAvg of the client-side arrays plus one server model trained on uploads.
-
-    The common server of FSL-SAGE and CSE-FSL (Nair et al., ICML 2025, Sec. 3;
-    Mu and Shen, CSE-FSL): each reply carries the client-side arrays and the
-    ``(z, y)`` batches kept every q-th local step; the server model takes one
-    optimizer step per uploaded batch, replies taken in partition-id order; the
-    client-side arrays are averaged weighted by sample counts. Every reply is
-    checked whole before it changes anything; a malformed one is dropped with
-    one log line naming its node and the reason. Beyond the wire contract a
-    reply must upload at least one batch, keep the partition id and stay within
-    the sample count its node first declared (a partition belongs to the node
-    that first took it), and its activations must stay within
-    ``upload_limits``; a server step whose loss, gradients or BatchNorm
-    statistics would not be finite is skipped (see ``server_step``).
-
-    Parameters are those of :class:`SplitServer`.
-    """
-
-    def __init__(self, *, server_order: str = "partition", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if server_order not in SERVER_ORDERS:
-            raise ValueError(f"server_order must be one of {list(SERVER_ORDERS)}, got {server_order!r}")
-        self.server_order = server_order
-        self._awaiting: set[int] = set()  # nodes asked this round, to name those that never replied
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Send the shared model and the local-training settings to the sampled nodes.
-
-        The settings come from ``training``, not from ``config``: clients train
-        with exactly the values their replies are checked against.
-        """
-        node_ids = self.select_train_nodes(server_round, grid)
-        log(INFO, "configure_train: sampled %d nodes", len(node_ids))
-        self._awaiting = set(node_ids)
-        return [
-            Message(content=self.train_request(n, server_round, arrays), dst_node_id=n, message_type=MessageType.TRAIN)
-            for n in node_ids
-        ]
-
-    def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
-        """The content of one node's train request (see ``fsl_sage_flwr.transport.requests``)."""
-        return request_content(arrays, server_round=server_round, training=self.training)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check replies, train the server model on their uploads, average the arrays."""
-        return self.aggregate_replies(server_round, self.reply_contents(replies))
-
-    def reply_contents(self, replies: Iterable[Message]) -> list[tuple[int, RecordDict]]:
-        """``(node id, content)`` of each reply; log error replies and nodes that never replied."""
-        replies = list(replies)
-        contents = []
-        for msg in replies:
-            if msg.has_error():
-                self.log_dropped(msg.metadata.src_node_id, f"error reply: {msg.error.reason}")
-            else:
-                contents.append((msg.metadata.src_node_id, msg.content))
-        for node_id in sorted(self._awaiting - {msg.metadata.src_node_id for msg in replies}):
-            self.log_dropped(
-                node_id, f"no reply within the round timeout ({self.round_timeout:.0f} s): node lost or slow"
-            )
-        self._awaiting = set()
-        return contents
-
-    def aggregate_replies(
-        self, server_round: int, replies: Iterable[tuple[int, RecordDict]]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate ``(node id, content)`` replies; the core of ``aggregate_train``.
-
-        Replies are taken in partition-id order, so a seeded run repeats exactly
-        whatever order they arrived in.
-
-        Raises
-        ------
-        RuntimeError
-            When this is the ``max_rounds_without_replies``-th round in a row
-            without an accepted reply.
-        """
-        parsed: list[ParsedReply] = []
-        for node_id, content in replies:
-            try:
-                parsed.append(self.parse_reply(node_id, content, expect_model=True))
-            except MalformedReplyError as err:
-                self.log_dropped(node_id, err)
-        accepted = self.resolve_claims(parsed)
-        self.check_progress(server_round, len(accepted))
-        if not accepted:
-            return None, None
-        # Everything that can fail runs before the server state changes.
-        metrics = self.train_metrics_aggr_fn(
-            [RecordDict({METRICS_KEY: MetricRecord({**r.metrics, WEIGHT_KEY: r.num_examples})}) for r in accepted],
-            WEIGHT_KEY,
-        )
-        arrays = self.average_shared(accepted)
-        for reply in accepted:
-            self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
-        self.train_server_on(accepted, server_round)
-        self.after_server_training(server_round, accepted)
-        return arrays, metrics
-
-    def after_server_training(self, server_round: int, accepted: list[ParsedReply]) -> None:
-        """Hook run after the server model trained on a round's uploads."""
-
-    def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:
-        """Check a whole reply before anything changes; raise MalformedReplyError.
-
-        On top of the wire contract: at least one uploaded batch, the node's
-        identity (:class:`~fsl_sage_flwr.transport.guard.IdentityRegistry`) and the size
-        of its activations (:class:`~fsl_sage_flwr.transport.guard.ActivationScale`).
-        """
-        reply = parse_train_reply(
-            node_id, content, shared_spec=self.shared_spec if expect_model else None, bounds=self.bounds
-        )
-        if not reply.upload.batches:
-            raise MalformedReplyError("uploads no activations")
-        self.identities.check(node_id, reply.partition_id, reply.num_examples)
-        self.activation_scale.check(reply.upload.batches)
-        return reply
-
-    def resolve_claims(self, parsed: list[ParsedReply]) -> list[ParsedReply]:
-        """Sort replies by partition id; drop all but the lowest node id of a partition claimed twice.
-
-        A registered partition only passes ``parse_reply`` for its owner, so two
-        claims in one round are two new nodes taking the same partition.
-        """
-        accepted: list[ParsedReply] = []
-        for reply in sorted(parsed, key=lambda r: (r.partition_id, r.node_id)):
-            if accepted and accepted[-1].partition_id == reply.partition_id:
-                self.log_dropped(
-                    reply.node_id,
-                    f"partition-id {reply.partition_id} is claimed by node {accepted[-1].node_id} in the same round",
-                )
-            else:
-                accepted.append(reply)
-        return accepted
-
-    def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:
-        """One server step per uploaded batch of ``replies``, in ``server_order``.
-
-        ``"partition"`` takes the replies one after another (in the order given)
-        and each reply's batches in upload order, as the reference code does;
-        ``"mixed"`` shuffles all the round's batches together (seeded by the
-        round), so that the server's last steps, and its BatchNorm statistics, do
-        not follow the last clients alone. The batches first enter the running
-        activation scale. A step that ``server_step`` skips is logged with the
-        node and the reason; :meth:`server_trained` then receives, per reply, the
-        batches the model did train on, in upload order.
-        """
-        for reply in replies:
-            self.activation_scale.accept(reply.upload.batches)
-        steps = [(reply, index) for reply in replies for index in range(len(reply.upload.batches))]
-        if self.server_order == "mixed":
-            generator = torch.Generator().manual_seed(derive_seed(self.training.seed, server_round, "server-order"))
-            steps = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
-        trained: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {r.node_id: {} for r in replies}
-        for reply, index in steps:
-            z, y = reply.upload.batches[index]
-            if z.shape[0] < 2:  # BatchNorm needs two samples in train mode
-                continue
-            z, y = z.to(self.device), y.to(self.device)
-            try:
-                with autocast(self.device, self.training.autocast):
-                    server_step(self.server_model, self.server_optimizer, z, y)
-            except UnsafeStepError as err:
-                log(
-                    WARNING,
-                    "skipped server step on batch %d of node %d%s: %s",
-                    index,
-                    reply.node_id,
-                    self.describe_node(reply.node_id),
-                    err,
-                )
-                continue
-            trained[reply.node_id][index] = (z, y)
-        for reply in replies:
-            batches = trained[reply.node_id]
-            self.server_trained(reply, [batches[i] for i in sorted(batches)])
-
-    def server_trained(self, reply: ParsedReply, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Hook: the server model trained on ``batches`` of ``reply`` (in upload order)."""
-
-
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     """Return the connected node ids once ``minimum`` are connected.
 
@@ -510,37 +315,3 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
             next_log = now + 10.0
         time.sleep(0.5)
     return node_ids
-
-
-def weighted_average(states: list[tuple[ArrayRecord, int]], spec: Mapping[str, ArraySpec]) -> ArrayRecord:
-    """Average ``(arrays, weight)`` pairs by weight, as Flower's FedAvg does; keep ``spec``'s dtypes.
-
-    Every split strategy averages through this one function: client models,
-    client and auxiliary models, SplitFed-MS's server-side copies. The sum runs
-    in the arrays' own precision, in the order given; integer arrays (BatchNorm
-    counters) are rounded back to integers, not truncated.
-    """
-    records = [
-        RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord({WEIGHT_KEY: weight})}) for arrays, weight in states
-    ]
-    averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
-    return ArrayRecord(
-        {name: to_array(_restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()}
-    )
-
-
-def _restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
-    # Averaging turns integer counters into floats; round them back.
-    if np.dtype(dtype).kind in "iu":
-        values = np.rint(values)
-    return values.astype(dtype)
-
-
-def module_bytes(module: nn.Module) -> int:
-    """Bytes of a module's parameters and buffers."""
-    return sum(t.nbytes for t in module.state_dict().values())
-
-
-def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of an optimizer's per-parameter state."""
-    return sum(v.nbytes for slots in optimizer.state.values() for v in slots.values() if isinstance(v, torch.Tensor))
