@@ -42,8 +42,8 @@ from typing import Any
 from fsl_sage_flwr.app.results import read_results
 from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
-from simulations.compare import plot_accuracy
-from simulations.flwr_run import parse_run_config
+from simulations.compare_report import plot_accuracy
+from simulations.flower_cli import parse_run_config
 
 MIB = 1024**2
 REPOSITORY = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.flwr_run import PROJECT_DIR, flower_env, flwr_executable, processes_of, stop_superlink
+from simulations.flower_cli import PROJECT_DIR, flwr_executable
+from simulations.flwr_run import flower_env, processes_of, stop_superlink
 
 pytestmark = pytest.mark.e2e  # the example app through `flwr run`, and a wheel build
 
