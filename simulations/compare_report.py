@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsl_sage_flwr.extras import import_extra
+
 GIB = 1024**3
 MIB = 1024**2
 
@@ -84,10 +86,9 @@ def write_outputs(
 
 def plot_accuracy(output_dir: Path, rows_by_strategy: dict[str, list[dict[str, Any]]]) -> None:
     """Write ``accuracy_vs_rounds.png`` and ``accuracy_vs_gib.png``, one line per named run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Files only, no window: the Agg backend, chosen before pyplot loads.
+    import_extra("matplotlib", "plots", "the accuracy plots").use("Agg")
+    plt = import_extra("matplotlib.pyplot", "plots", "the accuracy plots")
 
     for x_key, x_label, file_name, scale in (
         ("round", "round", "accuracy_vs_rounds.png", 1.0),

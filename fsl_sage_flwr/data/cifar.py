@@ -15,6 +15,7 @@ from fsl_sage_flwr.data.loading import DatasetNotFoundError, register_dataset
 from fsl_sage_flwr.data.locations import dataset_folders, describe_search, first_folder_holding
 from fsl_sage_flwr.data.transforms import scale_to_unit
 from fsl_sage_flwr.data.unpickler import load_array_pickle
+from fsl_sage_flwr.extras import import_extra
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,10 @@ def _hub_split_to_arrays(split: Any, label_column: str) -> tuple[np.ndarray, np.
 
 def _load_cifar_from_hub(spec: _CifarSpec) -> tuple[np.ndarray, ...]:
     """Download (or reuse the cache of) ``spec.hub_id`` through Flower Datasets."""
-    from flwr_datasets import FederatedDataset  # heavy and only needed without local files
-
+    # Heavy, optional and only needed without local files: imported here.
+    flwr_datasets = import_extra("flwr_datasets", "data", f"loading {spec.hub_id!r} from the Hugging Face hub")
     # One partition: the split is only read whole here and partitioned elsewhere.
-    fds = FederatedDataset(dataset=spec.hub_id, partitioners={"train": 1})
+    fds = flwr_datasets.FederatedDataset(dataset=spec.hub_id, partitioners={"train": 1})
     train = _hub_split_to_arrays(fds.load_split("train"), spec.hub_label_column)
     test = _hub_split_to_arrays(fds.load_split("test"), spec.hub_label_column)
     return (*train, *test)
