@@ -31,10 +31,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fsl_sage_flwr.data import dataset_folders, describe_search, find_idx_folder
 from simulations.flwr_run import run_app
 
 PROJECT = Path(__file__).resolve().parent.parent
-DATA_DIRS = [PROJECT.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,10 +122,11 @@ def _simulation_median(args: argparse.Namespace, data_dir: str, work: Path, acto
 
 
 def _find_data_dir() -> str:
-    for folder in DATA_DIRS:
-        if (folder / "train-images-idx3-ubyte.gz").exists() or (folder / "train-images-idx3-ubyte").exists():
-            return str(folder)
-    raise SystemExit(f"Fashion-MNIST not found in {', '.join(map(str, DATA_DIRS))}; pass --data-dir")
+    folder = find_idx_folder("fashion-mnist", SHARED_DATA)
+    if folder is None:
+        searched = describe_search(dataset_folders("fashion-mnist", SHARED_DATA), SHARED_DATA)
+        raise SystemExit(f"Fashion-MNIST not found in {searched}\npass --data-dir")
+    return str(folder)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -47,7 +47,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fsl_sage_flwr.app.algorithms import build_split, get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
-from fsl_sage_flwr.data import load_dataset, load_partition
+from fsl_sage_flwr.data import dataset_folders, describe_search, find_idx_folder, load_dataset, load_partition
 from fsl_sage_flwr.transport.keys import WARMUP_KEY
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from fsl_sage_flwr.transport.replies import TrainReply
@@ -56,7 +56,7 @@ from simulations.flower_internals import set_task_identity
 from simulations.testing import fit_reply_content, reply_from
 
 PROJECT = Path(__file__).resolve().parent.parent
-DATA_DIRS = [PROJECT.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
 
 
 def peak_rss_bytes() -> int:
@@ -68,10 +68,12 @@ def peak_rss_bytes() -> int:
 
 
 def _data_dir() -> str:
-    for folder in [Path(d) for d in os.environ.get("FASHION_MNIST_DIR", "").split(os.pathsep) if d] + DATA_DIRS:
-        if (folder / "train-images-idx3-ubyte.gz").exists() or (folder / "train-images-idx3-ubyte").exists():
-            return str(folder)
-    raise SystemExit(f"Fashion-MNIST not found in {', '.join(map(str, DATA_DIRS))}")
+    roots = [Path(d) for d in os.environ.get("FASHION_MNIST_DIR", "").split(os.pathsep) if d] + [SHARED_DATA]
+    folder = next((f for root in roots if (f := find_idx_folder("fashion-mnist", root)) is not None), None)
+    if folder is None:
+        searched = [f for root in roots for f in dataset_folders("fashion-mnist", root)]
+        raise SystemExit(f"Fashion-MNIST not found in {describe_search(list(dict.fromkeys(searched)), SHARED_DATA)}")
+    return str(folder)
 
 
 def _settings(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffer_size: int) -> RunSettings:

@@ -41,9 +41,10 @@ from typing import Any
 
 from fsl_sage_flwr.app.results import read_results
 from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES
+from fsl_sage_flwr.data import find_idx_folder
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
-from simulations.compare import plot_accuracy
-from simulations.flwr_run import parse_run_config
+from simulations.compare_report import plot_accuracy
+from simulations.flower_cli import parse_run_config
 
 MIB = 1024**2
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -88,7 +89,8 @@ BASE: dict[str, Any] = {
 }
 _COMPLETE = "complete"  # marks a run folder whose run ended with exit code 0
 _INPUT_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
-DATA_DIRS = [REPOSITORY.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
+#: The project's shared data folder beside the repository; its ``fashion-mnist`` is used when present.
+SHARED_DATA = REPOSITORY.parent / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     base = {**BASE, "num-server-rounds": args.rounds, "seed": args.seed, **parse_run_config(args.run_config)}
     if base["dataset"] == "fashion-mnist" and not base.get("data-dir"):
-        base["data-dir"] = str(next((d for d in DATA_DIRS if d.is_dir()), DATA_DIRS[0]))
+        base["data-dir"] = str(find_idx_folder("fashion-mnist", SHARED_DATA) or SHARED_DATA / "fashion-mnist")
     names = [n for n in args.variants.split(",") if n] if args.variants else None
     configs = variant_configs(args.study, base, names)
     output_dir = Path(args.output_dir) / args.study

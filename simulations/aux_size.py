@@ -26,7 +26,8 @@ from fsl_sage_flwr.core.models import SPLIT_MODELS, build_full_model, build_spli
 from fsl_sage_flwr.core.training import evaluate_classifier, make_adam, minibatches
 from fsl_sage_flwr.data import load_dataset
 
-DATA_DIRS = [Path(__file__).resolve().parents[2] / "shared" / "data", Path("/usr/share/datasets")]
+#: The project's shared data folder beside the repository: the data-dir when none is given.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     data = load_dataset(
         args.dataset,
-        data_dir=args.data_dir or _find_data(args.dataset),
+        data_dir=args.data_dir or str(SHARED_DATA),
         input_shape=required_input_shape(args.model),
         train_subset=args.train_subset or None,
         seed=args.seed,
@@ -87,12 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     budget = f"{args.budget_kib:g} KiB on the client" if args.budget_kib else "no memory budget"
     print(f"\nchosen: {choice.variant} (within {args.tolerance:g} of the best cosine, {budget})")
     return 0
-
-
-def _find_data(dataset: str) -> str | None:
-    if dataset == "digits":
-        return None
-    return str(next((d / dataset for d in DATA_DIRS if (d / dataset).is_dir()), DATA_DIRS[0] / dataset))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,11 +20,8 @@ Usage::
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulations.flwr_run import PROJECT_DIR, _free_port, _toml_value
-
-LOOPBACK = "127.0.0.1"
+from simulations.flower_cli import LOOPBACK, PROJECT_DIR, free_port, run_config_arguments, toml_value, venv_bin
+from simulations.processes import alive, descendants, process_table, spawned_by, stop_processes
+from simulations.tls import TlsFiles, make_tls_files
 
 
 class DeploymentError(RuntimeError):
@@ -51,95 +48,6 @@ class DeploymentRun:
     status: str
     log: str
     wall_seconds: float
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a CA and a server certificate it signed (for 127.0.0.1)."""
-
-    ca_certificate: Path
-    server_certificate: Path
-    server_key: Path
-
-
-def venv_bin(name: str) -> str:
-    """Path of a console script of this environment (next to ``sys.executable``)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def make_tls_files(directory: Path, host: str = LOOPBACK) -> TlsFiles:
-    """Write a CA certificate and a server certificate for ``host`` signed by it.
-
-    The server certificate carries ``subjectAltName = IP:<host>`` (and
-    ``DNS:localhost``), which gRPC checks against the address a client dials.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    valid_from, valid_to = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fsl-sage-flwr test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from)
-        .not_valid_after(valid_to)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from)
-        .not_valid_after(valid_to)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    files = TlsFiles(directory / "ca.crt", directory / "server.pem", directory / "server.key")
-    files.ca_certificate.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_certificate.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_key.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    files.server_key.chmod(0o600)
-    return files
 
 
 class LoopbackFederation:
@@ -207,7 +115,7 @@ class LoopbackFederation:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         if self.tls:
             self.tls_files = make_tls_files(self.workdir / "certificates")
-        self.port = _free_port()
+        self.port = free_port()
         self._spawn("superlink", self.superlink_command(), self.workdir / "superlink-home")
         self._wait_for_port(self.port, ready_timeout)
         for i, config in enumerate(self.node_configs):
@@ -229,14 +137,14 @@ class LoopbackFederation:
             security = ["--root-certificates", str(self.tls_files.ca_certificate)]
         else:
             security = ["--insecure"]
-        node = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
+        node = " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
         return [
             venv_bin("flower-supernode"),
             *security,
             "--superlink",
             f"{LOOPBACK}:{self.port}",
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--node-config",
             node,
         ]
@@ -310,8 +218,7 @@ class LoopbackFederation:
         start = time.monotonic()
         before = {int(r["run-id"]) for r in self.list_runs()}
         command = [venv_bin("flwr"), "run", str(app_dir), self.name, "--stream"]
-        for key, value in run_config.items():
-            command += ["--run-config", f"{key}={_toml_value(value)}"]
+        command += run_config_arguments(run_config)
         log_path = self.log_dir / f"flwr-run-{len(before)}.log"
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(command, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT)
@@ -341,53 +248,30 @@ class LoopbackFederation:
 
     def stop(self) -> None:
         """Stop every started process and the SuperExecs they spawned, by process id."""
-        targets = self._process_tree()
-        for pid in targets:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in targets):
-            for proc in self.processes:
-                proc.poll()  # reap our own children so they do not linger as zombies
-            time.sleep(0.1)
-        # Anything spawned meanwhile (or still alive) gets SIGKILL.
-        targets |= self._process_tree()
-        for pid in targets:
-            if _alive(pid):
-                _signal(pid, signal.SIGKILL)
+        self.stopped_pids |= stop_processes(self._process_tree, grace=self.stop_timeout, reap=self._reap_started)
         for proc in self.processes:
             try:
                 proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 pass
-        deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in targets):
-            time.sleep(0.1)
-        self.stopped_pids |= targets
         for handle in self._log_handles:
             handle.close()
         self._log_handles.clear()
 
     def alive_pids(self) -> list[int]:
         """Process ids this federation started or stopped that are still running."""
-        return sorted(p for p in self.stopped_pids | {p.pid for p in self.processes} if _alive(p))
+        return sorted(p for p in self.stopped_pids | {p.pid for p in self.processes} if alive(p))
 
     def _process_tree(self) -> set[int]:
         """Started processes, the SuperExecs naming them as ``--parent-pid``, and all descendants."""
-        roots = {p.pid for p in self.processes if _alive(p.pid)}
-        table = _process_table()
-        found = set(roots)
-        for pid, (_, words) in table.items():
-            for i, word in enumerate(words[:-1]):
-                if word == "--parent-pid" and words[i + 1].isdigit() and int(words[i + 1]) in roots:
-                    found.add(pid)
-        changed = True
-        while changed:
-            changed = False
-            for pid, (ppid, _) in table.items():
-                if ppid in found and pid not in found:
-                    found.add(pid)
-                    changed = True
-        return found
+        roots = {p.pid for p in self.processes if alive(p.pid)}
+        table = process_table()
+        return descendants(roots | spawned_by(roots, table), table)
+
+    def _reap_started(self, _pids: set[int]) -> None:
+        """Collect the started processes that exited, so they do not linger as zombies."""
+        for proc in self.processes:
+            proc.poll()
 
     def _spawn(self, label: str, command: list[str], home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True)
@@ -411,36 +295,3 @@ class LoopbackFederation:
                     return
             time.sleep(0.2)
         raise DeploymentError(f"flower-superlink did not listen on port {port} within {timeout:.0f} s")
-
-
-def _process_table() -> dict[int, tuple[int, list[str]]]:
-    """pid -> (parent pid, command line words), read from /proc."""
-    table: dict[int, tuple[int, list[str]]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            words = [w.decode(errors="replace") for w in (entry / "cmdline").read_bytes().split(b"\0") if w]
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name in field 2 may hold spaces and parentheses: split after its last ')'.
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        table[int(entry.name)] = (ppid, words)
-    return table
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

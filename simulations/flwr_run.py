@@ -17,26 +17,33 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter, read_results
+from simulations.flower_cli import PROJECT_DIR, flwr_executable, free_port, parse_run_config, run_config_arguments
+from simulations.processes import (
+    alive,
+    become_subreaper,
+    descendants,
+    processes_running,
+    processes_with_environment,
+    stop_process_group,
+    stop_processes,
+)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 
 
@@ -117,8 +124,7 @@ def run_app(
         "--federation-config",
         f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
     ]
-    for key, value in run_config.items():
-        command += ["--run-config", f"{key}={_toml_value(value)}"]
+    command += run_config_arguments(run_config)
     start = time.monotonic()
     lines: list[str] = []
     keep_home = False
@@ -135,7 +141,7 @@ def run_app(
     finally:
         with _signals_deferred():
             stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
-            _stop_tree(home)
+            stop_processes(lambda: processes_of(home), grace=5.0)
             if not keep_home:
                 shutil.rmtree(home, ignore_errors=True)
     log = "".join(lines)
@@ -169,33 +175,13 @@ def flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
     """
     env = dict(os.environ)
     env["FLWR_HOME"] = str(home)
-    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(_free_port())
-    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(_free_port())
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
     # `flwr run` starts `flower-superlink` from PATH: use this environment's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if not install_dependencies:
         env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     return env
-
-
-def flwr_executable() -> str:
-    """Return the `flwr` command of this environment, or plain ``flwr`` from PATH."""
-    candidate = Path(sys.executable).parent / "flwr"
-    return str(candidate) if candidate.exists() else "flwr"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
 
 
 def _stream(
@@ -268,41 +254,6 @@ class _signals_deferred:
             signal.signal(signum, handler)
 
 
-def _become_subreaper() -> None:
-    """Adopt orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``); a no-op elsewhere."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    task_dir = Path(f"/proc/{pid}/task")
-    try:
-        tasks = list(task_dir.iterdir())
-    except OSError:
-        return []
-    for task in tasks:
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _descendants(pid: int) -> Iterator[int]:
-    stack = _children(pid)
-    seen: set[int] = set()
-    while stack:
-        child = stack.pop()
-        if child in seen:
-            continue
-        seen.add(child)
-        yield child
-        stack.extend(_children(child))
-
-
 def processes_of(home: Path) -> set[int]:
     """The processes of one run: those whose environment names ``home`` as FLWR_HOME, and their descendants.
 
@@ -311,109 +262,20 @@ def processes_of(home: Path) -> set[int]:
     temporary folder, so the marker names this run's processes and no others,
     even those whose parent exited.
     """
-    marker = f"FLWR_HOME={home}".encode()
-    pids: set[int] = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                pids.add(int(proc.name))
-        except OSError:
-            continue
-    for pid in list(pids):
-        pids.update(_descendants(pid))
+    pids = descendants(processes_with_environment(f"FLWR_HOME={home}"))
     pids.discard(os.getpid())
-    return {p for p in pids if _alive(p)}
-
-
-def _stop_tree(home: Path, grace: float = 5.0) -> None:
-    """SIGTERM every process of this run, SIGKILL what is left after ``grace`` seconds, reap them."""
-    pids = processes_of(home)
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        _reap(pids)
-        time.sleep(0.1)
-        pids |= processes_of(home)
-    pids |= processes_of(home)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        _reap(pids)
-        time.sleep(0.05)
-    _reap(pids)
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _reap(pids: set[int]) -> None:
-    """Collect those of ``pids`` that are exited children of this process (adopted ones included)."""
-    for pid in pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            continue
+    return {p for p in pids if alive(p)}
 
 
 def stop_superlink(control_port: str) -> None:
     """Stop the SuperLink that `flwr run` started on ``control_port``, with its children."""
     marker = f"127.0.0.1:{control_port}"
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [w.decode(errors="replace") for w in cmdline]
-        if any(w.endswith("flower-superlink") for w in words) and marker in words:
-            _terminate_group(int(proc.name))
 
+    def is_that_superlink(words: list[str]) -> bool:
+        return any(w.endswith("flower-superlink") for w in words) and marker in words
 
-def _terminate_group(pid: int) -> None:
-    try:
-        group = os.getpgid(pid)
-        os.killpg(group, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def parse_run_config(text: str) -> dict[str, Any]:
-    """Parse ``"key=value key2='text'"`` as `flwr run --run-config` does (TOML values)."""
-    result: dict[str, Any] = {}
-    for item in text.split():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"run-config item '{item}' is not key=value")
-        result[key] = tomllib.loads(f"v = {value}")["v"]
-    return result
+    for pid in processes_running(is_that_superlink):
+        stop_process_group(pid)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides.setdefault("num-server-rounds", _default_rounds())
     # Processes whose parents exit are handed to this process, not to init, so
     # the whole tree stays findable (they also carry FLWR_HOME in their environment).
-    _become_subreaper()
+    become_subreaper()
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         outcome = run_app(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.extras import import_extra
 
 
 def fidelity_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float], list[int]]:
@@ -25,10 +26,9 @@ def fidelity_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float],
 
 def plot_fidelity(results: Path, output: Path) -> None:
     """Write a plot of mean (and minimum) cosine per round, alignment rounds marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Files only, no window: the Agg backend, chosen before pyplot loads.
+    import_extra("matplotlib", "plots", "the fidelity plot").use("Agg")
+    plt = import_extra("matplotlib.pyplot", "plots", "the fidelity plot")
 
     rounds, means, minima, aligned = fidelity_series(read_results(results))
     if not rounds:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from simulations.compare import GIB, Progress, markdown_table, summarise, write_outputs
+from simulations.compare import Progress
+from simulations.compare_report import GIB, markdown_table, summarise, write_outputs
 
 
 def _rows(accuracies: list[float], bytes_per_round: int, seconds: float = 2.0) -> list[dict]:

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsl_sage_flwr.data import DatasetNotFoundError, idx, load_array_pickle, load_dataset, read_idx
+from fsl_sage_flwr.data import (
+    DatasetNotFoundError,
+    dataset_folders,
+    find_idx_folder,
+    load_array_pickle,
+    load_dataset,
+    locations,
+    read_idx,
+)
 from simulations.testing import write_fake_mnist, write_idx
 
 # The project's shared data folder sits beside the repository (also in CI's copy).
@@ -131,7 +139,7 @@ def test_mnist_loads_from_a_folder_named_after_it(tmp_path):
 def test_missing_idx_dataset_lists_every_place_and_how_to_get_it(tmp_path, monkeypatch, name):
     # Prepare: an empty data dir and an empty stand-in for /usr/share/datasets.
     system_root = tmp_path / "system"
-    monkeypatch.setattr(idx, "SYSTEM_DATASET_ROOT", system_root)
+    monkeypatch.setattr(locations, "SYSTEM_DATASET_ROOT", system_root)
     data_dir = tmp_path / "empty"
     data_dir.mkdir()
 
@@ -147,6 +155,42 @@ def test_missing_idx_dataset_lists_every_place_and_how_to_get_it(tmp_path, monke
     assert isinstance(info.value, FileNotFoundError)
     if name == "fashion-mnist":
         assert "dataset-fashion-mnist" in message
+
+
+def test_dataset_folders_are_the_data_dir_its_subfolders_then_the_system_root(tmp_path, monkeypatch):
+    # Prepare
+    system_root = tmp_path / "system"
+    monkeypatch.setattr(locations, "SYSTEM_DATASET_ROOT", system_root)
+    data_dir = tmp_path / "data"
+
+    # Execute
+    folders = dataset_folders("cifar10", data_dir, subfolders=("cifar-10-batches-py",))
+    without_data_dir = dataset_folders("mnist", None)
+
+    # Assert
+    assert folders == [
+        data_dir,
+        data_dir / "cifar-10-batches-py",
+        data_dir / "cifar10",
+        system_root / "cifar-10-batches-py",
+        system_root / "cifar10",
+    ]
+    assert without_data_dir == [system_root / "mnist"]
+
+
+def test_idx_dataset_found_in_the_system_root_without_a_data_dir(tmp_path, monkeypatch):
+    # Prepare: no data-dir; the files sit where a Debian dataset package puts them.
+    system_root = tmp_path / "system"
+    monkeypatch.setattr(locations, "SYSTEM_DATASET_ROOT", system_root)
+    write_fake_mnist(system_root / "fashion-mnist")
+
+    # Execute
+    folder = find_idx_folder("fashion-mnist", None)
+    splits = load_dataset("fashion-mnist")
+
+    # Assert
+    assert folder == system_root / "fashion-mnist"
+    assert splits.train.images.shape == (20, 1, 28, 28)
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.flwr_run import PROJECT_DIR, flower_env, flwr_executable, processes_of, stop_superlink
+from simulations.flower_cli import PROJECT_DIR, flwr_executable
+from simulations.flwr_run import flower_env, processes_of, stop_superlink
 
 pytestmark = pytest.mark.e2e  # the example app through `flwr run`, and a wheel build
 
@@ -105,7 +106,8 @@ def test_wheel_holds_the_package_and_imports_on_its_own(tmp_path):
         text=True,
         timeout=120,
     )
-    # Assert
+    # Assert: the library alone (the repository's top-level folders stay out), importable on its own
     assert {"fsl_sage_flwr/__init__.py", "fsl_sage_flwr/plugin.py"} <= names
+    assert {name.split("/")[0] for name in names if not name.startswith("fsl_sage_flwr-")} == {"fsl_sage_flwr"}
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).is_relative_to(target)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.flwr_run import PROJECT_DIR, FlwrRunError, flower_env, flwr_executable, run_app, stop_superlink
+from simulations.flower_cli import PROJECT_DIR, flwr_executable
+from simulations.flwr_run import FlwrRunError, flower_env, run_app, stop_superlink
 
 pytestmark = pytest.mark.e2e  # `flwr run` with Ray simulation and SuperLink processes
 

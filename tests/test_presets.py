@@ -16,7 +16,8 @@ from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.results import read_results
 from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.data import cifar
-from simulations.compare import _parse_options, _strategy_names, build_run_configs, read_preset
+from simulations.compare import build_run_configs
+from simulations.compare_options import parse_options, read_preset, strategy_names
 from simulations.in_process import run_in_process
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -68,10 +69,10 @@ def test_every_key_of_a_preset_is_a_run_config_key(preset):
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_compare_reads_every_preset(tmp_path, preset):
     # Execute
-    options = _parse_options(["--preset", str(preset)])
+    options = parse_options(["--preset", str(preset)])
     configs = build_run_configs(options, tmp_path)
     # Assert: valid strategies; every strategy gets the preset's keys but its own algorithm
-    names = _strategy_names(options["strategies"])
+    names = strategy_names(options["strategies"])
     preset_keys = tomllib.loads(preset.read_text())
     for name in names:
         expected = {k: v for k, v in preset_keys.items() if k not in ("algorithm", "run-name", "output-dir")}
@@ -120,7 +121,7 @@ def test_fashion_mnist_preset_keeps_its_measured_meaning(tmp_path):
         "min-available-nodes": 10,
     }
     # Execute
-    options = _parse_options(["--preset", str(PRESETS_DIR / "fashion-mnist-resnet18.toml")])
+    options = parse_options(["--preset", str(PRESETS_DIR / "fashion-mnist-resnet18.toml")])
     configs = build_run_configs(options, tmp_path)
     # Assert
     assert list(configs) == ["fsl-sage", "cse-fsl", "fedavg", "splitfed-ms", "splitfed-ss"]
@@ -137,7 +138,7 @@ def test_command_line_wins_over_the_preset(tmp_path):
         'alpha = 1.0\nbatch-size = 64\nnum-server-rounds = 200\nmodel = "cnn"\n'
     )
     # Execute
-    overridden = _parse_options(
+    overridden = parse_options(
         ["--preset", str(preset), "--run-config", "alpha=0.1 batch-size=32 num-server-rounds=2", "--model", "resnet18"]
     )
     configs = build_run_configs(overridden, tmp_path)
@@ -177,7 +178,7 @@ def test_compare_stops_on_a_bad_preset(tmp_path, capsys):
     preset.write_text("batchsize = 64\n")
     # Execute
     with pytest.raises(SystemExit) as exit_info:
-        _parse_options(["--preset", str(preset)])
+        parse_options(["--preset", str(preset)])
     # Assert
     assert exit_info.value.code == 2
     assert "'batchsize' not run-config keys" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fsl_sage_flwr.data import cifar, digits, idx  # noqa: F401
 from fsl_sage_flwr.data.caching import load_dataset_cached, load_partition
 from fsl_sage_flwr.data.containers import ArrayDataset, DatasetSplits, RawSplits
-from fsl_sage_flwr.data.idx import SYSTEM_DATASET_ROOT, read_idx
+from fsl_sage_flwr.data.idx import find_idx_folder, read_idx
 from fsl_sage_flwr.data.loading import (
     DATASETS,
     DatasetLoader,
@@ -14,6 +14,7 @@ from fsl_sage_flwr.data.loading import (
     load_dataset,
     register_dataset,
 )
+from fsl_sage_flwr.data.locations import SYSTEM_DATASET_ROOT, dataset_folders, describe_search, first_folder_holding
 from fsl_sage_flwr.data.partitioning import PARTITIONINGS, partition_indices
 from fsl_sage_flwr.data.transforms import adapt_images
 from fsl_sage_flwr.data.unpickler import load_array_pickle
@@ -28,6 +29,10 @@ __all__ = [
     "DatasetSplits",
     "RawSplits",
     "adapt_images",
+    "dataset_folders",
+    "describe_search",
+    "find_idx_folder",
+    "first_folder_holding",
     "load_array_pickle",
     "load_dataset",
     "load_dataset_cached",

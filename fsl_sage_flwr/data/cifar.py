@@ -12,8 +12,10 @@ from flwr.common.logger import log
 
 from fsl_sage_flwr.data.containers import RawSplits
 from fsl_sage_flwr.data.loading import DatasetNotFoundError, register_dataset
+from fsl_sage_flwr.data.locations import dataset_folders, describe_search, first_folder_holding
 from fsl_sage_flwr.data.transforms import scale_to_unit
 from fsl_sage_flwr.data.unpickler import load_array_pickle
+from fsl_sage_flwr.extras import import_extra
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,10 @@ def _hub_split_to_arrays(split: Any, label_column: str) -> tuple[np.ndarray, np.
 
 def _load_cifar_from_hub(spec: _CifarSpec) -> tuple[np.ndarray, ...]:
     """Download (or reuse the cache of) ``spec.hub_id`` through Flower Datasets."""
-    from flwr_datasets import FederatedDataset  # heavy and only needed without local files
-
+    # Heavy, optional and only needed without local files: imported here.
+    flwr_datasets = import_extra("flwr_datasets", "data", f"loading {spec.hub_id!r} from the Hugging Face hub")
     # One partition: the split is only read whole here and partitioned elsewhere.
-    fds = FederatedDataset(dataset=spec.hub_id, partitioners={"train": 1})
+    fds = flwr_datasets.FederatedDataset(dataset=spec.hub_id, partitioners={"train": 1})
     train = _hub_split_to_arrays(fds.load_split("train"), spec.hub_label_column)
     test = _hub_split_to_arrays(fds.load_split("test"), spec.hub_label_column)
     return (*train, *test)
@@ -94,9 +96,9 @@ def _load_cifar_from_hub(spec: _CifarSpec) -> tuple[np.ndarray, ...]:
 def _load_cifar(name: str, data_dir: Path | None) -> RawSplits:
     """Load CIFAR from a local "python version" folder, else from the hub."""
     spec = _CIFAR_SPECS[name]
-    searched = [data_dir, data_dir / spec.folder, data_dir / name] if data_dir is not None else []
+    searched = dataset_folders(name, data_dir, subfolders=(spec.folder,))
     needed = spec.train_files + spec.test_files
-    directory = next((d for d in searched if all((d / f).is_file() for f in needed)), None)
+    directory = first_folder_holding(searched, lambda folder: all((folder / f).is_file() for f in needed))
 
     if directory is not None:
         train_images, train_labels = _read_cifar_files(directory, spec.train_files, spec.label_key)
@@ -106,10 +108,9 @@ def _load_cifar(name: str, data_dir: Path | None) -> RawSplits:
         try:
             train_images, train_labels, test_images, test_labels = _load_cifar_from_hub(spec)
         except Exception as exc:  # offline, package missing, bad cache: all mean not found
-            places = "\n".join(f"  - {d}" for d in searched) or "  (no data-dir given)"
             raise DatasetNotFoundError(
-                f"{name}: the {spec.title} python-version files ({', '.join(needed)}) are in "
-                f"none of:\n{places}\nand loading {spec.hub_id!r} from the Hugging Face hub "
+                f"{name}: the {spec.title} python-version files ({', '.join(needed)}) are not in "
+                f"{describe_search(searched, data_dir)}\nand loading {spec.hub_id!r} from the Hugging Face hub "
                 f"failed: {type(exc).__name__}: {exc}\nTo get it: download the "
                 f"{spec.title} python version from the CIFAR site, extract it into a folder "
                 f"and pass run-config data-dir=<folder>, or run online so Flower Datasets "

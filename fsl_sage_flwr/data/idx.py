@@ -12,12 +12,8 @@ from flwr.common.logger import log
 
 from fsl_sage_flwr.data.containers import RawSplits
 from fsl_sage_flwr.data.loading import DatasetNotFoundError, register_dataset
+from fsl_sage_flwr.data.locations import dataset_folders, describe_search, first_folder_holding
 from fsl_sage_flwr.data.transforms import scale_to_unit
-
-#: Where Debian's dataset packages install their files (``dataset-fashion-mnist`` puts
-#: the IDX files in ``/usr/share/datasets/fashion-mnist``). Module-level so tests can
-#: point it elsewhere (here, in ``fsl_sage_flwr.data.idx``: the package's copy is not read).
-SYSTEM_DATASET_ROOT = Path("/usr/share/datasets")
 
 # IDX type byte -> big-endian element dtype.
 _IDX_DTYPES = {
@@ -86,10 +82,26 @@ def read_idx(path: str | Path) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
 
-def _idx_search_dirs(name: str, data_dir: Path | None) -> list[Path]:
-    """Folders searched for a dataset's IDX files, in order."""
-    dirs = [data_dir, data_dir / name] if data_dir is not None else []
-    return [*dirs, SYSTEM_DATASET_ROOT / name]
+def find_idx_folder(name: str, data_dir: Path | None) -> Path | None:
+    """Return the folder that :func:`load_dataset` would read MNIST-style dataset ``name`` from.
+
+    Parameters
+    ----------
+    name : str
+        ``mnist`` or ``fashion-mnist``.
+    data_dir : Path or None
+        The data folder (or its parent), as run config ``data-dir``; ``None`` when none is given.
+
+    Returns
+    -------
+    Path or None
+        The first searched folder holding the four IDX files, or ``None``.
+    """
+    return first_folder_holding(dataset_folders(name, data_dir), _holds_idx_files)
+
+
+def _holds_idx_files(directory: Path) -> bool:
+    return _find_idx_files(directory) is not None
 
 
 def _find_idx_files(directory: Path) -> dict[str, Path] | None:
@@ -106,14 +118,13 @@ def _find_idx_files(directory: Path) -> dict[str, Path] | None:
 
 def _load_idx_dataset(name: str, data_dir: Path | None) -> RawSplits:
     """Load an MNIST-style dataset stored as four IDX files."""
-    searched = _idx_search_dirs(name, data_dir)
-    files = next((f for d in searched if (f := _find_idx_files(d)) is not None), None)
+    searched = dataset_folders(name, data_dir)
+    folder = first_folder_holding(searched, _holds_idx_files)
+    files = _find_idx_files(folder) if folder is not None else None
     if files is None:
-        places = "\n".join(f"  - {d}" for d in searched)
         wanted = ", ".join(f"{stem}[.gz]" for stem in _IDX_STEMS.values())
-        no_dir = "" if data_dir is not None else " (no data-dir given)"
         raise DatasetNotFoundError(
-            f"{name}: IDX files ({wanted}) not found in any of{no_dir}:\n{places}\n"
+            f"{name}: IDX files ({wanted}) not found in {describe_search(searched, data_dir)}\n"
             f"To get them: {_IDX_HOW_TO_GET[name]}."
         )
 

@@ -70,8 +70,8 @@ def load_dataset(
     data_dir : str or None
         Folder with the dataset files, or its parent when they sit in a subfolder named
         after the dataset (or, for CIFAR, after the archive's folder). ``None`` or ``""``:
-        none given (MNIST-style sets are still looked for in
-        :data:`SYSTEM_DATASET_ROOT`, CIFAR on the Hugging Face hub).
+        none given. The same subfolders of :data:`SYSTEM_DATASET_ROOT` are searched
+        last (see :func:`dataset_folders`); CIFAR then comes from the Hugging Face hub.
     input_shape : tuple of int or None
         ``(C, H, W)`` the model needs. Applied with :func:`adapt_images` after
         normalisation, so padded pixels hold 0, the normalised value of the training mean.

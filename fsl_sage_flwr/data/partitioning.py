@@ -10,6 +10,7 @@ import numpy as np
 from flwr.common.logger import log
 
 from fsl_sage_flwr.core.seeds import derive_seed
+from fsl_sage_flwr.extras import import_extra
 
 # How often the Dirichlet partitioning is redrawn (each draw already retries 11 times
 # inside Flower Datasets) before a too-small ``alpha`` is reported as an error.
@@ -78,8 +79,7 @@ def _label_table(labels: np.ndarray, order: np.ndarray) -> Any:
     Only labels go in: the partitioners need nothing else, and copying images into
     Arrow would be slow.
     """
-    import datasets
-
+    datasets = import_extra("datasets", "data", "partitioning with Flower Datasets")
     return datasets.Dataset.from_dict({"label": labels[order], "index": order})
 
 
@@ -92,18 +92,16 @@ def _partition_index_arrays(partitioner: Any, num_partitions: int) -> list[np.nd
 
 def _iid_partition(labels: np.ndarray, num_partitions: int, seed: int) -> list[np.ndarray]:
     """IID shards of a seeded shuffle (the partitioner itself cuts rows contiguously)."""
-    from flwr_datasets.partitioner import IidPartitioner
-
+    partitioners = import_extra("flwr_datasets.partitioner", "data", "partitioning='iid'")
     order = np.random.default_rng(seed).permutation(len(labels))
-    partitioner = IidPartitioner(num_partitions)
+    partitioner = partitioners.IidPartitioner(num_partitions)
     partitioner.dataset = _label_table(labels, order)
     return _partition_index_arrays(partitioner, num_partitions)
 
 
 def _dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Dirichlet label-skewed partitions, redrawn until every client has enough samples."""
-    from flwr_datasets.partitioner import DirichletPartitioner
-
+    partitioners = import_extra("flwr_datasets.partitioner", "data", "partitioning='dirichlet'")
     table = _label_table(labels, np.arange(len(labels)))
     # 10 is Flower's default; small sets (digits over many clients) need less.
     min_size = min(10, len(labels) // (2 * num_partitions))
@@ -111,7 +109,7 @@ def _dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, 
         # The first attempt uses the seed as given, so it matches a plain partitioner; the
         # redraws keep the seed-sequence scheme they have always used, so partitions stay put.
         attempt_seed = seed if attempt == 0 else derive_seed(seed, attempt, scheme="seed-sequence")
-        partitioner = DirichletPartitioner(
+        partitioner = partitioners.DirichletPartitioner(
             num_partitions,
             partition_by="label",
             alpha=alpha,
