@@ -104,9 +104,9 @@ def test_client_slots_follow_a_restored_client_to_its_new_node():
     slots = ClientSlots(ClientStore(lambda partition_id: None))
     slots.add(7, 1).buffer_changed = True
     slots.add(9, 0)
-    rows = slots.snapshot()
+    rows = slots.state_dict()
     restored = ClientSlots(slots.store)
-    restored.restore(rows)
+    restored.load_state_dict(rows)
     # Execute
     claimed = restored.claim_restored(1, node_id=42)
     unknown = restored.claim_restored(5, node_id=43)

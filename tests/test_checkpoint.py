@@ -149,7 +149,7 @@ def test_client_store_resumes_the_files_its_checkpoint_names(tmp_path):
     store = ClientStore(_state, tmp_path, max_cached=1)
     for p in range(2):
         store.add(p, _state(p))
-    snapshot = store.snapshot()
+    snapshot = store.state_dict()
     store.commit()
     # After the checkpoint: client 0 changes and is written under a new generation
     state = store.get(0)
@@ -159,7 +159,7 @@ def test_client_store_resumes_the_files_its_checkpoint_names(tmp_path):
     assert {f.name for f in tmp_path.glob("0.*.pt")} == {"0.0.pt", "0.1.pt"}
     # Execute: a new process resumes from the checkpoint
     resumed = ClientStore(_state, tmp_path, max_cached=1)
-    resumed.restore(safe_load_roundtrip(snapshot, tmp_path))
+    resumed.load_state_dict(safe_load_roundtrip(snapshot, tmp_path))
     # Assert: the state of the checkpoint, the newer file gone
     assert not torch.equal(resumed.get(0).aux.weight, torch.full((3, 4), 7.0))
     assert {f.name for f in tmp_path.glob("0.*.pt")} == {"0.0.pt"}

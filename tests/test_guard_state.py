@@ -262,7 +262,7 @@ def _run(strategy, rounds: list[list[tuple[int, RecordDict]]]) -> list[str]:
 
 
 def _guards(strategy) -> dict[str, object]:
-    state = strategy.server_state()
+    state = strategy.state_dict()
     return {"activation_scale": state["activation_scale"], "identities": state["identities"]}
 
 
@@ -271,7 +271,7 @@ def test_a_restored_strategy_refuses_the_hostile_replies_the_original_refuses(bu
     # Prepare: a strategy after round 1, and a fresh one loaded from its checkpoint state
     original = build(True)
     restored = build(False)
-    restored.load_server_state(_roundtrip(original.server_state()))
+    restored.load_state_dict(_roundtrip(original.state_dict()))
     assert _guards(restored) == _guards(original)
     assert restored.activation_scale.bound() < 1e3
     # Execute: the same hostile rounds on both
@@ -292,17 +292,17 @@ def test_a_restored_strategy_refuses_the_hostile_replies_the_original_refuses(bu
 
 def test_a_server_state_without_guards_is_refused():
     # Prepare: what a checkpoint of the earlier format holds
-    state = _cse_fsl(True).server_state()
+    state = _cse_fsl(True).state_dict()
     del state["activation_scale"], state["identities"]
     # Execute / Assert
     with pytest.raises(ValueError, match="older checkpoint"):
-        _cse_fsl(False).load_server_state(state)
+        _cse_fsl(False).load_state_dict(state)
 
 
 def test_a_resumed_fsl_sage_server_lets_a_client_back_under_a_new_node_id_within_its_bounds():
     # Prepare: a server restored from a checkpoint of nodes 101 and 202
     restored = _fsl_sage(False)
-    restored.load_server_state(_roundtrip(_fsl_sage(True).server_state()))
+    restored.load_state_dict(_roundtrip(_fsl_sage(True).state_dict()))
     # Execute: partition 1 warms up again under node ids 909 (claiming too much) and 910
     restored.accept_warm_up(
         [

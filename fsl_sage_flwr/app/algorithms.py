@@ -45,9 +45,9 @@ class ServerSetup:
     round_details: Callable[[], dict[str, float]] = dict
     """Extra figures for the results row of the round just evaluated."""
     #: the server's state beyond the global arrays, for checkpoints (plain tensors and dicts)
-    server_state: Callable[[], dict[str, Any]] = field(default=lambda: {})
-    load_server_state: Callable[[dict[str, Any]], None] = field(default=lambda state: None)
-    #: called once a checkpoint holding ``server_state()`` is on disk
+    state_dict: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    load_state_dict: Callable[[dict[str, Any]], None] = field(default=lambda state: None)
+    #: called once a checkpoint holding ``state_dict()`` is on disk
     checkpoint_saved: Callable[[], None] = field(default=lambda: None)
 
 
@@ -103,8 +103,8 @@ def _split_setup(strategy: UploadTrainingServer, split: SplitModel) -> ServerSet
         evaluate=strategy.evaluate_global,
         server_memory_bytes=strategy.server_memory_bytes,
         final_models=final_models,
-        server_state=strategy.server_state,
-        load_server_state=strategy.load_server_state,
+        state_dict=strategy.state_dict,
+        load_state_dict=strategy.load_state_dict,
         checkpoint_saved=strategy.checkpoint_saved,
     )
 

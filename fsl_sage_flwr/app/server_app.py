@@ -79,7 +79,7 @@ def main(grid: Grid, context: Context) -> None:
     first_round = 1
     if checkpoint is not None:
         arrays = ArrayRecord(checkpoint["arrays"])
-        setup.load_server_state(checkpoint["server"])
+        setup.load_state_dict(checkpoint["server"])
         ledger.load_state_dict(checkpoint["ledger"])
         tap.last = MetricRecord(checkpoint["train_metrics"])
         set_rng_state(checkpoint["rng"])
@@ -97,7 +97,7 @@ def main(grid: Grid, context: Context) -> None:
                 "round": server_round,
                 "settings": settings.to_config(),
                 "arrays": arrays.to_torch_state_dict(),
-                "server": setup.server_state(),
+                "server": setup.state_dict(),
                 "ledger": ledger.state_dict(),
                 "train_metrics": dict(tap.last),
                 "rng": rng_state(),

@@ -112,7 +112,7 @@ class ClientStore:
     when it leaves the cache, if it changed. Each checkpoint starts a new
     generation, so files written after a checkpoint never overwrite the files
     it names: :meth:`commit` (once the checkpoint file is in place) deletes the
-    versions it superseded, and :meth:`restore` deletes versions newer than the
+    versions it superseded, and :meth:`load_state_dict` deletes versions newer than the
     checkpoint's.
 
     Parameters
@@ -189,7 +189,7 @@ class ClientStore:
             yield partition_id, self.get(partition_id)
 
     # ------------------------------------------------------------ checkpoints
-    def snapshot(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Write every changed client and return what a checkpoint must hold to find them again."""
         if self.folder is None:
             return {"embedded": {p: s.to_dict() for p, s in self._cache.items()}}
@@ -199,15 +199,15 @@ class ClientStore:
         return {"files": dict(self._files), "nbytes": dict(self._nbytes)}
 
     def commit(self) -> None:
-        """The checkpoint naming :meth:`snapshot`'s files is in place: drop older versions."""
+        """The checkpoint naming :meth:`state_dict`'s files is in place: drop older versions."""
         if self.folder is None:
             return
         self._pinned = dict(self._files)
         self.tag += 1
         self._remove_unreferenced()
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Go back to the state of ``snapshot`` (from :meth:`snapshot`, read from a checkpoint)."""
+    def load_state_dict(self, snapshot: dict[str, Any]) -> None:
+        """Go back to the state of ``snapshot`` (from :meth:`state_dict`, read from a checkpoint)."""
         self._cache.clear()
         self._dirty.clear()
         self._nbytes.clear()

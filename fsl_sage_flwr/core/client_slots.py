@@ -112,12 +112,12 @@ class ClientSlots:
                 return node_id, slot
         raise KeyError(f"no client of partition {partition_id}")
 
-    def snapshot(self) -> list[list[int | bool]]:
+    def state_dict(self) -> list[list[int | bool]]:
         """``[node id, partition id, aux pending, buffer changed]`` of every client, for a checkpoint."""
         return [[node_id, s.partition_id, s.aux_pending, s.buffer_changed] for node_id, s in self.by_partition()]
 
-    def restore(self, rows: list[list[int | bool]]) -> None:
-        """Replace every slot with :meth:`snapshot`'s rows; each aux travels again, to a new Flower run."""
+    def load_state_dict(self, rows: list[list[int | bool]]) -> None:
+        """Replace every slot with :meth:`state_dict`'s rows; each aux travels again, to a new Flower run."""
         self._by_node = {
             int(node_id): ClientSlot(
                 int(partition_id), self.store, aux_pending=True, buffer_changed=bool(changed), restored=True

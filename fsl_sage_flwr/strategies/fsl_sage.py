@@ -318,31 +318,31 @@ class FSLSage(UploadTrainingServer):
         """Bytes the server keeps: server model and optimizer, aux copies, buffers."""
         return super().server_memory_bytes() + self._store.nbytes()
 
-    def server_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """The server's state for a checkpoint: server model and optimizer, and every client's.
 
         Per-client state is written to the store's files (or embedded, without a
         folder); call :meth:`checkpoint_saved` once the checkpoint is on disk.
         """
         return {
-            **super().server_state(),
-            "slots": self._slots.snapshot(),
-            "clients": self._store.snapshot(),
+            **super().state_dict(),
+            "slots": self._slots.state_dict(),
+            "clients": self._store.state_dict(),
             "triggered_align_bytes": self._budget.spent_bytes,
         }
 
-    def load_server_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`server_state`.
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
 
         A resumed run is a new Flower run, whose clients start with empty state:
         every aux travels again with its client's next request. A client that
         comes back under a new node id is recognised in the warm-up by its
         partition id.
         """
-        super().load_server_state(state)
-        self._store.restore(state["clients"])
+        super().load_state_dict(state)
+        self._store.load_state_dict(state["clients"])
         self._budget.spent_bytes = int(state.get("triggered_align_bytes", 0))
-        self._slots.restore(state["slots"])
+        self._slots.load_state_dict(state["slots"])
 
     def checkpoint_saved(self) -> None:
         """The checkpoint naming the store's files is on disk: drop superseded client files."""

@@ -234,7 +234,7 @@ class SplitServer(FedAvg):
         """Bytes of the tensors the server keeps: model, optimizer state."""
         return state_nbytes(self.server_model) + optimizer_nbytes(self.server_optimizer)
 
-    def server_state(self) -> dict:
+    def state_dict(self) -> dict:
         """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies, the guards.
 
         The guards are ``"activation_scale"`` and ``"identities"`` (their ``state_dict()``),
@@ -249,8 +249,8 @@ class SplitServer(FedAvg):
             "identities": self.identities.state_dict(),
         }
 
-    def load_server_state(self, state: dict) -> None:
-        """Restore what :meth:`server_state` returned.
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned.
 
         The guards come back as they were; only a node id new to this run may
         take over a partition whose node was not heard from since (see
@@ -274,7 +274,7 @@ class SplitServer(FedAvg):
         self._drop_reasons = list(state["drop_reasons"])
 
     def checkpoint_saved(self) -> None:
-        """Hook run once a checkpoint holding :meth:`server_state` is on disk."""
+        """Hook run once a checkpoint holding :meth:`state_dict` is on disk."""
 
     def log_dropped(self, node_id: int, err: Exception | str) -> None:
         """Log one line naming the node of a dropped reply and the reason; keep the reason."""
