@@ -6,7 +6,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from torch import nn
 
+from fsl_sage_flwr import SplitSpec
 from fsl_sage_flwr.app.config import RunSettings, run_config_reference
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.transport.local_training import LocalTraining
@@ -111,3 +113,30 @@ def test_run_config_still_names_a_missing_key():
     # Execute / Assert: a run config must carry every key, defaults or not
     with pytest.raises(ValueError, match="lacks 'batch-size'"):
         RunSettings.from_run_config(config)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("fraction_train", 0.0, r"'fraction_train' must be in \(0, 1\], got 0.0"),
+        ("min_train_nodes", 0, r"'min_train_nodes' must be >= 1"),
+        ("min_available_nodes", 1, r"'min_available_nodes' must be >= min_train_nodes \(2\), got 1"),
+        ("max_rounds_without_replies", 0, r"'max_rounds_without_replies' must be >= 1"),
+        ("node_wait_timeout", -1.0, r"'node_wait_timeout' must be a finite number > 0"),
+        ("max_examples", 0, r"'max_examples' must be >= 1"),
+        ("warm_up_attempts", 0, r"'warm_up_attempts' must be >= 1"),
+        ("fidelity_samples", -1, r"'fidelity_samples' must be >= 0"),
+    ],
+)
+def test_a_strategy_refuses_a_bad_keyword_when_built_naming_it(keyword, value, message):
+    # Prepare: a user's own split, as the docs show it
+    spec = SplitSpec(
+        client_model=lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU()),
+        server_model=lambda: nn.Linear(8, 3),
+        aux_model=lambda: nn.Linear(8, 3),
+        cut_shape=(8,),
+        num_classes=3,
+    )
+    # Execute / Assert
+    with pytest.raises(ValueError, match=message):
+        spec.strategy(training=LocalTraining(), **{"min_train_nodes": 2, keyword: value})

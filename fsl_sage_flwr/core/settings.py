@@ -62,6 +62,12 @@ def require(condition: bool, record: Any, name: str, rule: str) -> None:
         raise ValueError(_refusal(record, name, rule))
 
 
+def require_argument(condition: bool, name: str, value: Any, rule: str) -> None:
+    """The same refusal for a keyword argument (a strategy's ``fraction_train``), naming it."""
+    if not condition:
+        raise ValueError(f"'{name}' must be {rule}, got {value!r}")
+
+
 def require_at_least(record: Any, minimum: int, *names: str) -> None:
     """Integer fields of at least ``minimum``."""
     for name in names:

@@ -22,6 +22,7 @@ from fsl_sage_flwr.core.client_slots import ClientSlot, ClientSlots, ClientStatu
 from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
 from fsl_sage_flwr.core.fidelity_stats import FidelityLog, fidelity_sample
 from fsl_sage_flwr.core.memory import state_nbytes
+from fsl_sage_flwr.core.settings import require_argument
 from fsl_sage_flwr.core.training import derive_seed, make_adam
 from fsl_sage_flwr.strategies.aux_alignment import AuxAligner
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
@@ -52,9 +53,8 @@ class FSLSage(UploadTrainingServer):
     warm_up_attempts : int
         How often a node whose warm-up fails is asked again (once per round).
     state_dir : Path, optional
-        Folder for per-client state (aux model, aux optimizer, buffer); with
-        it, at most ``max_cached_clients`` clients' state is held in memory and
-        the rest lives in one file per client. Without it all stays in memory.
+        Folder for per-client state (aux model, aux optimizer, buffer): at most ``max_cached_clients``
+        clients' state stays in memory, the rest in one file per client. Without it all stays in memory.
     max_cached_clients : int
         Clients whose state is held in memory at most, with ``state_dir``.
     fidelity_samples : int
@@ -75,8 +75,8 @@ class FSLSage(UploadTrainingServer):
         fidelity_samples: int = 64,
         **kwargs: Any,
     ) -> None:
-        if fidelity_samples < 0:
-            raise ValueError(f"fidelity_samples must be >= 0, got {fidelity_samples}")
+        require_argument(fidelity_samples >= 0, "fidelity_samples", fidelity_samples, ">= 0")
+        require_argument(warm_up_attempts >= 1, "warm_up_attempts", warm_up_attempts, ">= 1")
         if alignment.threshold > 0 and fidelity_samples == 0:
             raise ValueError("adaptive alignment (alignment.threshold > 0) acts on fidelity: set fidelity_samples > 0")
         super().__init__(**kwargs)

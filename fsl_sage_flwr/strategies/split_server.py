@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from logging import INFO, WARNING
@@ -15,6 +16,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import nn
 
 from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
+from fsl_sage_flwr.core.settings import require_argument
 from fsl_sage_flwr.core.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY, weighted_average
@@ -92,6 +94,17 @@ class SplitServer(FedAvg):
         min_available_nodes: int = 2,
         train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
     ) -> None:
+        _check_keywords(
+            num_classes=num_classes,
+            max_examples=max_examples,
+            max_rounds_without_replies=max_rounds_without_replies,
+            node_wait_timeout=node_wait_timeout,
+            fraction_train=fraction_train,
+            min_train_nodes=min_train_nodes,
+            min_available_nodes=min_available_nodes,
+        )
+        if not isinstance(training, LocalTraining):
+            raise TypeError(f"'training' must be a LocalTraining, got {type(training).__name__}")
         # No ClientApp evaluate handler exists: federated evaluation stays off and
         # the server evaluates (evaluate_global).
         super().__init__(
@@ -118,8 +131,6 @@ class SplitServer(FedAvg):
         self.bounds = ReplyBounds(self.cut_shape, num_classes, training, max_examples)
         self.activation_scale = ActivationScale(upload_limits or UploadLimits())
         self.identities = IdentityRegistry(max_partitions=max_examples)
-        if max_rounds_without_replies < 1:
-            raise ValueError(f"max_rounds_without_replies must be >= 1, got {max_rounds_without_replies}")
         self.max_rounds_without_replies = max_rounds_without_replies
         self.node_wait_timeout = node_wait_timeout
         self.round_timeout = 3600.0  # set by ``prepare_run``
@@ -315,3 +326,33 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
             next_log = now + 10.0
         time.sleep(0.5)
     return node_ids
+
+
+def _check_keywords(
+    *,
+    num_classes: int,
+    max_examples: int,
+    max_rounds_without_replies: int,
+    node_wait_timeout: float,
+    fraction_train: float,
+    min_train_nodes: int,
+    min_available_nodes: int,
+) -> None:
+    """Refuse a bad constructor keyword when the strategy is built, not rounds later."""
+    require_argument(num_classes >= 2, "num_classes", num_classes, ">= 2")
+    require_argument(max_examples >= 1, "max_examples", max_examples, ">= 1")
+    require_argument(max_rounds_without_replies >= 1, "max_rounds_without_replies", max_rounds_without_replies, ">= 1")
+    require_argument(
+        math.isfinite(node_wait_timeout) and node_wait_timeout > 0,
+        "node_wait_timeout",
+        node_wait_timeout,
+        "a finite number > 0",
+    )
+    require_argument(0.0 < fraction_train <= 1.0, "fraction_train", fraction_train, "in (0, 1]")
+    require_argument(min_train_nodes >= 1, "min_train_nodes", min_train_nodes, ">= 1")
+    require_argument(
+        min_available_nodes >= min_train_nodes,
+        "min_available_nodes",
+        min_available_nodes,
+        f">= min_train_nodes ({min_train_nodes})",
+    )
