@@ -1,9 +1,8 @@
-"""Tests of the FSL-SAGE strategy: warm-up, aggregation, validation, alignment."""
+"""Tests of the FSL-SAGE strategy: warm-up, aggregation, server order, validation; alignment has its own file."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import logging
 
@@ -13,83 +12,30 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fsl_sage_flwr.core.estimation import server_step
-from fsl_sage_flwr.core.fidelity import gradient_fidelity
-from fsl_sage_flwr.core.models import build_split_model
-from fsl_sage_flwr.strategies import AlignmentSettings, FSLSage
+from fsl_sage_flwr.strategies import FSLSage
 from fsl_sage_flwr.strategies.averaging import weighted_average
 from fsl_sage_flwr.transport.arrays import state_dict_spec
-from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.replies import TrainReply
-from simulations.testing import ScriptedGrid, fit_reply_content, reply_from
-
-NODES = {101: 0, 202: 1}  # node id -> partition id
-
-
-def _strategy(
-    align_interval: int = 2, server_order: str = "partition", **alignment_changes: object
-) -> tuple[FSLSage, object]:
-    torch.manual_seed(0)
-    split = build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8))
-    strategy = FSLSage(
-        shared_model=split.client,
-        client_model=split.client,
-        server_model=split.server,
-        aux_factory=lambda: build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8)).aux,
-        alignment=AlignmentSettings(interval=align_interval, epochs=3, batch_size=64, **alignment_changes),
-        training=LocalTraining(batch_size=8, upload_interval=1),
-        cut_shape=split.cut_shape,
-        num_classes=10,
-        min_train_nodes=1,
-        min_available_nodes=2,
-        server_order=server_order,
-    )
-    return strategy, split
-
-
-def _smashed(partition: int, n: int = 8, batches: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(partition)
-    z = rng.normal(size=(n * batches, 16, 2, 2)).astype(np.float32)
-    y = rng.integers(0, 10, size=n * batches).astype(np.int64)
-    return z, y, np.full(batches, n, dtype=np.int64)
-
-
-def _train_reply(node_id: int, weights: ArrayRecord, num_examples: int) -> RecordDict:
-    return fit_reply_content(_named_reply(node_id, weights, num_examples))
-
-
-def _named_reply(node_id: int, weights: ArrayRecord | None, num_examples: int, **changes) -> TrainReply:
-    shared = {k: v.numpy() for k, v in weights.to_torch_state_dict().items()} if weights is not None else None
-    fields = {
-        "partition_id": NODES[node_id],
-        "num_examples": num_examples,
-        "shared": shared,
-        "smashed": _smashed(NODES[node_id]),
-    }
-    return TrainReply(**{**fields, **changes})
-
-
-def _warm(strategy: FSLSage, split) -> None:
-    def respond(msg):
-        node = msg.metadata.dst_node_id
-        z, y, _ = _smashed(NODES[node], n=8, batches=1)
-        reply = TrainReply(partition_id=NODES[node], num_examples=100, smashed=(z, y, np.asarray([8], np.int64)))
-        return reply_from(node, fit_reply_content(reply))
-
-    strategy.warm_up(ScriptedGrid(list(NODES), respond), ArrayRecord(split.client.state_dict()))
-
-
-def _scaled_weights(split, factor: float) -> ArrayRecord:
-    return ArrayRecord(
-        {k: (torch.ones_like(v) * factor if v.is_floating_point() else v) for k, v in split.client.state_dict().items()}
-    )
+from simulations.testing import (
+    NODES,
+    ScriptedGrid,
+    constant_weights,
+    fit_reply_content,
+    reply_from,
+    smashed_batches,
+    train_reply_content,
+    two_node_fsl_sage,
+    two_node_reply,
+    warm_up_two_nodes,
+)
 
 
 def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
     # Prepare: what each node's aux would be without alignment
-    strategy, split = _strategy()
+    strategy, split = two_node_fsl_sage()
     unaligned = {pid: strategy.initial_aux(pid).state_dict() for pid in NODES.values()}
     # Execute
-    _warm(strategy, split)
+    warm_up_two_nodes(strategy, split)
     grid = ScriptedGrid(list(NODES), None)
     messages = list(strategy.configure_train(1, ArrayRecord(split.client.state_dict()), ConfigRecord(), grid))
     # Assert: each node gets the client model and its own aligned aux
@@ -109,12 +55,12 @@ def test_warm_up_registers_each_node_and_sends_its_own_aligned_aux():
 
 def test_client_accessors_show_each_warmed_up_client_by_partition():
     # Prepare: a fresh aux built outside the run must leave the global RNG as it was
-    strategy, split = _strategy()
+    strategy, split = two_node_fsl_sage()
     rng_before = torch.random.get_rng_state()
     fresh = strategy.initial_aux(0)
     rng_after = torch.random.get_rng_state()
     # Execute
-    _warm(strategy, split)
+    warm_up_two_nodes(strategy, split)
     status = strategy.client_status(0)
     # Assert
     assert torch.equal(rng_before, rng_after)
@@ -127,12 +73,14 @@ def test_client_accessors_show_each_warmed_up_client_by_partition():
 
 def test_aux_travels_again_only_after_it_changed():
     # Prepare: round 1 delivered both auxes; no alignment until round 2
-    strategy, split = _strategy(align_interval=2)
-    _warm(strategy, split)
+    strategy, split = two_node_fsl_sage(align_interval=2)
+    warm_up_two_nodes(strategy, split)
     grid = ScriptedGrid(list(NODES), None)
     arrays = ArrayRecord(split.client.state_dict())
     list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
-    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
+    strategy.aggregate_train(
+        1, [reply_from(n, train_reply_content(n, constant_weights(split, 1.0), 20)) for n in NODES]
+    )
     # Execute
     messages = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
     # Assert
@@ -144,11 +92,11 @@ def test_aux_travels_again_only_after_it_changed():
 
 def test_aggregation_is_fedavg_weighted_by_sample_counts():
     # Prepare
-    strategy, split = _strategy()
-    _warm(strategy, split)
+    strategy, split = two_node_fsl_sage()
+    warm_up_two_nodes(strategy, split)
     replies = [
-        reply_from(101, _train_reply(101, _scaled_weights(split, 1.0), num_examples=20)),
-        reply_from(202, _train_reply(202, _scaled_weights(split, 5.0), num_examples=60)),
+        reply_from(101, train_reply_content(101, constant_weights(split, 1.0), num_examples=20)),
+        reply_from(202, train_reply_content(202, constant_weights(split, 5.0), num_examples=60)),
     ]
     # Execute
     arrays, _ = strategy.aggregate_train(1, replies)
@@ -163,18 +111,18 @@ def test_aggregation_is_fedavg_weighted_by_sample_counts():
 
 def test_server_model_trains_on_uploads_in_partition_order_and_is_not_averaged():
     # Prepare: the expected server = sequential steps on partition 0's then 1's batches
-    strategy, split = _strategy(align_interval=100)
-    _warm(strategy, split)
+    strategy, split = two_node_fsl_sage(align_interval=100)
+    warm_up_two_nodes(strategy, split)
     expected = copy.deepcopy(strategy.server_model)
     expected_opt = torch.optim.Adam(expected.parameters(), lr=1e-3, weight_decay=1e-4)
     expected_opt.load_state_dict(copy.deepcopy(strategy.server_optimizer.state_dict()))
     for partition in (0, 1):
-        z, y, sizes = _smashed(partition)
+        z, y, sizes = smashed_batches(partition)
         for zb, yb in zip(np.split(z, np.cumsum(sizes)[:-1]), np.split(y, np.cumsum(sizes)[:-1])):
             server_step(expected, expected_opt, torch.from_numpy(zb), torch.from_numpy(yb))
     replies = [  # arrival order reversed on purpose
-        reply_from(202, _train_reply(202, _scaled_weights(split, 5.0), 30)),
-        reply_from(101, _train_reply(101, _scaled_weights(split, 1.0), 20)),
+        reply_from(202, train_reply_content(202, constant_weights(split, 5.0), 30)),
+        reply_from(101, train_reply_content(101, constant_weights(split, 1.0), 20)),
     ]
     # Execute
     strategy.aggregate_train(1, replies)
@@ -187,21 +135,23 @@ def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float],
     """Run one round of two 4-batch replies; return each server step's first z value."""
     import fsl_sage_flwr.strategies.upload_training as upload_training
 
-    strategy, split = _strategy(align_interval=100, server_order=server_order)
-    _warm(strategy, split)
+    strategy, split = two_node_fsl_sage(align_interval=100, server_order=server_order)
+    warm_up_two_nodes(strategy, split)
     seen: list[float] = []
 
     def recording_step(model, optimizer, z, y):
         seen.append(float(z.flatten()[0]))
         return server_step(model, optimizer, z, y)
 
-    weights = _scaled_weights(split, 1.0)
+    weights = constant_weights(split, 1.0)
     with monkeypatch.context() as patch:
         patch.setattr(upload_training, "server_step", recording_step)
         strategy.aggregate_train(
             3,
             [
-                reply_from(node, fit_reply_content(_named_reply(node, weights, 40, smashed=_smashed(part, batches=4))))
+                reply_from(
+                    node, fit_reply_content(two_node_reply(node, weights, 40, smashed=smashed_batches(part, batches=4)))
+                )
                 for node, part in NODES.items()
             ],
         )
@@ -212,7 +162,7 @@ def test_mixed_server_order_trains_on_the_same_batches_interleaved_and_buffers_i
     # Prepare: each uploaded batch is known by its first value
     first_values = {}
     for node, partition in NODES.items():
-        z, _, sizes = _smashed(partition, batches=4)
+        z, _, sizes = smashed_batches(partition, batches=4)
         first_values[node] = [float(b.flatten()[0]) for b in np.split(z, np.cumsum(sizes)[:-1])]
     upload_order = first_values[101] + first_values[202]
     # Execute
@@ -231,16 +181,16 @@ def test_mixed_server_order_trains_on_the_same_batches_interleaved_and_buffers_i
 
 def test_an_unknown_server_order_is_refused():
     with pytest.raises(ValueError, match="server_order must be one of"):
-        _strategy(server_order="random")
+        two_node_fsl_sage(server_order="random")
 
 
 def test_aux_models_are_aligned_per_client_and_never_averaged():
     # Prepare: an alignment round in which only node 202 replies
-    strategy, split = _strategy(align_interval=1)
-    _warm(strategy, split)
+    strategy, split = two_node_fsl_sage(align_interval=1)
+    warm_up_two_nodes(strategy, split)
     before = {n: copy.deepcopy(strategy.client_state(NODES[n]).aux.state_dict()) for n in NODES}
     # Execute
-    strategy.aggregate_train(1, [reply_from(202, _train_reply(202, _scaled_weights(split, 1.0), 20))])
+    strategy.aggregate_train(1, [reply_from(202, train_reply_content(202, constant_weights(split, 1.0), 20))])
     # Assert: 202's aux was re-aligned; 101's is bit for bit what it was
     assert not torch.equal(strategy.client_state(NODES[202]).aux.state_dict()["0.weight"], before[202]["0.weight"])
     for name, value in strategy.client_state(NODES[101]).aux.state_dict().items():
@@ -250,8 +200,8 @@ def test_aux_models_are_aligned_per_client_and_never_averaged():
 
 def _break(kind: str, split) -> RecordDict:
     """A reply of node 202 broken in one way."""
-    weights = _scaled_weights(split, 5.0)
-    z, y, sizes = _smashed(1)
+    weights = constant_weights(split, 5.0)
+    z, y, sizes = smashed_batches(1)
     reply_changes = {
         "missing-arrays": {"shared": None},
         "missing-smashed": {"smashed": None},
@@ -261,13 +211,13 @@ def _break(kind: str, split) -> RecordDict:
         "overflowing-batch-sizes": {"smashed": (z, y, np.asarray([2**62, 2**62, 2**62, 2**62 + 16], np.int64))},
         "one-sample-batch": {"smashed": (z, y, np.asarray([1, 15], np.int64))},
         # 30 examples at B = 8 allow 4 batches, not 5
-        "too-many-samples": {"smashed": _smashed(1, n=8, batches=5)},
+        "too-many-samples": {"smashed": smashed_batches(1, n=8, batches=5)},
     }
     if kind == "wrong-shape":
-        reply = _named_reply(202, weights, 30)
+        reply = two_node_reply(202, weights, 30)
         reply.shared["0.weight"] = np.zeros((3, 3), np.float32)
         return fit_reply_content(reply)
-    content = fit_reply_content(_named_reply(202, weights, 30, **reply_changes.get(kind, {})))
+    content = fit_reply_content(two_node_reply(202, weights, 30, **reply_changes.get(kind, {})))
     arrays = content["fitres.parameters"]
     z_key = str(len(arrays.keys()) - 3)
     if kind == "extra-metric-record":
@@ -309,11 +259,11 @@ def _break(kind: str, split) -> RecordDict:
 )
 def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, caplog):
     # Prepare: two identical strategies; one sees an extra malformed reply
-    clean, split = _strategy(align_interval=1)
-    dirty, _ = _strategy(align_interval=1)
-    _warm(clean, split)
-    _warm(dirty, split)
-    good = reply_from(101, _train_reply(101, _scaled_weights(split, 1.0), 20))
+    clean, split = two_node_fsl_sage(align_interval=1)
+    dirty, _ = two_node_fsl_sage(align_interval=1)
+    warm_up_two_nodes(clean, split)
+    warm_up_two_nodes(dirty, split)
+    good = reply_from(101, train_reply_content(101, constant_weights(split, 1.0), 20))
     bad = reply_from(202, _break(kind, split))
     # Execute
     with caplog.at_level(logging.WARNING, logger="flwr"):
@@ -331,12 +281,12 @@ def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, ca
 
 def test_a_one_sample_warm_up_batch_is_dropped_not_fatal(caplog):
     # Prepare: node 202 answers the warm-up with a single sample
-    strategy, split = _strategy()
+    strategy, split = two_node_fsl_sage()
 
     def respond(msg):
         node = msg.metadata.dst_node_id
         n = 8 if node == 101 else 1
-        z, y, _ = _smashed(NODES[node], n=n, batches=1)
+        z, y, _ = smashed_batches(NODES[node], n=n, batches=1)
         reply = TrainReply(partition_id=NODES[node], num_examples=50, smashed=(z, y, np.asarray([n], np.int64)))
         return reply_from(node, fit_reply_content(reply))
 
@@ -350,7 +300,7 @@ def test_a_one_sample_warm_up_batch_is_dropped_not_fatal(caplog):
 
 def test_summary_logs_the_sampling_split_and_alignment_settings(caplog):
     # Prepare
-    strategy, _ = _strategy(align_interval=7)
+    strategy, _ = two_node_fsl_sage(align_interval=7)
     # Execute: what Flower's start logs before round 1
     with caplog.at_level(logging.INFO, logger="flwr"):
         strategy.summary()
@@ -373,126 +323,3 @@ def test_weighted_average_weights_by_sample_count_and_rounds_integer_counters():
     np.testing.assert_allclose(averaged[0], [2.5, 4.5])
     assert averaged[0].dtype == np.float32
     assert averaged[1] == 12 and averaged[1].dtype == np.int64
-
-
-def _stacked_strategy_run(stacked: bool, caplog):
-    """Warm up two nodes, then one alignment round in which only node 202 replies."""
-    strategy, split = _strategy(align_interval=1)
-    strategy.alignment = dataclasses.replace(strategy.alignment, stacked=stacked)
-    _warm(strategy, split)
-    caplog.clear()  # the warm-up aligns every aux; only the round's log lines count
-    with caplog.at_level(logging.INFO, logger="flwr"):
-        strategy.aggregate_train(1, [reply_from(202, _train_reply(202, _scaled_weights(split, 1.0), 20))])
-    return strategy
-
-
-def test_strategy_stacked_alignment_gives_the_one_by_one_auxes_and_logs_the_skip(caplog):
-    # Execute: the same run aligned one by one and stacked
-    one_by_one = _stacked_strategy_run(False, caplog)
-    stacked = _stacked_strategy_run(True, caplog)
-
-    # Assert: node 202's aux matches; node 101 (unchanged buffer) was skipped, with a log line
-    for name, value in one_by_one.client_state(NODES[202]).aux.state_dict().items():
-        torch.testing.assert_close(stacked.client_state(NODES[202]).aux.state_dict()[name], value, rtol=1e-3, atol=1e-3)
-    status = stacked.client_status(NODES[202])
-    assert status.aux_pending and not status.buffer_changed
-    messages = [r.getMessage() for r in caplog.records]
-    assert "skipped aligning aux of partition 0: buffer unchanged" in messages
-    assert not any("aligned aux of partition 0" in m for m in messages)
-    assert any("aligned aux of partition 1" in m for m in messages)
-
-
-def test_server_records_fidelity_per_partition_against_the_model_before_the_rounds_training():
-    # Prepare: warmed-up server; the expected value uses the server model before round 1
-    strategy, split = _strategy()
-    _warm(strategy, split)
-    strategy.pop_alignment_summary()  # drop the warm-up's measurements
-    server_before = copy.deepcopy(strategy.server_model)
-    expected = {}
-    for partition in NODES.values():
-        z, y, _ = _smashed(partition)
-        expected[str(partition)] = gradient_fidelity(
-            copy.deepcopy(strategy.client_state(partition).aux),
-            server_before,
-            torch.from_numpy(z[:8]),
-            torch.from_numpy(y[:8]),
-        )
-    # Execute
-    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
-    summary = strategy.pop_alignment_summary()
-    # Assert
-    by_partition = summary["fidelity_by_partition"]
-    assert sorted(by_partition) == ["0", "1"]
-    for partition, want in expected.items():  # the second client too: same model as the first
-        assert by_partition[partition]["cosine"] == pytest.approx(want.cosine, rel=1e-5)
-        assert by_partition[partition]["relative_error"] == pytest.approx(want.relative_error, rel=1e-5)
-    cosines = [v["cosine"] for v in by_partition.values()]
-    assert summary["fidelity_cosine_min"] == pytest.approx(min(cosines))
-    assert summary["fidelity_cosine_mean"] == pytest.approx(np.mean(cosines))
-
-
-def test_fidelity_samples_zero_turns_the_measurement_off():
-    # Prepare
-    strategy, split = _strategy()
-    strategy.fidelity_samples = 0
-    _warm(strategy, split)
-    # Execute
-    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
-    # Assert
-    assert not any(key.startswith("fidelity") for key in strategy.pop_alignment_summary())
-
-
-def _round_one_then_auxes_sent_in_round_two(strategy: FSLSage, split) -> tuple[dict, set[int]]:
-    """Run round 1 (both nodes); return its summary and the nodes whose aux round 2 sends."""
-    grid = ScriptedGrid(list(NODES), None)
-    arrays = ArrayRecord(split.client.state_dict())
-    list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
-    strategy.pop_alignment_summary()  # drop the warm-up's alignments
-    strategy.aggregate_train(1, [reply_from(n, _train_reply(n, _scaled_weights(split, 1.0), 20)) for n in NODES])
-    summary = strategy.pop_alignment_summary()
-    messages = strategy.configure_train(2, arrays, ConfigRecord(), grid)
-    sent = {m.metadata.dst_node_id for m in messages if m.content.config_records["fitins.config"]["aux-included"]}
-    return summary, sent
-
-
-@pytest.mark.parametrize(("threshold", "aligned"), [(0.0, set()), (1.0, set(NODES))])
-def test_adaptive_alignment_aligns_clients_under_the_threshold_between_intervals(threshold, aligned):
-    # Prepare: no fixed alignment before round 100; every cosine is under 1.0
-    strategy, split = _strategy(align_interval=100, threshold=threshold)
-    _warm(strategy, split)
-    # Execute
-    summary, sent = _round_one_then_auxes_sent_in_round_two(strategy, split)
-    # Assert: the aligned auxes, and only they, travel in round 2
-    assert sent == aligned
-    assert summary.get("alignments", 0) == len(aligned)
-    if threshold:
-        assert summary["alignments_triggered"] == len(aligned)
-
-
-def test_adaptive_alignment_within_a_budget_aligns_the_worst_client_first(caplog):
-    # Prepare: a budget of one aux's bytes
-    aux_bytes = sum(t.numel() * t.element_size() for t in _strategy()[1].aux.state_dict().values())
-    strategy, split = _strategy(align_interval=100, threshold=1.0, budget_bytes=aux_bytes + 1)
-    _warm(strategy, split)
-    # Execute
-    with caplog.at_level(logging.INFO, logger="flwr"):
-        summary, sent = _round_one_then_auxes_sent_in_round_two(strategy, split)
-    # Assert: the client of the lower cosine got the one alignment the budget allows
-    cosines = {node: summary["fidelity_by_partition"][str(NODES[node])]["cosine"] for node in NODES}
-    assert sent == {min(cosines, key=cosines.get)}
-    assert summary["alignments_triggered"] == 1 and summary["triggered_align_bytes"] == aux_bytes
-    assert "alignment budget of" in caplog.text
-
-
-def test_adaptive_alignment_needs_a_cosine_threshold_and_a_non_negative_budget():
-    with pytest.raises(ValueError, match="set fidelity_samples > 0"):
-        FSLSage(
-            aux_factory=lambda: torch.nn.Linear(2, 2),
-            alignment=AlignmentSettings(threshold=0.3),
-            fidelity_samples=0,
-            shared_model=torch.nn.Linear(2, 2),
-        )
-    with pytest.raises(ValueError, match="cosine"):
-        AlignmentSettings(threshold=1.5)
-    with pytest.raises(ValueError, match="budget"):
-        AlignmentSettings(budget_bytes=-1)
