@@ -16,6 +16,7 @@ from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.results import ResultsWriter, RoundRecorder, RunFolderError, check_fresh_results, run_folder
 from fsl_sage_flwr.app.rounds import run_rounds
+from fsl_sage_flwr.app.run_lock import RunLock
 from fsl_sage_flwr.core.checkpoint import (
     CHECKPOINT_FILE,
     FORMAT_VERSION,
@@ -52,13 +53,20 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run the selected algorithm for ``num-server-rounds`` rounds; save results and models."""
     settings = RunSettings.from_run_config(context.run_config)
-    algorithm = get_algorithm(settings.algorithm)
-    # Checked before anything is written: the folder, and that no earlier run is overwritten.
     folder = run_folder(settings.output_dir, settings.run_name, settings.algorithm)
+    folder.mkdir(parents=True, exist_ok=True)
+    # One writer per folder: a second run or resume is refused before it reads or writes anything.
+    with RunLock(folder):
+        _run(grid, settings, folder)
+
+
+def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
+    """Run the rounds into ``folder``, whose lock this process holds."""
+    algorithm = get_algorithm(settings.algorithm)
+    # Checked before anything is written: that no earlier run is overwritten.
     checkpoint = _read_checkpoint(folder, settings) if settings.resume else None
     if checkpoint is None:
         check_fresh_results(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     random.seed(settings.training.seed)  # Flower's FedAvg samples nodes with `random`
     torch.manual_seed(derive_seed(settings.training.seed, "server-init"))
     data = load_dataset(

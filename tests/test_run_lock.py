@@ -1,0 +1,59 @@
+"""One writer per run folder: the run lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from fsl_sage_flwr.app.run_lock import LOCK_FILE, RunLock, RunLockedError
+
+
+def _exited_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_held_lock_refuses_a_second_taker_naming_the_pid(tmp_path):
+    # Prepare
+    first = RunLock(tmp_path)
+    first.acquire()
+    # Execute / Assert
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+        RunLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_stale_lock_of_an_exited_process_is_taken_over(tmp_path):
+    # Prepare
+    dead = _exited_pid()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    # Execute
+    with RunLock(tmp_path):
+        holder = json.loads((tmp_path / LOCK_FILE).read_text())
+    # Assert
+    assert holder["pid"] == os.getpid()
+
+
+def test_a_lock_held_from_another_host_is_not_taken_over(tmp_path):
+    # Prepare
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": _exited_pid(), "host": "elsewhere.invalid"}))
+    # Execute / Assert
+    with pytest.raises(RunLockedError, match="elsewhere.invalid"):
+        RunLock(tmp_path).acquire()
+
+
+def test_the_lock_is_released_when_the_holders_block_raises(tmp_path):
+    # Prepare / Execute
+    with pytest.raises(KeyError), RunLock(tmp_path):
+        raise KeyError("boom")
+    # Assert
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK_FILE).exists()
+    assert not (tmp_path / LOCK_FILE).exists()
