@@ -166,8 +166,10 @@ def test_client_store_resumes_the_files_its_checkpoint_names(tmp_path):
 
 
 def safe_load_roundtrip(obj: object, folder: Path) -> object:
+    from fsl_sage_flwr.core.checkpoint import atomic_save
+
     path = folder.parent / "snapshot.pt"
-    torch.save(obj, path)
+    atomic_save(obj, path)
     return safe_load(path)
 
 

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.results import ResultsWriter, RoundRecorder, RunFolderError, check_fresh_results, run_folder
+from fsl_sage_flwr.app.resume_checks import check_resume_state
 from fsl_sage_flwr.app.rounds import run_rounds
 from fsl_sage_flwr.app.run_lock import RunLock
 from fsl_sage_flwr.core.checkpoint import (
@@ -161,4 +162,5 @@ def _read_checkpoint(folder: Path, settings: RunSettings) -> dict[str, Any]:
             f"resume: the checkpoint holds round {checkpoint['round']}, "
             f"beyond num-server-rounds={settings.num_server_rounds}"
         )
+    check_resume_state(checkpoint, str(path))
     return checkpoint

@@ -4,18 +4,23 @@ Everything is written with ``torch.save`` as plain tensors, dicts, lists and
 numbers, and read back with ``weights_only=True``: a checkpoint cannot run code
 when it is loaded. Every file is written atomically (a temporary file in the
 same folder, fsync, ``os.replace``), so a server killed at any moment leaves
-either the previous file or the new one, never a torn one.
+either the previous file or the new one, never a torn one. Beside each file
+goes ``<name>.sha256``, the SHA-256 of its bytes, written after it and checked
+before a byte is unpickled: ``torch.load`` does not check the zip's CRC, so a
+flipped byte would otherwise load as other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -24,29 +29,71 @@ from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
+HASH_SUFFIX = ".sha256"
 #: 2: the server state holds the reply guards (activation scale, identities); 1 did not
 FORMAT_VERSION = 2
 
 
+class DamagedFileError(ValueError):
+    """A saved file whose bytes do not match its SHA-256, or that has none."""
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (temporary file, fsync, replace)."""
+    """``torch.save`` ``obj`` to ``path`` atomically, then its SHA-256 to ``<path>.sha256``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    digest = _atomic_write(path, lambda handle: torch.save(obj, handle))
+    _atomic_write(hash_path(path), lambda handle: handle.write(f"{digest}  {path.name}\n".encode()))
 
 
 def safe_load(path: Path) -> Any:
-    """Load a file written by :func:`atomic_save`, tensors and plain containers only."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a file written by :func:`atomic_save`, tensors and plain containers only.
+
+    Raises
+    ------
+    DamagedFileError
+        When the file's bytes do not match its SHA-256, or its hash file is missing.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        expected = hash_path(path).read_text(encoding="ascii").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise DamagedFileError(f"{path} has no readable {hash_path(path).name}; it cannot be trusted") from None
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise DamagedFileError(f"{path} does not match its SHA-256; the file is damaged or was changed")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def hash_path(path: Path) -> Path:
+    """Where the SHA-256 of a file written by :func:`atomic_save` goes."""
+    return path.with_name(path.name + HASH_SUFFIX)
+
+
+def remove_saved(path: Path) -> None:
+    """Delete a file written by :func:`atomic_save` and its hash, if present."""
+    path.unlink(missing_ok=True)
+    hash_path(path).unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> str:
+    """Write ``path`` through a temporary file, fsync, replace; return the SHA-256 of its bytes."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        # O_EXCL | O_NOFOLLOW: never write through a link planted at the temporary name.
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "w+b") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.seek(0)
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        # os.replace swaps a link at ``path`` for the file: the link's target is never written.
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return digest
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -252,7 +299,7 @@ class ClientStore:
         self._files[partition_id] = self.tag
         self._dirty.discard(partition_id)
         if previous is not None and previous != self.tag and self._pinned.get(partition_id) != previous:
-            self._path(partition_id, previous).unlink(missing_ok=True)
+            remove_saved(self._path(partition_id, previous))
 
     def _path(self, partition_id: int, tag: int) -> Path:
         assert self.folder is not None
@@ -261,6 +308,6 @@ class ClientStore:
     def _remove_unreferenced(self) -> None:
         assert self.folder is not None
         keep = {self._path(p, t).name for p, t in self._files.items()}
-        for path in self.folder.glob("*.pt"):
-            if path.name not in keep:
+        for path in [*self.folder.glob("*.pt"), *self.folder.glob(f"*.pt{HASH_SUFFIX}")]:
+            if path.name.removesuffix(HASH_SUFFIX) not in keep:
                 path.unlink(missing_ok=True)
