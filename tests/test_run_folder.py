@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fsl_sage_flwr.app.results import ResultsWriter, RunFolderError, run_folder
+from fsl_sage_flwr.app.results import ResultsWriter, RunFolderError, refuse_links, run_folder
 
 
 def test_a_plain_nested_run_name_lands_inside_output_dir(tmp_path):
@@ -50,3 +50,32 @@ def test_a_fresh_writer_refuses_a_folder_with_earlier_rows_and_leaves_them(tmp_p
         ResultsWriter(tmp_path)
     # Assert
     assert (tmp_path / ResultsWriter.FILE_NAME).read_text() == '{"round": 0}\n'
+
+
+def test_a_writer_refuses_a_results_file_linked_outside_and_leaves_the_target(tmp_path):
+    # Prepare: an empty file outside the run folder, linked in as results.jsonl
+    outside = tmp_path / "outside.txt"
+    outside.write_text("")
+    folder = tmp_path / "out" / "run"
+    folder.mkdir(parents=True)
+    (folder / ResultsWriter.FILE_NAME).symlink_to(outside)
+    # Execute / Assert
+    with pytest.raises(RunFolderError, match="results.jsonl is a symbolic link"):
+        ResultsWriter(folder).write({"round": 0})
+    assert outside.read_text() == ""
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "client-state", "client-state/0.0.pt", "run.lock"])
+def test_a_link_where_a_run_writes_is_refused_naming_it(tmp_path, name):
+    # Prepare
+    outside = tmp_path / "outside.pt"
+    outside.write_text("keep")
+    folder = tmp_path / "out" / "run"
+    (folder / "client-state").mkdir(parents=True)
+    if name == "client-state":
+        (folder / name).rmdir()
+    (folder / name).symlink_to(outside)
+    # Execute / Assert
+    with pytest.raises(RunFolderError, match=f"{name} is a symbolic link"):
+        refuse_links(folder)
+    assert outside.read_text() == "keep"

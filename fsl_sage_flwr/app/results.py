@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from collections.abc import Callable
 from logging import INFO
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from fsl_sage_flwr.app.algorithms import ServerSetup
 
 MIB = 1024 * 1024
+#: the folder, inside a run folder, of the per-client files
+CLIENT_STATE_DIR = "client-state"
 
 
 class RunFolderError(ValueError):
@@ -79,13 +82,14 @@ class ResultsWriter:
         self.path = folder / self.FILE_NAME
         if resume_rows is None:
             check_fresh_results(folder)
-            self.path.write_text("")
+            with _open_no_follow(self.path, os.O_TRUNC):
+                pass
         else:
             _atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in resume_rows))
 
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row`` and flush, so a crashed run keeps its earlier rounds."""
-        with self.path.open("a", encoding="utf-8") as handle:
+        with _open_no_follow(self.path, os.O_APPEND) as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -177,13 +181,41 @@ class RoundRecorder:
 
 
 def check_fresh_results(folder: Path) -> None:
-    """Raise RunFolderError if ``folder`` already holds results of a run."""
+    """Raise RunFolderError if ``folder`` already holds results of a run, or a link in their place."""
     path = folder / ResultsWriter.FILE_NAME
+    refuse_links(folder)
     if path.exists() and path.stat().st_size > 0:
         raise RunFolderError(
             f"{path} holds results of an earlier run; choose another run-name, "
             "or set resume=true to continue that run from its checkpoint"
         )
+
+
+def refuse_links(folder: Path) -> None:
+    """Raise RunFolderError if a symbolic link sits where a run writes.
+
+    A run writes only directly in its folder and in its ``client-state``
+    folder, so any link there could send a write outside the run folder.
+    """
+    for parent in (folder, folder / CLIENT_STATE_DIR):
+        if parent.is_symlink():
+            raise RunFolderError(f"{parent} is a symbolic link; a run folder may hold none where it writes")
+        if not parent.is_dir():
+            continue
+        for path in sorted(parent.iterdir()):
+            if path.is_symlink():
+                raise RunFolderError(f"{path} is a symbolic link; a run folder may hold none where it writes")
+
+
+def _open_no_follow(path: Path, flag: int) -> TextIO:
+    """Open ``path`` for writing text, refusing to write through a symbolic link at it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunFolderError(f"{path} is a symbolic link; a run writes only inside its folder") from None
+        raise
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -14,7 +14,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
-from fsl_sage_flwr.app.results import ResultsWriter, RoundRecorder, RunFolderError, check_fresh_results, run_folder
+from fsl_sage_flwr.app.results import (
+    CLIENT_STATE_DIR,
+    ResultsWriter,
+    RoundRecorder,
+    RunFolderError,
+    check_fresh_results,
+    refuse_links,
+    run_folder,
+)
 from fsl_sage_flwr.app.resume_checks import check_resume_state
 from fsl_sage_flwr.app.rounds import run_rounds
 from fsl_sage_flwr.app.run_lock import RunLock
@@ -33,7 +41,6 @@ from fsl_sage_flwr.strategies.split_server import wait_for_nodes
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 
-CLIENT_STATE_DIR = "client-state"
 #: keys a resumed run may change; every other key must match the checkpoint's
 RESUMABLE_KEYS = frozenset(
     {
@@ -64,7 +71,8 @@ def main(grid: Grid, context: Context) -> None:
 def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
     """Run the rounds into ``folder``, whose lock this process holds."""
     algorithm = get_algorithm(settings.algorithm)
-    # Checked before anything is written: that no earlier run is overwritten.
+    # Checked before anything is read or written: no link leads a write outside, no earlier run is overwritten.
+    refuse_links(folder)
     checkpoint = _read_checkpoint(folder, settings) if settings.resume else None
     if checkpoint is None:
         check_fresh_results(folder)
@@ -132,7 +140,7 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
         after_round=after_round,
     )
     for name, state in setup.final_models(final_arrays).items():
-        torch.save(state, folder / f"{name}.pt")
+        atomic_save(state, folder / f"{name}.pt")
     log(INFO, "final models and %s saved in %s", ResultsWriter.FILE_NAME, folder)
 
 
