@@ -79,3 +79,23 @@ def test_a_link_where_a_run_writes_is_refused_naming_it(tmp_path, name):
     with pytest.raises(RunFolderError, match=f"{name} is a symbolic link"):
         refuse_links(folder)
     assert outside.read_text() == "keep"
+
+
+def test_a_run_refuses_a_results_link_before_writing_and_leaves_the_target(tmp_path):
+    from fsl_sage_flwr.app.client_app import app as client_app
+    from fsl_sage_flwr.app.server_app import app as server_app
+    from simulations.in_process import run_in_process
+    from simulations.testing import app_config
+
+    # Prepare
+    outside = tmp_path / "outside.txt"
+    outside.write_text("")
+    config = app_config(tmp_path / "out", num_server_rounds=1, min_available_nodes=1)
+    folder = tmp_path / "out" / "run"
+    folder.mkdir(parents=True)
+    (folder / ResultsWriter.FILE_NAME).symlink_to(outside)
+    # Execute / Assert
+    with pytest.raises(RunFolderError, match="results.jsonl is a symbolic link"):
+        run_in_process(server_app, client_app, config, num_nodes=1)
+    assert outside.read_text() == ""
+    assert sorted(p.name for p in folder.iterdir()) == [ResultsWriter.FILE_NAME]

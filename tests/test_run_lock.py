@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from fsl_sage_flwr.app.run_lock import LOCK_FILE, RunLock, RunLockedError
+from simulations.testing import app_config
 
 
 def _exited_pid() -> int:
@@ -57,3 +58,19 @@ def test_the_lock_is_released_when_the_holders_block_raises(tmp_path):
     with RunLock(tmp_path):
         assert (tmp_path / LOCK_FILE).exists()
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_run_on_a_held_folder_is_refused_before_it_writes_anything(tmp_path):
+    from fsl_sage_flwr.app.client_app import app as client_app
+    from fsl_sage_flwr.app.server_app import app as server_app
+    from simulations.in_process import run_in_process
+
+    # Prepare: a live process (this one) holds the run folder
+    config = app_config(tmp_path, num_server_rounds=1, min_available_nodes=1)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    # Execute / Assert
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+        run_in_process(server_app, client_app, config, num_nodes=1)
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]
