@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -117,3 +119,13 @@ def test_a_partition_in_two_client_slots_is_refused_on_resume():
     # Execute / Assert
     with pytest.raises(RunFolderError, match="partition 1 holds two client slots"):
         check_resume_state(checkpoint, "ckpt")
+
+
+def test_a_temporary_file_left_by_a_killed_writer_does_not_block_the_next_save(tmp_path):
+    # Prepare: the temporary name this process would use, left behind
+    path = tmp_path / CHECKPOINT_FILE
+    (tmp_path / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp").write_bytes(b"torn")
+    # Execute
+    atomic_save({"round": 1}, path)
+    # Assert
+    assert safe_load(path) == {"round": 1}

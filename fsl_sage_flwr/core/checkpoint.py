@@ -78,6 +78,8 @@ def remove_saved(path: Path) -> None:
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> str:
     """Write ``path`` through a temporary file, fsync, replace; return the SHA-256 of its bytes."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A process killed mid-write may leave this name behind, and a restart may reuse its pid.
+    tmp.unlink(missing_ok=True)
     try:
         # O_EXCL | O_NOFOLLOW: never write through a link planted at the temporary name.
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
