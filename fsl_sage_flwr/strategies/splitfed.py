@@ -142,6 +142,12 @@ class SplitFed(SplitServer):
 
         SplitFed-MS also averages the server-side copies of the nodes that
         returned their model.
+
+        Raises
+        ------
+        RuntimeError
+            When this is the ``max_rounds_without_replies``-th round in a row in
+            which no node finished its round (see ``check_progress``).
         """
         closing = self._run_steps(list(replies))
         accepted: list[tuple[ParsedReply, RecordDict]] = []
@@ -150,6 +156,8 @@ class SplitFed(SplitServer):
                 accepted.append((self._parse_closing(msg), msg.content))
             except MalformedReplyError as err:
                 self.log_dropped(msg.metadata.src_node_id, err)
+        # A node finishes its round with an accepted closing reply; a round none finished trained no client.
+        self.check_progress(server_round, len(accepted))
         if not accepted:
             return None, None
         accepted.sort(key=lambda item: item[0].partition_id)
