@@ -7,8 +7,9 @@ import logging
 import pytest
 from flwr.app import Error, Message, RecordDict
 
+from fsl_sage_flwr.transport.keys import REPLY_STATUS_KEY
 from fsl_sage_flwr.transport.log_text import client_text
-from simulations.testing import reply_from, two_node_fsl_sage
+from simulations.testing import constant_weights, reply_from, train_reply_content, two_node_fsl_sage
 
 FORGED = "ok\nINFO : forged line" + "x" * 10**6
 
@@ -64,6 +65,22 @@ def test_a_forged_error_reason_is_bounded_in_the_run_failure(records):
     assert "\n" not in message
     assert len(message) < 1500
     assert "error reply: ok\\nINFO : forged line" in message
+
+
+def test_a_forged_failure_status_in_a_reply_makes_one_bounded_log_line(records):
+    # Prepare
+    strategy, split = two_node_fsl_sage()
+    content = train_reply_content(101, constant_weights(split, 1.0), 40)
+    content.config_records[REPLY_STATUS_KEY]["code"] = 1
+    content.config_records[REPLY_STATUS_KEY]["message"] = FORGED
+    # Execute
+    strategy.aggregate_replies(1, [(101, content)])
+    # Assert
+    lines = [r.getMessage() for r in records if "dropped reply" in r.getMessage()]
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert len(lines[0]) < 400
+    assert "client reports failure: ok\\nINFO : forged line" in lines[0]
 
 
 @pytest.mark.parametrize(
