@@ -23,6 +23,7 @@ from flwr.server.strategy import Strategy
 
 from fsl_sage_flwr.strategies.fsl_sage import FSLSage
 from fsl_sage_flwr.transport.arrays import to_array
+from fsl_sage_flwr.transport.log_text import client_text
 
 
 class FSLSageLegacy(Strategy):
@@ -74,7 +75,11 @@ class FSLSageLegacy(Strategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Hand the replies to the core; return the averaged client model."""
         for failure in failures:
-            log(WARNING, "dropped reply: %s", failure if isinstance(failure, BaseException) else failure[1].status)
+            log(
+                WARNING,
+                "dropped reply: %s",
+                client_text(failure if isinstance(failure, BaseException) else failure[1].status),
+            )
         replies = [(int(proxy.cid), fitres_to_recorddict(res, keep_input=True)) for proxy, res in results]
         arrays, metrics = self.core.aggregate_replies(server_round, replies)
         if arrays is None:

@@ -23,6 +23,7 @@ from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY, weighted_average
 from fsl_sage_flwr.transport.arrays import state_dict_spec
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
 from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from fsl_sage_flwr.transport.replies import ParsedReply, ReplyBounds
 
@@ -289,10 +290,11 @@ class SplitServer(FedAvg):
 
     def log_dropped(self, node_id: int, err: Exception | str) -> None:
         """Log one line naming the node of a dropped reply and the reason; keep the reason."""
-        reason = f"node {node_id}{self.describe_node(node_id)}: {err}"
+        # The reason may quote the client (an error reply's text): one bounded line, always.
+        reason = f"node {node_id}{self.describe_node(node_id)}: {client_text(err, limit=400)}"
         log(WARNING, "dropped reply from %s", reason)
         if len(self._drop_reasons) < 10:
-            self._drop_reasons.append(reason[:300])
+            self._drop_reasons.append(reason)
 
     def describe_node(self, node_id: int) -> str:
         """Name the node's registered partition in log lines."""

@@ -37,6 +37,7 @@ from fsl_sage_flwr.transport.keys import (
     STEP_KEY,
 )
 from fsl_sage_flwr.transport.ledger import ByteLedger
+from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.replies import ParsedReply
 from fsl_sage_flwr.transport.splitfed_step import check_metrics, parse_smashed, reply_int
 from fsl_sage_flwr.transport.uploads import SmashedUpload
@@ -141,6 +142,12 @@ class SplitFed(SplitServer):
 
         SplitFed-MS also averages the server-side copies of the nodes that
         returned their model.
+
+        Raises
+        ------
+        RuntimeError
+            When this is the ``max_rounds_without_replies``-th round in a row in
+            which no node finished its round (see ``check_progress``).
         """
         closing = self._run_steps(list(replies))
         accepted: list[tuple[ParsedReply, RecordDict]] = []
@@ -149,6 +156,8 @@ class SplitFed(SplitServer):
                 accepted.append((self._parse_closing(msg), msg.content))
             except MalformedReplyError as err:
                 self.log_dropped(msg.metadata.src_node_id, err)
+        # A node finishes its round with an accepted closing reply; a round none finished trained no client.
+        self.check_progress(server_round, len(accepted))
         if not accepted:
             return None, None
         accepted.sort(key=lambda item: item[0].partition_id)
@@ -237,7 +246,7 @@ class SplitFed(SplitServer):
         if session is None or session.failed:
             raise MalformedReplyError("closing reply from a node outside this round")
         if msg.has_error():
-            raise MalformedReplyError(f"error reply: {msg.error.reason}")
+            raise MalformedReplyError(f"error reply: {client_text(msg.error.reason)}")
         if set(msg.content.array_records) != {ARRAYS_KEY}:
             raise MalformedReplyError("closing reply must carry exactly the client model arrays")
         if self._read_header(msg.content) != (session.partition_id, session.num_batches, session.num_examples):
@@ -269,7 +278,7 @@ class SplitFed(SplitServer):
         """Check one step reply whole; keep its batch as pending, or fail the session. Trains nothing."""
         try:
             if msg is None or msg.has_error():
-                raise MalformedReplyError(msg.error.reason if msg is not None else "no reply")
+                raise MalformedReplyError(client_text(msg.error.reason) if msg is not None else "no reply")
             content = msg.content
             header = self._read_header(content)
             if step == 0:

@@ -18,6 +18,7 @@ from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY
 from fsl_sage_flwr.strategies.split_server import SplitServer
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.keys import METRICS_KEY
+from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.replies import ParsedReply, parse_train_reply
 from fsl_sage_flwr.transport.requests import request_content
 
@@ -87,7 +88,7 @@ class UploadTrainingServer(SplitServer):
         contents = []
         for msg in replies:
             if msg.has_error():
-                self.log_dropped(msg.metadata.src_node_id, f"error reply: {msg.error.reason}")
+                self.log_dropped(msg.metadata.src_node_id, f"error reply: {client_text(msg.error.reason)}")
             else:
                 contents.append((msg.metadata.src_node_id, msg.content))
         for node_id in sorted(self._awaiting - {msg.metadata.src_node_id for msg in replies}):

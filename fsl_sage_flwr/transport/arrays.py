@@ -95,6 +95,7 @@ def read_npy(name: str, array: Array, expected: ArraySpec | None, *, max_bytes: 
             _check_array_header(name, shape, str(dtype), expected)
         if dtype.hasobject:
             raise MalformedReplyError(f"array '{name}' holds Python objects")
+        _check_declared_size(name, math.prod(shape) * dtype.itemsize, len(array.data) - stream.tell(), max_bytes)
         values = np.lib.format.read_array(io.BytesIO(array.data), allow_pickle=False)
     except MalformedReplyError:
         raise
@@ -103,3 +104,11 @@ def read_npy(name: str, array: Array, expected: ArraySpec | None, *, max_bytes: 
     if expected is not None:
         _check_array_header(f"{name} (decoded)", values.shape, str(values.dtype), expected)
     return values
+
+
+def _check_declared_size(name: str, declared: int, body: int, max_bytes: int | None) -> None:
+    """Refuse a header whose declared size is over the bound or is not the body's: numpy would reserve it."""
+    if max_bytes is not None and declared > max_bytes:
+        raise MalformedReplyError(f"array '{name}' declares {declared} bytes in its header, more than {max_bytes}")
+    if declared != body:
+        raise MalformedReplyError(f"array '{name}' declares {declared} bytes in its header but carries {body}")

@@ -42,6 +42,7 @@ from fsl_sage_flwr.transport.keys import (
     REPLY_STATUS_KEY,
 )
 from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.uploads import SmashedUpload, split_upload
 
 
@@ -121,11 +122,13 @@ def parse_train_reply(
     """
     expected = {REPLY_ARRAYS_KEY, REPLY_NUM_EXAMPLES_KEY, REPLY_METRICS_KEY, REPLY_STATUS_KEY}
     if set(content.keys()) != expected:
-        raise MalformedReplyError(f"reply holds records {sorted(content.keys())}, expected {sorted(expected)}")
+        raise MalformedReplyError(
+            f"reply holds records {client_text(sorted(content.keys()))}, expected {sorted(expected)}"
+        )
     status = content.config_records.get(REPLY_STATUS_KEY)
     if status is None or status.get("code") != 0:
         message = status.get("message", "") if status is not None else "missing"
-        raise MalformedReplyError(f"client reports failure: {str(message)[:200]}")
+        raise MalformedReplyError(f"client reports failure: {client_text(message)}")
     num_examples = strict_int(
         content.metric_records.get(REPLY_NUM_EXAMPLES_KEY, {}).get("num_examples"), "num-examples"
     )

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, RecordDict
 from fsl_sage_flwr.transport.arrays import ArraySpec, load_array, to_array
 from fsl_sage_flwr.transport.errors import MalformedReplyError, strict_int
 from fsl_sage_flwr.transport.keys import METRICS_KEY
+from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.uploads import SmashedUpload, split_upload
 
 
@@ -53,7 +54,9 @@ def parse_smashed(
         label out of range, or NaN/inf.
     """
     if set(record.keys()) != {"z", "y", "batch-sizes"}:
-        raise MalformedReplyError(f"smashed record holds {sorted(record.keys())}, expected z, y, batch-sizes")
+        raise MalformedReplyError(
+            f"smashed record holds {client_text(sorted(record.keys()))}, expected z, y, batch-sizes"
+        )
     z_arr = record["z"]
     if len(z_arr.shape) < 1:
         raise MalformedReplyError("smashed 'z' is a scalar")
