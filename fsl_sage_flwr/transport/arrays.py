@@ -71,7 +71,9 @@ def _check_array_header(name: str, shape: tuple[int, ...], dtype: str, expected:
         raise MalformedReplyError(f"array '{name}' has dtype {dtype}, expected {expected.dtype}")
 
 
-def read_npy(name: str, array: Array, expected: ArraySpec | None, *, max_bytes: int | None = None) -> np.ndarray:
+def read_npy(
+    name: str, array: Array, expected: ArraySpec | None, *, max_bytes: int | None = None, dtype: str | None = None
+) -> np.ndarray:
     """Decode one ``.npy`` payload after bounding its size and reading its header.
 
     The header is checked against ``expected`` before the body is decoded, so
@@ -90,12 +92,16 @@ def read_npy(name: str, array: Array, expected: ArraySpec | None, *, max_bytes: 
         stream = io.BytesIO(array.data)
         version = np.lib.format.read_magic(stream)
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = reader(stream)
+        shape, _, declared_dtype = reader(stream)
         if expected is not None:
-            _check_array_header(name, shape, str(dtype), expected)
-        if dtype.hasobject:
+            _check_array_header(name, shape, str(declared_dtype), expected)
+        if dtype is not None and str(declared_dtype) != dtype:
+            # Named before the size check: another encoding is the clearer reason.
+            raise MalformedReplyError(f"array '{name}' has dtype {declared_dtype}, expected {dtype}")
+        if declared_dtype.hasobject:
             raise MalformedReplyError(f"array '{name}' holds Python objects")
-        _check_declared_size(name, math.prod(shape) * dtype.itemsize, len(array.data) - stream.tell(), max_bytes)
+        declared = math.prod(shape) * declared_dtype.itemsize
+        _check_declared_size(name, declared, len(array.data) - stream.tell(), max_bytes)
         values = np.lib.format.read_array(io.BytesIO(array.data), allow_pickle=False)
     except MalformedReplyError:
         raise

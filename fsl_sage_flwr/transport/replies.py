@@ -168,7 +168,13 @@ def parse_train_reply(
 def _parse_upload(arrays: list[Array], bounds: ReplyBounds, max_samples: int) -> SmashedUpload:
     encoding = upload_encoding(bounds.training.upload_dtype)
     z_arr, y_arr, sizes_arr = arrays[0], arrays[-2], arrays[-1]
-    z = read_npy("z", z_arr, None, max_bytes=max_samples * math.prod(bounds.cut_shape) * encoding.itemsize)
+    z = read_npy(
+        "z",
+        z_arr,
+        None,
+        max_bytes=max_samples * math.prod(bounds.cut_shape) * encoding.itemsize,
+        dtype=encoding.wire_dtype,
+    )
     if (
         z.ndim != 1 + len(bounds.cut_shape)
         or str(z.dtype) != encoding.wire_dtype
