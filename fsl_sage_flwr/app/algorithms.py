@@ -122,6 +122,7 @@ def _fsl_sage_server(
         aux_factory=lambda: build_split(settings, data).aux,
         alignment=settings.alignment,
         warm_up_attempts=settings.warm_up_attempts,
+        warm_up=settings.warm_up,
         state_dir=state_dir,
         max_cached_clients=settings.max_cached_clients,
         server_order=settings.server_order,

@@ -12,6 +12,7 @@ from typing import Any
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.devices import DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
+from fsl_sage_flwr.core.node_sampling import WARM_UP_MODES
 from fsl_sage_flwr.core.server_order import SERVER_ORDERS
 from fsl_sage_flwr.core.settings import (
     check_types,
@@ -90,6 +91,11 @@ class RunSettings:
     warm_up_attempts: int = setting(
         "warm-up-attempts", _strategy_default("warm_up_attempts"), "how often a node whose warm-up fails is asked again"
     )
+    warm_up: str = setting(
+        "warm-up",
+        _strategy_default("warm_up"),
+        "FSL-SAGE: warm a node up when it is first sampled ('sampled') or every node before round 1 ('all')",
+    )
     max_rounds_without_replies: int = setting(
         "max-rounds-without-replies",
         _strategy_default("max_rounds_without_replies"),
@@ -134,6 +140,7 @@ class RunSettings:
         require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, self, "device", str(DEVICE_CHOICES))
         require_choice(self, "partitioning", PARTITIONINGS)
         require_choice(self, "server_order", SERVER_ORDERS)
+        require_choice(self, "warm_up", WARM_UP_MODES)
         require_choice(self, "dataset", tuple(DATASETS))
         require_choice(self, "model", tuple(SPLIT_MODELS))
         require_choice(self, "aux_variant", aux_variants(self.model))

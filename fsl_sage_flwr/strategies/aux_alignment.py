@@ -166,3 +166,22 @@ class AuxAligner:
 def _minibatch_order(slot: ClientSlot, settings: AlignmentSettings, server_round: int) -> torch.Generator:
     """The minibatch order of one client's alignment, the same one by one and stacked."""
     return torch.Generator().manual_seed(derive_seed(settings.seed, server_round, slot.partition_id, "align"))
+
+
+def log_alignment_settings(alignment: AlignmentSettings, warm_up: str, warm_up_attempts: int) -> None:
+    """Log FSL-SAGE's alignment and warm-up settings, the last part of the strategy's start-up summary."""
+    log(INFO, "\t└──> Auxiliary alignment (FSL-SAGE):")
+    log(INFO, "\t\t├──Every %d rounds | buffer %d samples per client", alignment.interval, alignment.buffer_size)
+    log(
+        INFO,
+        "\t\t├──Epochs %d | batch %d | Adam lr %g, weight decay %g",
+        alignment.epochs,
+        alignment.batch_size,
+        alignment.lr,
+        alignment.weight_decay,
+    )
+    log(INFO, "\t\t├──Early stop: patience %d, min. improvement %g", alignment.patience, alignment.min_improvement)
+    if alignment.threshold > 0:
+        budget = f"{alignment.budget_bytes} bytes" if alignment.budget_bytes else "no limit"
+        log(INFO, "\t\t├──Adaptive: also under gradient cosine %g, budget %s", alignment.threshold, budget)
+    log(INFO, "\t\t└──Warm-up of %s nodes, attempts per node: %d", warm_up, warm_up_attempts)

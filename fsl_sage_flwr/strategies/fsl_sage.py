@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from pathlib import Path
@@ -16,15 +15,14 @@ from torch import nn
 
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.alignment_schedule import AlignmentBudget, AlignmentCandidate, plan_alignment
-from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.core.checkpoint import ClientState, ClientStore
 from fsl_sage_flwr.core.client_slots import ClientSlot, ClientSlots, ClientStatus
+from fsl_sage_flwr.core.client_states import ClientStateFactory
 from fsl_sage_flwr.core.fidelity import Fidelity, gradient_fidelity
 from fsl_sage_flwr.core.fidelity_stats import FidelityLog, fidelity_sample
-from fsl_sage_flwr.core.memory import state_nbytes
+from fsl_sage_flwr.core.node_sampling import WARM_UP_MODES, WarmUpTries, sample_round_nodes
 from fsl_sage_flwr.core.settings import require_argument
-from fsl_sage_flwr.core.training import derive_seed, make_adam
-from fsl_sage_flwr.strategies.aux_alignment import AuxAligner
+from fsl_sage_flwr.strategies.aux_alignment import AuxAligner, log_alignment_settings
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.replies import ParsedReply
@@ -40,9 +38,11 @@ class FSLSage(UploadTrainingServer):
     uploaded activations) it keeps per client a FIFO buffer of ``(z, y)`` and a
     copy of that client's auxiliary model; every ``alignment.interval`` rounds it
     aligns each auxiliary model to the server model's cut-layer gradients and
-    sends it to that client only. A warm-up exchange before round 1 collects one
-    batch per node and aligns the random auxiliary models on it; nodes that join
-    later get the same warm-up when they are first seen.
+    sends it to that client only. A warm-up exchange collects one batch of a node
+    and aligns its random auxiliary model on it: when the node is first sampled
+    (``warm_up="sampled"``), so that the work before a round grows with the nodes
+    sampled, not with the federation; or for every connected node before round 1
+    and every later arrival (``warm_up="all"``).
 
     Parameters
     ----------
@@ -52,6 +52,10 @@ class FSLSage(UploadTrainingServer):
         Alignment interval, buffer cap, epochs, batch size, optimizer, seed.
     warm_up_attempts : int
         How often a node whose warm-up fails is asked again (once per round).
+    warm_up : str
+        ``"sampled"`` or ``"all"``: the same rounds when every node is sampled. With
+        ``fraction_train`` < 1, ``"sampled"`` draws nodes not yet warmed up by node id
+        (random in Flower's simulation); ``"all"`` draws on partition ids only.
     state_dir : Path, optional
         Folder for per-client state (aux model, aux optimizer, buffer): at most ``max_cached_clients``
         clients' state stays in memory, the rest in one file per client. Without it all stays in memory.
@@ -70,78 +74,80 @@ class FSLSage(UploadTrainingServer):
         aux_factory: Callable[[], nn.Module],
         alignment: AlignmentSettings,
         warm_up_attempts: int = 3,
+        warm_up: str = "sampled",
         state_dir: Path | None = None,
         max_cached_clients: int = 64,
         fidelity_samples: int = 64,
         **kwargs: Any,
     ) -> None:
         require_argument(fidelity_samples >= 0, "fidelity_samples", fidelity_samples, ">= 0")
-        require_argument(warm_up_attempts >= 1, "warm_up_attempts", warm_up_attempts, ">= 1")
+        require_argument(warm_up in WARM_UP_MODES, "warm_up", warm_up, f"one of {list(WARM_UP_MODES)}")
         if alignment.threshold > 0 and fidelity_samples == 0:
             raise ValueError("adaptive alignment (alignment.threshold > 0) acts on fidelity: set fidelity_samples > 0")
         super().__init__(**kwargs)
         self.aux_factory = aux_factory
         self.alignment = alignment
-        self._store = ClientStore(self._empty_state, state_dir, max_cached_clients)
+        self._states = ClientStateFactory(aux_factory, alignment, self.device)
+        self._store = ClientStore(self._states.empty, state_dir, max_cached_clients)
         self._slots = ClientSlots(self._store)
         self._aux_in_flight: set[int] = set()
         self.warm_up_attempts = warm_up_attempts
-        self._warm_up_tries: dict[int, int] = {}
+        self._warm_up_tries = WarmUpTries(warm_up_attempts)
+        self.warm_up_mode = warm_up
+        self._round_sample: tuple[int, list[int]] | None = None  # (round, sampled node ids)
+        self._warmed_up = 0  # nodes warmed up since the last summary
         self._aligner = AuxAligner(self._store, self.device)
         self.fidelity_samples = fidelity_samples
         self._fidelity_log = FidelityLog()
         self._round_cosines: dict[int, float] = {}  # this round's fidelity, by partition id
-        self._aux_bytes: int | None = None
         self._budget = AlignmentBudget()
 
     def summary(self) -> None:
         """Log the split-learning settings and FSL-SAGE's alignment ones."""
         super().summary()
-        alignment = self.alignment
-        log(INFO, "\t└──> Auxiliary alignment (FSL-SAGE):")
-        log(INFO, "\t\t├──Every %d rounds | buffer %d samples per client", alignment.interval, alignment.buffer_size)
-        log(
-            INFO,
-            "\t\t├──Epochs %d | batch %d | Adam lr %g, weight decay %g",
-            alignment.epochs,
-            alignment.batch_size,
-            alignment.lr,
-            alignment.weight_decay,
-        )
-        log(INFO, "\t\t├──Early stop: patience %d, min. improvement %g", alignment.patience, alignment.min_improvement)
-        if alignment.threshold > 0:
-            budget = f"{alignment.budget_bytes} bytes" if alignment.budget_bytes else "no limit"
-            log(INFO, "\t\t├──Adaptive: also under gradient cosine %g, budget %s", alignment.threshold, budget)
-        log(INFO, "\t\t└──Warm-up attempts per node: %d", self.warm_up_attempts)
+        log_alignment_settings(self.alignment, self.warm_up_mode, self.warm_up_attempts)
 
     def warm_up(self, grid: Grid, arrays: ArrayRecord) -> None:
-        """Register every connected node without a slot, and align its aux.
+        """Warm up every connected node without a slot (see :meth:`warm_up_nodes`).
 
-        Waits until ``min_available_nodes`` are connected. Each new node gets an
-        ordinary train message flagged ``warmup`` and returns one batch of
-        activations of the current client model; the server trains on it,
-        buffers it and aligns that node's fresh auxiliary model.
+        Only the first warm-up waits until ``min_available_nodes`` are connected.
+        """
+        new_nodes = [n for n in self._connected(grid) if n not in self._slots and self.may_warm_up(n)]
+        self.warm_up_nodes(grid, arrays, new_nodes)
+
+    def warm_up_nodes(self, grid: Grid, arrays: ArrayRecord, node_ids: list[int]) -> None:
+        """Warm up ``node_ids``: a train message flagged ``warmup`` to each (see :meth:`accept_warm_up`).
 
         Raises
         ------
         RuntimeError
             When no node at all is warmed up afterwards, naming the first reasons.
         """
-        # Only the first warm-up waits; later rounds warm up whoever joined.
-        connected = (
-            self.wait_for_nodes(grid, self.min_available_nodes) if not self._slots else sorted(grid.get_node_ids())
-        )
-        new_nodes = [n for n in connected if n not in self._slots and self.may_warm_up(n)]
-        if not new_nodes:
+        if not node_ids:
             return
-        log(INFO, "warm-up: one batch of activations from each of %d new node(s)", len(new_nodes))
+        log(INFO, "warm-up: one batch of activations from each of %d new node(s)", len(node_ids))
         messages = [
             Message(content=self.warm_up_request(arrays), dst_node_id=n, message_type=MessageType.TRAIN)
-            for n in new_nodes
+            for n in node_ids
         ]
-        self._awaiting = set(new_nodes)
+        self._awaiting = set(node_ids)
         replies = self.reply_contents(grid.send_and_receive(messages, timeout=self.round_timeout))
         self.accept_warm_up(replies)
+
+    def nodes_to_warm_up(self, server_round: int, connected: set[int]) -> list[int]:
+        """The nodes of ``connected`` to warm up before ``server_round``'s requests.
+
+        Every new one with ``warm_up="all"``; with ``"sampled"``, the new ones among
+        the round's sample. Each is counted as an attempt (:meth:`may_warm_up`).
+        """
+        candidates = sorted(connected) if self.warm_up_mode == "all" else self.sample_nodes(server_round, connected)
+        return [n for n in candidates if n not in self._slots and self.may_warm_up(n)]
+
+    def _connected(self, grid: Grid) -> list[int]:
+        # Only the first call waits; later rounds take whoever is connected.
+        if self._slots:
+            return sorted(grid.get_node_ids())
+        return self.wait_for_nodes(grid, self.min_available_nodes)
 
     def warm_up_request(self, arrays: ArrayRecord) -> RecordDict:
         """The content of a warm-up request: the client model and the ``warmup`` flag."""
@@ -168,6 +174,7 @@ class FSLSage(UploadTrainingServer):
                 log(INFO, "node %d is partition %d of the checkpoint", reply.node_id, reply.partition_id)
                 continue
             slot = self._new_slot(reply.node_id, reply.partition_id)
+            self._warmed_up += 1
             self.train_server_on([reply], server_round=0)
             self._aligner.align_one(slot, self.server_model, self.alignment, server_round=0)
         if not self._slots:
@@ -177,9 +184,10 @@ class FSLSage(UploadTrainingServer):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Warm up late joiners, then send the client model (and re-aligned auxes) to sampled nodes."""
-        self.warm_up(grid, arrays)
-        requests = self.train_requests(server_round, arrays, set(grid.get_node_ids()))
+        """Warm up the new nodes due, then send the client model (and aligned auxes) to the sampled ones."""
+        connected = set(self._connected(grid))
+        self.warm_up_nodes(grid, arrays, self.nodes_to_warm_up(server_round, connected))
+        requests = self.train_requests(server_round, arrays, connected)
         log(INFO, "configure_train: sampled %d of %d nodes", len(requests), len(self._slots))
         self._awaiting = {node_id for node_id, _ in requests}
         return [Message(content=c, dst_node_id=n, message_type=MessageType.TRAIN) for n, c in requests]
@@ -194,7 +202,8 @@ class FSLSage(UploadTrainingServer):
         """
         self._aux_in_flight = set()
         requests = []
-        for node_id in self.sample_nodes(server_round, connected):
+        sampled = [n for n in self.sample_nodes(server_round, connected) if n in self._slots]
+        for node_id in sorted(sampled, key=lambda n: self._slots[n].partition_id):
             slot = self._slots[node_id]
             aux = None
             if slot.aux_pending:
@@ -270,17 +279,11 @@ class FSLSage(UploadTrainingServer):
             AlignmentCandidate(slot.partition_id, slot.buffer_changed, self._round_cosines.get(slot.partition_id))
             for _, slot in self._slots.by_partition()
         ]
-        plan = plan_alignment(server_round, self.num_rounds, self.alignment, candidates, self._budget, self._aux_nbytes)
+        plan = plan_alignment(
+            server_round, self.num_rounds, self.alignment, candidates, self._budget, self._states.aux_nbytes
+        )
         due = [self._slots.find(partition_id)[1] for partition_id in plan.due]
         self._aligner.run(plan, due, self.server_model, self.alignment, server_round)
-
-    def _aux_nbytes(self) -> int:
-        """Bytes of one aux model's arrays, what each extra alignment sends to its client."""
-        if self._aux_bytes is None:
-            with torch.random.fork_rng(devices=[]):
-                aux = self.aux_factory()
-            self._aux_bytes = state_nbytes(aux)
-        return self._aux_bytes
 
     def is_registered(self, node_id: int) -> bool:
         """Whether ``node_id`` took part in a warm-up and has a slot."""
@@ -311,8 +314,7 @@ class FSLSage(UploadTrainingServer):
 
         Seeded by ``alignment.seed`` and the partition; leaves the global RNG alone.
         """
-        with torch.random.fork_rng(devices=[]):
-            return self._seeded_aux(partition_id)
+        return self._states.initial_aux(partition_id)
 
     def server_memory_bytes(self) -> int:
         """Bytes the server keeps: server model and optimizer, aux copies, buffers."""
@@ -348,39 +350,35 @@ class FSLSage(UploadTrainingServer):
         """The checkpoint naming the store's files is on disk: drop superseded client files."""
         self._store.commit()
 
-    def may_warm_up(self, node_id: int) -> bool:
-        """Count a warm-up attempt of ``node_id``; False once it has used them all."""
-        tries = self._warm_up_tries.get(node_id, 0)
-        if tries == self.warm_up_attempts:
-            log(WARNING, "node %d failed its warm-up %d times; it is not asked again", node_id, tries)
-        self._warm_up_tries[node_id] = tries + 1
-        return tries < self.warm_up_attempts
+    def may_warm_up(self, node_id: int, *, count: bool = True) -> bool:
+        """Count a warm-up attempt of ``node_id`` (unless ``count`` is false); False once it has used them all."""
+        if not count and self._warm_up_tries.left(node_id):
+            return True
+        allowed = self._warm_up_tries.take(node_id)
+        if self._warm_up_tries.first_refusal(node_id):
+            log(WARNING, "node %d failed its warm-up %d times; it is not asked again", node_id, self.warm_up_attempts)
+        return allowed
 
     def sample_nodes(self, server_round: int, connected: set[int]) -> list[int]:
-        """Seeded sampling over partition ids, which stay fixed while node ids do not."""
-        by_partition = [n for n, _ in self._slots.by_partition() if n in connected]
-        wanted = max(int(len(by_partition) * self.fraction_train), self.min_train_nodes)
-        rng = random.Random(derive_seed(self.alignment.seed, server_round, "sample"))
-        chosen = set(rng.sample(by_partition, min(len(by_partition), wanted)))
-        return [n for n in by_partition if n in chosen]
+        """The round's seeded sample of ``connected`` nodes, drawn once per round.
+
+        The pool lists warmed-up nodes by partition id, which stays fixed while
+        node ids do not; with ``warm_up="sampled"`` the nodes that may still warm
+        up follow, by node id. See :func:`~fsl_sage_flwr.core.node_sampling.sample_round_nodes`.
+        """
+        if self._round_sample is not None and self._round_sample[0] == server_round:
+            return self._round_sample[1]
+        pool = [n for n, _ in self._slots.by_partition() if n in connected]
+        if self.warm_up_mode == "sampled":
+            # A node out of warm-up attempts leaves the pool; may_warm_up says so once.
+            pool += [n for n in sorted(connected) if n not in self._slots and self.may_warm_up(n, count=False)]
+        sample = sample_round_nodes(pool, self.fraction_train, self.min_train_nodes, self.alignment.seed, server_round)
+        self._round_sample = (server_round, sample)
+        return sample
 
     def _new_slot(self, node_id: int, partition_id: int) -> ClientSlot:
-        aux = self._seeded_aux(partition_id)
-        optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
-        self._store.add(partition_id, ClientState(aux, optimizer, SmashedBuffer(self.alignment.buffer_size)))
+        self._store.add(partition_id, self._states.new(partition_id))
         return self._slots.add(node_id, partition_id)
-
-    def _seeded_aux(self, partition_id: int) -> nn.Module:
-        # Seeds the global RNG: a client's first aux depends on its partition alone.
-        torch.manual_seed(derive_seed(self.alignment.seed, partition_id, "aux-init"))
-        return self.aux_factory().to(self.device)
-
-    def _empty_state(self, partition_id: int) -> ClientState:
-        """A blank client state to load a stored one into; leaves the global RNG alone."""
-        with torch.random.fork_rng(devices=[]):
-            aux = self.aux_factory().to(self.device)
-        optimizer = make_adam(aux, self.alignment.lr, self.alignment.weight_decay)
-        return ClientState(aux, optimizer, SmashedBuffer(self.alignment.buffer_size))
 
     def pop_alignment_summary(self) -> dict[str, Any]:
         """Sum up the alignments and fidelity measurements since the last call.
@@ -394,6 +392,8 @@ class FSLSage(UploadTrainingServer):
         ran. The ServerApp adds it to each round's results row.
         """
         summary = self._fidelity_log.pop_summary()
+        if self._warmed_up:
+            summary["nodes_warmed_up"], self._warmed_up = self._warmed_up, 0
         if self.alignment.threshold > 0:
             summary["alignments_triggered"] = self._budget.pop_triggered()
             summary["triggered_align_bytes"] = self._budget.spent_bytes

@@ -109,7 +109,7 @@ class FSLSageLegacy(Strategy):
         return float(metrics["loss"]), {"accuracy": float(metrics["accuracy"])}
 
     def _warm_up(self, arrays: ArrayRecord, proxies: dict[int, ClientProxy], server_round: int) -> None:
-        new = [n for n in sorted(proxies) if not self.core.is_registered(n) and self.core.may_warm_up(n)]
+        new = self.core.nodes_to_warm_up(server_round, set(proxies))
         if not new:
             return
         fit_ins = recorddict_to_fitins(self.core.warm_up_request(arrays), keep_input=True)
