@@ -43,6 +43,7 @@ from simulations.processes import (
     stop_process_group,
     stop_processes,
 )
+from simulations.streaming import StreamTimeout, stream_command
 
 MIB = 1024 * 1024
 
@@ -192,26 +193,11 @@ def _stream(
     on_line: Callable[[str], None] | None,
     lines: list[str],
 ) -> None:
-    """Run ``command``, keeping its output in ``lines``; kill it if this is left early."""
-    deadline = time.monotonic() + timeout
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
+    """Run ``command``, keeping its output in ``lines``; stop it and fail at ``timeout`` seconds."""
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if echo:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            if on_line is not None:
-                on_line(line)
-            if time.monotonic() > deadline:
-                raise FlwrRunError(f"flwr run exceeded {timeout:.0f} s")
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stream_command(command, env, timeout, lines, echo=echo, on_line=on_line)
+    except StreamTimeout as err:
+        raise FlwrRunError(f"flwr run exceeded --timeout {timeout:g} s and was stopped") from err
 
 
 def _run_status(env: dict[str, str]) -> str:
