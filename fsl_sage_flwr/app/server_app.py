@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.deadlines import DeadlineGrid
 from fsl_sage_flwr.app.results import (
     CLIENT_STATE_DIR,
     ResultsWriter,
@@ -51,6 +52,8 @@ RESUMABLE_KEYS = frozenset(
         "client-threads",
         "output-dir",
         "run-name",
+        "round-timeout",
+        "run-timeout",
     }
 )
 
@@ -89,7 +92,13 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
     tap = TrainMetricsTap()
     ledger = ByteLedger()
     setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
-    metered = MeteredGrid(grid, ledger)
+    # Outermost, so that a message the deadlines keep from being sent is not booked as sent.
+    deadlines = DeadlineGrid(
+        MeteredGrid(grid, ledger),
+        settings.round_timeout,
+        settings.run_timeout,
+        max_rounds_without_progress=settings.max_rounds_without_replies,
+    )
     log(INFO, "%s: results go to %s", algorithm.description, folder)
     arrays = setup.initial_arrays
     rows: list[dict[str, Any]] = []
@@ -125,12 +134,12 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
             log(INFO, "round %d: checkpoint written to %s", server_round, folder / CHECKPOINT_FILE)
 
     # Flower's own FedAvg would wait for nodes without end; every algorithm waits here first.
-    wait_for_nodes(metered, settings.min_available_nodes, settings.node_wait_timeout)
+    wait_for_nodes(deadlines, settings.min_available_nodes, settings.node_wait_timeout)
     if first_round > settings.num_server_rounds:
         log(INFO, "the checkpoint already holds round %d, the last", settings.num_server_rounds)
     final_arrays = run_rounds(
         setup.strategy,
-        metered,
+        deadlines,
         arrays,
         first_round=first_round,
         num_rounds=settings.num_server_rounds,
@@ -138,6 +147,7 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
         train_config=ConfigRecord(settings.training.to_config()),  # read by Flower's FedAvg only
         evaluate_fn=recorder,
         after_round=after_round,
+        deadlines=deadlines,
     )
     for name, state in setup.final_models(final_arrays).items():
         atomic_save(state, folder / f"{name}.pt")
