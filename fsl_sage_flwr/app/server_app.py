@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.deadlines import DeadlineGrid
+from fsl_sage_flwr.app.finite import NonFiniteWatch
 from fsl_sage_flwr.app.results import (
     CLIENT_STATE_DIR,
     ResultsWriter,
@@ -113,7 +114,8 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
         first_round = int(checkpoint["round"]) + 1
         log(INFO, "resuming from the checkpoint of round %d in %s", first_round - 1, folder)
     writer = ResultsWriter(folder, resume_rows=rows if checkpoint is not None else None)
-    recorder = RoundRecorder(settings.algorithm, setup, ledger, writer, tap, rows)
+    watch = NonFiniteWatch(settings.num_server_rounds, rows)
+    recorder = RoundRecorder(settings.algorithm, setup, ledger, writer, tap, rows, watch=watch)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         interval = settings.checkpoint_interval
