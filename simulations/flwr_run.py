@@ -131,7 +131,7 @@ def run_app(
     keep_home = False
     try:
         _stream(command, env, timeout, echo, on_line, lines)
-        status = _run_status(env)
+        status, details = _run_status(env)
         keep_home = status != "finished:completed"  # its logs say why
     except RunInterrupted:
         _stop_run(env, "".join(lines))
@@ -148,12 +148,23 @@ def run_app(
     log = "".join(lines)
     wall = time.monotonic() - start
     if status != "finished:completed":
-        raise FlwrRunError(f"run ended '{status}'; Flower logs are in {home / 'local-superlink'}")
+        cause = details or last_error_line(log) or "no cause reported"
+        raise FlwrRunError(f"run ended '{status}': {cause}\nFlower logs are in {home / 'local-superlink'}")
     rows = read_results(results_path) if results_path.exists() else []
     last = int(run_config.get("num-server-rounds", 0))
     if not rows or rows[-1].get("round") != last or "accuracy" not in rows[-1]:
         raise FlwrRunError(f"{results_path} lacks the accuracy of round {last}")
     return FlwrRunOutcome(status, results_path, rows, wall, log)
+
+
+def last_error_line(log: str) -> str:
+    """Return the last ``SomeError: message`` line of a traceback in ``log``, or an empty string.
+
+    The fallback when Flower reports no status details: the ServerApp's traceback
+    is in the streamed log, under Ray's and Flower's own error headers.
+    """
+    matches = re.findall(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exceeded): .+$", log, flags=re.MULTILINE)
+    return matches[-1].strip() if matches else ""
 
 
 def _absolute_paths(run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,7 +211,12 @@ def _stream(
         raise FlwrRunError(f"flwr run exceeded --timeout {timeout:g} s and was stopped") from err
 
 
-def _run_status(env: dict[str, str]) -> str:
+def _run_status(env: dict[str, str]) -> tuple[str, str]:
+    """Return the run's status and status details as `flwr ls` reports them.
+
+    For a failed run, Flower's details hold the ServerApp's exception text
+    (``Simulation failed with exception: ...``).
+    """
     out = subprocess.run(
         [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -210,7 +226,7 @@ def _run_status(env: dict[str, str]) -> str:
         raise FlwrRunError(f"cannot read `flwr ls`: {out.stdout[-500:]} {out.stderr[-500:]}") from err
     if len(runs) != 1:
         raise FlwrRunError(f"expected one run on this SuperLink, found {len(runs)}")
-    return str(runs[0]["status"])
+    return str(runs[0]["status"]), str(runs[0].get("status-details") or "")
 
 
 def _stop_run(env: dict[str, str], log: str) -> None:
