@@ -6,7 +6,10 @@ ports, waits for the run to end, checks that it finished ``completed`` and that
 its results file holds the last round, stops the SuperLink, and exits non-zero
 otherwise. On SIGINT or SIGTERM it stops the run (``flwr stop``), ends every
 process it started (SuperLink, SuperExec, simulation, Ray), removes its Flower
-home folder and exits with 128 + the signal number.
+home folder and exits with 128 + the signal number. A silent or stuck run is
+stopped at ``--timeout`` all the same, and a watcher process stops the run's
+processes should the wrapper itself be killed (SIGKILL); in both cases, and on
+SIGINT or SIGTERM, the run folder gets an ``interrupted.json`` saying why.
 
 Usage::
 
@@ -34,6 +37,7 @@ from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter, read_results
 from simulations.flower_cli import PROJECT_DIR, flwr_executable, free_port, parse_run_config, run_config_arguments
+from simulations.parent_watch import release_parent_watch, start_parent_watch, write_interrupted
 from simulations.processes import (
     alive,
     become_subreaper,
@@ -129,20 +133,26 @@ def run_app(
     start = time.monotonic()
     lines: list[str] = []
     keep_home = False
+    # Should this process be killed outright, the watcher stops the run's processes instead.
+    watcher = start_parent_watch(home, env["FLWR_LOCAL_CONTROL_API_PORT"], results_path.parent)
     try:
         _stream(command, env, timeout, echo, on_line, lines)
         status, details = _run_status(env)
         keep_home = status != "finished:completed"  # its logs say why
-    except RunInterrupted:
+    except RunInterrupted as err:
         _stop_run(env, "".join(lines))
+        write_interrupted(results_path.parent, f"the wrapper was {err}")
         raise
-    except BaseException:
+    except BaseException as err:
         keep_home = True
+        if isinstance(err, FlwrRunError) and isinstance(err.__cause__, StreamTimeout):
+            write_interrupted(results_path.parent, str(err), home / "local-superlink")
         raise
     finally:
         with _signals_deferred():
             stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
             stop_processes(lambda: processes_of(home), grace=5.0)
+            release_parent_watch(watcher)
             if not keep_home:
                 shutil.rmtree(home, ignore_errors=True)
     log = "".join(lines)
