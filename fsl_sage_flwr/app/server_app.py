@@ -25,6 +25,7 @@ from fsl_sage_flwr.app.results import (
     refuse_links,
     run_folder,
 )
+from fsl_sage_flwr.app.resume_bytes import ResumeAccountingGrid
 from fsl_sage_flwr.app.resume_checks import check_resume_state
 from fsl_sage_flwr.app.rounds import run_rounds
 from fsl_sage_flwr.app.run_lock import RunLock
@@ -94,8 +95,11 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
     ledger = ByteLedger()
     setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
     # Outermost, so that a message the deadlines keep from being sent is not booked as sent.
+    metered: Grid = MeteredGrid(grid, ledger)
+    if checkpoint is not None:  # nodes back with new ids are asked who they are: not the algorithm's bytes
+        metered = ResumeAccountingGrid(metered, ledger, checkpoint["server"])
     deadlines = DeadlineGrid(
-        MeteredGrid(grid, ledger),
+        metered,
         settings.round_timeout,
         settings.run_timeout,
         max_rounds_without_progress=settings.max_rounds_without_replies,
