@@ -94,7 +94,7 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
     tap = TrainMetricsTap()
     ledger = ByteLedger()
     setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
-    # Outermost, so that a message the deadlines keep from being sent is not booked as sent.
+    # Layers around Flower's grid, outside in: deadlines, resume accounting, byte metering.
     metered: Grid = MeteredGrid(grid, ledger)
     if checkpoint is not None:  # nodes back with new ids are asked who they are: not the algorithm's bytes
         metered = ResumeAccountingGrid(metered, ledger, checkpoint["server"])
