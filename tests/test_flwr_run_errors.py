@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import simulations.flwr_run as flwr_run
@@ -68,3 +70,17 @@ def test_the_command_line_prints_the_cause_and_exits_non_zero(monkeypatch, tmp_p
     assert "FAILED: run ended 'finished:failed': Simulation failed with exception: no node warmed up" in (
         capsys.readouterr().err
     )
+
+
+def test_a_silent_flwr_run_is_stopped_at_the_timeout_and_the_run_folder_says_so(monkeypatch, tmp_path):
+    # Prepare: a `flwr` that prints nothing and never ends
+    fake = tmp_path / "flwr"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(flwr_run, "flwr_executable", lambda: str(fake))
+
+    # Execute / Assert
+    with pytest.raises(FlwrRunError, match="exceeded --timeout 1 s"):
+        run_app({"output-dir": str(tmp_path / "out"), "run-name": "r"}, timeout=1.0, echo=False)
+    record = json.loads((tmp_path / "out" / "r" / "interrupted.json").read_text())
+    assert "exceeded --timeout 1 s" in record["reason"]
