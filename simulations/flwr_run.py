@@ -6,7 +6,10 @@ ports, waits for the run to end, checks that it finished ``completed`` and that
 its results file holds the last round, stops the SuperLink, and exits non-zero
 otherwise. On SIGINT or SIGTERM it stops the run (``flwr stop``), ends every
 process it started (SuperLink, SuperExec, simulation, Ray), removes its Flower
-home folder and exits with 128 + the signal number.
+home folder and exits with 128 + the signal number. A silent or stuck run is
+stopped at ``--timeout`` all the same, and a watcher process stops the run's
+processes should the wrapper itself be killed (SIGKILL); in both cases, and on
+SIGINT or SIGTERM, the run folder gets an ``interrupted.json`` saying why.
 
 Usage::
 
@@ -34,6 +37,7 @@ from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter, read_results
 from simulations.flower_cli import flwr_executable, free_port, parse_run_config, run_config_arguments
+from simulations.parent_watch import release_parent_watch, start_parent_watch, write_interrupted
 from simulations.paths import PROJECT_DIR
 from simulations.processes import (
     alive,
@@ -44,6 +48,7 @@ from simulations.processes import (
     stop_process_group,
     stop_processes,
 )
+from simulations.streaming import StreamTimeout, stream_command
 
 MIB = 1024 * 1024
 
@@ -129,31 +134,48 @@ def run_app(
     start = time.monotonic()
     lines: list[str] = []
     keep_home = False
+    # Should this process be killed outright, the watcher stops the run's processes instead.
+    watcher = start_parent_watch(home, env["FLWR_LOCAL_CONTROL_API_PORT"], results_path.parent)
     try:
         _stream(command, env, timeout, echo, on_line, lines)
-        status = _run_status(env)
+        status, details = _run_status(env)
         keep_home = status != "finished:completed"  # its logs say why
-    except RunInterrupted:
+    except RunInterrupted as err:
         _stop_run(env, "".join(lines))
+        write_interrupted(results_path.parent, f"the wrapper was {err}")
         raise
-    except BaseException:
+    except BaseException as err:
         keep_home = True
+        if isinstance(err, FlwrRunError) and isinstance(err.__cause__, StreamTimeout):
+            write_interrupted(results_path.parent, str(err), home / "local-superlink")
         raise
     finally:
         with _signals_deferred():
             stop_superlink(env["FLWR_LOCAL_CONTROL_API_PORT"])
             stop_processes(lambda: processes_of(home), grace=5.0)
+            release_parent_watch(watcher)
             if not keep_home:
                 shutil.rmtree(home, ignore_errors=True)
     log = "".join(lines)
     wall = time.monotonic() - start
     if status != "finished:completed":
-        raise FlwrRunError(f"run ended '{status}'; Flower logs are in {home / 'local-superlink'}")
+        cause = details or last_error_line(log) or "no cause reported"
+        raise FlwrRunError(f"run ended '{status}': {cause}\nFlower logs are in {home / 'local-superlink'}")
     rows = read_results(results_path) if results_path.exists() else []
     last = int(run_config.get("num-server-rounds", 0))
     if not rows or rows[-1].get("round") != last or "accuracy" not in rows[-1]:
         raise FlwrRunError(f"{results_path} lacks the accuracy of round {last}")
     return FlwrRunOutcome(status, results_path, rows, wall, log)
+
+
+def last_error_line(log: str) -> str:
+    """Return the last ``SomeError: message`` line of a traceback in ``log``, or an empty string.
+
+    The fallback when Flower reports no status details: the ServerApp's traceback
+    is in the streamed log, under Ray's and Flower's own error headers.
+    """
+    matches = re.findall(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exceeded): .+$", log, flags=re.MULTILINE)
+    return matches[-1].strip() if matches else ""
 
 
 def _absolute_paths(run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,29 +215,19 @@ def _stream(
     on_line: Callable[[str], None] | None,
     lines: list[str],
 ) -> None:
-    """Run ``command``, keeping its output in ``lines``; kill it if this is left early."""
-    deadline = time.monotonic() + timeout
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
+    """Run ``command``, keeping its output in ``lines``; stop it and fail at ``timeout`` seconds."""
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if echo:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            if on_line is not None:
-                on_line(line)
-            if time.monotonic() > deadline:
-                raise FlwrRunError(f"flwr run exceeded {timeout:.0f} s")
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stream_command(command, env, timeout, lines, echo=echo, on_line=on_line)
+    except StreamTimeout as err:
+        raise FlwrRunError(f"flwr run exceeded --timeout {timeout:g} s and was stopped") from err
 
 
-def _run_status(env: dict[str, str]) -> str:
+def _run_status(env: dict[str, str]) -> tuple[str, str]:
+    """Return the run's status and status details as `flwr ls` reports them.
+
+    For a failed run, Flower's details hold the ServerApp's exception text
+    (``Simulation failed with exception: ...``).
+    """
     out = subprocess.run(
         [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -225,7 +237,7 @@ def _run_status(env: dict[str, str]) -> str:
         raise FlwrRunError(f"cannot read `flwr ls`: {out.stdout[-500:]} {out.stderr[-500:]}") from err
     if len(runs) != 1:
         raise FlwrRunError(f"expected one run on this SuperLink, found {len(runs)}")
-    return str(runs[0]["status"])
+    return str(runs[0]["status"]), str(runs[0].get("status-details") or "")
 
 
 def _stop_run(env: dict[str, str], log: str) -> None:

@@ -9,6 +9,8 @@ sender's, whose arrays share the sender's immutable ``.npy`` bytes.
 from __future__ import annotations
 
 import random
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,6 +38,12 @@ class InProcessGrid(Grid):
         Seeds the random node ids, which differ between runs as in Flower.
     shuffle_replies : bool
         Return replies in a random order, as a real SuperLink may.
+    honour_timeout : bool
+        Run the nodes of an exchange at once, each in a thread, and return only
+        the replies that came before ``send_and_receive``'s ``timeout``, as a
+        SuperLink does; a node that hangs is then a lost node. The ClientApp must
+        then be safe to call from several threads at once. Off by default: nodes
+        run one after another, which keeps runs reproducible.
     """
 
     def __init__(
@@ -46,11 +54,13 @@ class InProcessGrid(Grid):
         *,
         node_id_seed: int = 0,
         shuffle_replies: bool = True,
+        honour_timeout: bool = False,
     ) -> None:
         rng = random.Random(node_id_seed)
         self._client_app = client_app
         self._rng = rng
         self._shuffle = shuffle_replies
+        self._honour_timeout = honour_timeout
         self._run = Run.create_empty(run_id=1)
         self._contexts = {}
         for partition_id in range(num_nodes):
@@ -99,17 +109,19 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             assign_message_id(message, uuid.uuid4().hex)
-            # What a node receives is its own copy of the records, not the sender's.
-            delivered = _copy_content(message)
-            context = self._contexts[message.metadata.dst_node_id]
-            try:
-                reply = self._client_app(delivered, context)
-                reply = _copy_content(reply)
-            except Exception as err:  # a node failure becomes an error reply, as in Flower
-                reply = Message(error=Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=delivered)
-            self._replies[message.metadata.message_id] = reply
+            self._replies[message.metadata.message_id] = self._deliver(message)
             ids.append(message.metadata.message_id)
         return ids
+
+    def _deliver(self, message: Message) -> Message:
+        """Run ``message`` through its node's ClientApp; return the reply, an error reply if it raised."""
+        # What a node receives is its own copy of the records, not the sender's.
+        delivered = _copy_content(message)
+        context = self._contexts[message.metadata.dst_node_id]
+        try:
+            return _copy_content(self._client_app(delivered, context))
+        except Exception as err:  # a node failure becomes an error reply, as in Flower
+            return Message(error=Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=delivered)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Return the replies to ``message_ids``."""
@@ -117,10 +129,34 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push messages and return their replies, shuffled if so configured."""
-        replies = list(self.pull_messages(self.push_messages(messages)))
+        if self._honour_timeout and timeout is not None:
+            replies = self._replies_before(list(messages), timeout)
+        else:
+            replies = list(self.pull_messages(self.push_messages(messages)))
         if self._shuffle:
             self._rng.shuffle(replies)
         return replies
+
+    def _replies_before(self, messages: list[Message], timeout: float) -> list[Message]:
+        """Run every node of the exchange in its own thread; return the replies done within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        done: dict[int, Message] = {}
+
+        def deliver(index: int, message: Message) -> None:
+            done[index] = self._deliver(message)
+
+        workers = []
+        for index, message in enumerate(messages):
+            assign_message_id(message, uuid.uuid4().hex)
+            # Daemon threads: a node that never answers must not keep the process alive.
+            worker = threading.Thread(target=deliver, args=(index, message), daemon=True)
+            worker.start()
+            workers.append(worker)
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        # A reply that comes after this point is never read, as a SuperLink's would not be.
+        arrived = dict(done)
+        return [arrived[i] for i in sorted(arrived)]
 
 
 def run_in_process(
@@ -130,9 +166,14 @@ def run_in_process(
     num_nodes: int,
     *,
     node_id_seed: int = 0,
+    honour_timeout: bool = False,
 ) -> InProcessGrid:
-    """Run ``server_app`` against ``num_nodes`` in-process nodes; return the grid."""
-    grid = InProcessGrid(client_app, num_nodes, run_config, node_id_seed=node_id_seed)
+    """Run ``server_app`` against ``num_nodes`` in-process nodes; return the grid.
+
+    ``honour_timeout`` runs each exchange's nodes in threads, bounded by its timeout
+    (see :class:`InProcessGrid`).
+    """
+    grid = InProcessGrid(client_app, num_nodes, run_config, node_id_seed=node_id_seed, honour_timeout=honour_timeout)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     server_app(grid, context)
     return grid

@@ -11,6 +11,8 @@ from pathlib import Path
 
 #: ``prctl`` option that makes this process adopt its orphaned descendants (Linux).
 _PR_SET_CHILD_SUBREAPER = 36
+#: ``prctl`` option that sends this process a signal when its parent ends (Linux).
+_PR_SET_PDEATHSIG = 1
 
 #: One row of :func:`process_table`: the parent's process id and the command-line words.
 ProcessRow = tuple[int, list[str]]
@@ -79,6 +81,29 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``signum`` to this process when its parent ends (Linux); a no-op elsewhere.
+
+    Meant as ``preexec_fn`` of :class:`subprocess.Popen`: the child then does not
+    outlive a parent that was killed without the chance to stop it. The parent
+    here is the thread that started the child, so start children from a thread
+    that lives as long as they should.
+
+    Parameters
+    ----------
+    signum : int
+        The signal the child gets; SIGKILL by default.
+    """
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    # The parent may have ended before the call: then no signal would ever come.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
 
 
 def process_table() -> dict[int, ProcessRow]:

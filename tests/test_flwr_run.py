@@ -52,8 +52,8 @@ def test_wrapper_fails_loudly_when_the_run_fails(tmp_path):
         "output-dir": str(tmp_path),
         "run-name": "f",
     }
-    # Execute / Assert
-    with pytest.raises(FlwrRunError, match="failed"):
+    # Execute / Assert: the message carries the ServerApp's own error, from Flower's status details
+    with pytest.raises(FlwrRunError, match="'finished:failed': Simulation failed with exception: mnist: IDX files"):
         run_app(config, num_supernodes=2, timeout=300, echo=False)
 
 
@@ -213,3 +213,45 @@ def test_sigterm_stops_the_wrapper_with_every_process_it_started_and_removes_its
     survivors = [p for p in seen | _with_marker(str(temp).encode()) if _running(p)]
     assert not survivors, [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in survivors]
     assert not homes[0].exists()
+    assert "SIGTERM" in json.loads((tmp_path / "s" / "interrupted.json").read_text())["reason"]
+
+
+def test_sigkill_of_the_wrapper_still_stops_the_run_and_the_run_folder_says_so(tmp_path, request):
+    # Prepare: a long run through the wrapper, as above
+    temp = Path(tempfile.mkdtemp(prefix="fk-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--output-dir", str(tmp_path)]
+        + ["--run-name", "k", "--run-config", "num-server-rounds=200 align-epochs=2 align-interval=1"],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "TMPDIR": str(temp)},
+        stdout=(tmp_path / "wrapper.log").open("w"),
+        stderr=subprocess.DEVNULL,
+    )
+    results = tmp_path / "k" / "results.jsonl"
+    seen: set[int] = set()
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and wrapper.poll() is None:
+            seen |= _tree(wrapper.pid) | _with_marker(str(temp).encode())
+            if results.exists() and len(results.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert wrapper.poll() is None, (tmp_path / "wrapper.log").read_text()[-3000:]
+        # Execute: no chance for the wrapper to clean up
+        wrapper.send_signal(signal.SIGKILL)
+        wrapper.wait()
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+    # Assert: within a minute nothing of the run is left, and the run folder says why it stopped
+    seen.discard(wrapper.pid)
+    marker = tmp_path / "k" / "interrupted.json"
+    end = time.monotonic() + 60
+    while time.monotonic() < end and (
+        any(_running(p) for p in seen | _with_marker(str(temp).encode())) or not marker.exists()
+    ):
+        time.sleep(0.5)
+    survivors = [p for p in seen | _with_marker(str(temp).encode()) if _running(p)]
+    assert not survivors, [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in survivors]
+    assert "killed" in json.loads(marker.read_text())["reason"]

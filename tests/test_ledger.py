@@ -63,3 +63,30 @@ def test_metered_grid_books_every_message_and_reply_by_node():
     received = sum(record_nbytes(r.content) for r in replies)
     assert grid.ledger.round_totals(0) == (received, sent)
     assert {e.client for e in grid.ledger.entries()} == {7, 8}
+
+
+def test_rebooked_resume_bytes_leave_the_round_totals_and_survive_a_checkpoint():
+    # Prepare: node 7 gets 100 bytes and sends 40 in round 3, half of it a re-identification
+    ledger = ByteLedger()
+    ledger.current_round = 3
+    ledger.add_down(7, 100)
+    ledger.add_up(7, 40)
+    # Execute
+    ledger.rebook_as_resume(7, up=20, down=50)
+    restored = ByteLedger()
+    restored.load_state_dict(ledger.state_dict())
+    # Assert
+    assert restored.round_totals(3) == (20, 50)
+    assert restored.resume_bytes(3) == 70
+    assert restored.cumulative_bytes() == 70
+
+
+def test_a_checkpoint_ledger_without_a_resume_account_still_loads():
+    # Prepare
+    state = {"current_round": 2, "up": [[1, 5, 10]], "down": [[1, 5, 30]]}
+    ledger = ByteLedger()
+    # Execute
+    ledger.load_state_dict(state)
+    # Assert
+    assert ledger.round_totals(1) == (10, 30)
+    assert ledger.resume_bytes(1) == 0

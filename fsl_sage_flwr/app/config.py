@@ -22,6 +22,7 @@ from fsl_sage_flwr.core.settings import (
     require,
     require_at_least,
     require_choice,
+    require_non_negative,
     require_positive,
     setting,
 )
@@ -84,7 +85,12 @@ class RunSettings:
     )
     client_threads: int = setting("client-threads", 1, "torch threads per client")
     device: str = setting("device", "auto", "where models train: auto, cpu, cuda or cuda:N")
-    round_timeout: float = setting("round-timeout", 3600.0, "seconds to wait for the replies of one exchange")
+    round_timeout: float = setting(
+        "round-timeout", 3600.0, "seconds to wait for the replies of one exchange; missing ones count as lost nodes"
+    )
+    run_timeout: float = setting(
+        "run-timeout", 0.0, "seconds the whole run may take, then it ends failed; 0 = no limit"
+    )
     node_wait_timeout: float = setting(
         "node-wait-timeout", _strategy_default("node_wait_timeout"), "seconds to wait for min-available-nodes at start"
     )
@@ -131,6 +137,7 @@ class RunSettings:
         require_at_least(self, 0, "train_subset", "fidelity_samples", "checkpoint_interval")
         require(0.0 < self.fraction_train <= 1.0, self, "fraction_train", "in (0, 1]")
         require_positive(self, "alpha", "round_timeout", "node_wait_timeout")
+        require_non_negative(self, "run_timeout")
         require(
             self.min_train_nodes <= self.min_available_nodes,
             self,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
+from fsl_sage_flwr.app.finite import NonFiniteWatch
 from fsl_sage_flwr.transport.ledger import ByteLedger
 from fsl_sage_flwr.transport.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
 
@@ -119,6 +120,8 @@ class RoundRecorder:
         Rows of earlier rounds (a resumed run's checkpoint).
     clock : Callable[[], float]
         Seconds of a monotonic clock.
+    watch : NonFiniteWatch, optional
+        Flags non-finite rounds in their rows, and fails the run once the row is written.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class RoundRecorder:
         tap: TrainMetricsTap,
         rows: list[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        watch: NonFiniteWatch | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.setup = setup
@@ -139,11 +143,14 @@ class RoundRecorder:
         self.rows: list[dict[str, Any]] = list(rows or [])
         self._clock = clock
         self._round_start = clock()
+        self.watch = watch
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Evaluate and record ``server_round``; return its test metrics."""
         metrics = self.setup.evaluate(server_round, arrays)
         row = self._row(server_round, metrics)
+        if self.watch is not None:
+            row.update(self.watch.flags(server_round, float(metrics["loss"]), arrays))
         self.writer.write(row)
         self.rows.append(row)
         # Bytes after this evaluation belong to the next round.
@@ -156,6 +163,8 @@ class RoundRecorder:
             row["loss"],
             row["cumulative_bytes"] / MIB,
         )
+        if self.watch is not None:
+            self.watch.raise_if_failed()  # after the row is written: the results show the round
         return metrics
 
     def _row(self, server_round: int, metrics: MetricRecord) -> dict[str, Any]:
@@ -177,6 +186,8 @@ class RoundRecorder:
             "client_peak_memory_bytes": int(self.tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
             "server_memory_bytes": self.setup.server_memory_bytes(),
             **self.setup.round_details(),
+            # Only a resumed run's first round may have some (see ResumeAccountingGrid).
+            **({"resume_bytes": resumed} if (resumed := self.ledger.resume_bytes(server_round)) else {}),
         }
 
 

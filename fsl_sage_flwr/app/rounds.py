@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
+from fsl_sage_flwr.app.deadlines import DeadlineGrid
 from fsl_sage_flwr.strategies.split_server import SplitServer
 
 
@@ -34,6 +35,7 @@ def run_rounds(
     evaluate_config: ConfigRecord | None = None,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     after_round: Callable[[int, ArrayRecord], None] | None = None,
+    deadlines: DeadlineGrid | None = None,
 ) -> ArrayRecord:
     """Run rounds ``first_round`` to ``num_rounds``; return the final global arrays.
 
@@ -54,6 +56,8 @@ def run_rounds(
         evaluate_fn(0, arrays)
     for current_round in range(first_round, num_rounds + 1):
         log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
+        if deadlines is not None:
+            deadlines.start_round(current_round)
         replies = grid.send_and_receive(
             messages=strategy.configure_train(current_round, arrays, train_config, grid), timeout=timeout
         )
@@ -62,6 +66,8 @@ def run_rounds(
             arrays = agg_arrays
         if agg_metrics is not None:
             log(INFO, "\t└──> aggregated train metrics: %s", agg_metrics)
+        if deadlines is not None:
+            deadlines.record_progress(current_round, progressed=agg_arrays is not None)
         evaluate_replies = grid.send_and_receive(
             messages=strategy.configure_evaluate(current_round, arrays, evaluate_config, grid), timeout=timeout
         )

@@ -14,6 +14,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.deadlines import DeadlineGrid
+from fsl_sage_flwr.app.finite import NonFiniteWatch
 from fsl_sage_flwr.app.results import (
     CLIENT_STATE_DIR,
     ResultsWriter,
@@ -23,6 +25,7 @@ from fsl_sage_flwr.app.results import (
     refuse_links,
     run_folder,
 )
+from fsl_sage_flwr.app.resume_bytes import ResumeAccountingGrid
 from fsl_sage_flwr.app.resume_checks import check_resume_state
 from fsl_sage_flwr.app.rounds import run_rounds
 from fsl_sage_flwr.app.run_lock import RunLock
@@ -51,6 +54,8 @@ RESUMABLE_KEYS = frozenset(
         "client-threads",
         "output-dir",
         "run-name",
+        "round-timeout",
+        "run-timeout",
     }
 )
 
@@ -89,7 +94,16 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
     tap = TrainMetricsTap()
     ledger = ByteLedger()
     setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
-    metered = MeteredGrid(grid, ledger)
+    # Layers around Flower's grid, outside in: deadlines, resume accounting, byte metering.
+    metered: Grid = MeteredGrid(grid, ledger)
+    if checkpoint is not None:  # nodes back with new ids are asked who they are: not the algorithm's bytes
+        metered = ResumeAccountingGrid(metered, ledger, checkpoint["server"])
+    deadlines = DeadlineGrid(
+        metered,
+        settings.round_timeout,
+        settings.run_timeout,
+        max_rounds_without_progress=settings.max_rounds_without_replies,
+    )
     log(INFO, "%s: results go to %s", algorithm.description, folder)
     arrays = setup.initial_arrays
     rows: list[dict[str, Any]] = []
@@ -104,7 +118,8 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
         first_round = int(checkpoint["round"]) + 1
         log(INFO, "resuming from the checkpoint of round %d in %s", first_round - 1, folder)
     writer = ResultsWriter(folder, resume_rows=rows if checkpoint is not None else None)
-    recorder = RoundRecorder(settings.algorithm, setup, ledger, writer, tap, rows)
+    watch = NonFiniteWatch(settings.num_server_rounds, rows)
+    recorder = RoundRecorder(settings.algorithm, setup, ledger, writer, tap, rows, watch=watch)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         interval = settings.checkpoint_interval
@@ -125,12 +140,12 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
             log(INFO, "round %d: checkpoint written to %s", server_round, folder / CHECKPOINT_FILE)
 
     # Flower's own FedAvg would wait for nodes without end; every algorithm waits here first.
-    wait_for_nodes(metered, settings.min_available_nodes, settings.node_wait_timeout)
+    wait_for_nodes(deadlines, settings.min_available_nodes, settings.node_wait_timeout)
     if first_round > settings.num_server_rounds:
         log(INFO, "the checkpoint already holds round %d, the last", settings.num_server_rounds)
     final_arrays = run_rounds(
         setup.strategy,
-        metered,
+        deadlines,
         arrays,
         first_round=first_round,
         num_rounds=settings.num_server_rounds,
@@ -138,6 +153,7 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
         train_config=ConfigRecord(settings.training.to_config()),  # read by Flower's FedAvg only
         evaluate_fn=recorder,
         after_round=after_round,
+        deadlines=deadlines,
     )
     for name, state in setup.final_models(final_arrays).items():
         atomic_save(state, folder / f"{name}.pt")

@@ -51,6 +51,8 @@ class ByteLedger:
         self.current_round = 0
         self._up: dict[tuple[int, int], int] = defaultdict(int)
         self._down: dict[tuple[int, int], int] = defaultdict(int)
+        # Bytes a resumed run spent finding which new node holds which checkpointed client.
+        self._resume: dict[int, int] = defaultdict(int)
 
     def add_down(self, client: int, nbytes: int) -> None:
         """Book ``nbytes`` sent to ``client`` in the current round."""
@@ -60,12 +62,30 @@ class ByteLedger:
         """Book ``nbytes`` received from ``client`` in the current round."""
         self._up[(self.current_round, client)] += nbytes
 
+    def rebook_as_resume(self, client: int, up: int, down: int) -> None:
+        """Move bytes of ``client`` in the current round to the resume account.
+
+        A resumed run whose nodes came back with new ids asks them who they are;
+        that exchange would not have happened without the interruption, so it is
+        kept out of the algorithm's counts and reported apart (:meth:`resume_bytes`).
+        """
+        key = (self.current_round, client)
+        up, down = min(up, self._up.get(key, 0)), min(down, self._down.get(key, 0))
+        self._up[key] -= up
+        self._down[key] -= down
+        self._resume[self.current_round] += up + down
+
+    def resume_bytes(self, server_round: int) -> int:
+        """Return the bytes of ``server_round`` moved by :meth:`rebook_as_resume`."""
+        return self._resume.get(server_round, 0)
+
     def state_dict(self) -> dict[str, object]:
         """The ledger as plain lists, for a checkpoint."""
         return {
             "current_round": self.current_round,
             "up": [[r, c, v] for (r, c), v in self._up.items()],
             "down": [[r, c, v] for (r, c), v in self._down.items()],
+            "resume": [[r, v] for r, v in self._resume.items()],
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -73,6 +93,7 @@ class ByteLedger:
         self.current_round = int(state["current_round"])
         self._up = defaultdict(int, {(int(r), int(c)): int(v) for r, c, v in state["up"]})
         self._down = defaultdict(int, {(int(r), int(c)): int(v) for r, c, v in state["down"]})
+        self._resume = defaultdict(int, {int(r): int(v) for r, v in state.get("resume", [])})
 
     def entries(self) -> list[LedgerEntry]:
         """Return one entry per (round, client), sorted."""
