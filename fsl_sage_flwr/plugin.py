@@ -16,19 +16,13 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddic
 from torch import nn
 
 from fsl_sage_flwr.clients.fsl_sage import FSLSageClient
+from fsl_sage_flwr.clients.setup_checks import check_node_data, node_partition_id
 from fsl_sage_flwr.core.models import SplitModel
-from fsl_sage_flwr.core.setup_checks import (
-    SetupError,
-    check_client_output,
-    check_input_shape,
-    check_labels,
-    check_split_shapes,
-)
+from fsl_sage_flwr.core.setup_checks import SetupError, check_input_shape, check_split_shapes
 from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
-from fsl_sage_flwr.transport.keys import PARTITION_ID_KEY
 from fsl_sage_flwr.transport.local_training import LocalTraining
 
 #: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
@@ -225,19 +219,10 @@ class SplitSpec:
             ``[0, num_classes)``, or inputs the client model cannot take.
         """
         if partition_id is None:
-            if PARTITION_ID_KEY not in context.node_config:
-                raise SetupError(
-                    "identity",
-                    f"node config has no '{PARTITION_ID_KEY}': pass partition_id=..., or start the "
-                    f'SuperNode with --node-config "{PARTITION_ID_KEY}=<n>"',
-                )
-            partition_id = int(context.node_config[PARTITION_ID_KEY])
+            partition_id = node_partition_id(context.node_config)
         data = as_dataset(trainset)
-        check_labels(data.labels, self.num_classes)
-        if self.input_shape is not None:
-            check_input_shape(data.images.shape[1:], self.input_shape)
         split = self.build()
-        check_client_output(split.client, torch.from_numpy(data.images[:2]), self.cut_shape)
+        check_node_data(split, data, self.num_classes, self.input_shape)
         return FSLSageClient(split, data, partition_id, context.state, device)
 
     def register(self, app: ClientApp, trainset_fn: Callable[[Context], DataLike]) -> None:
