@@ -235,11 +235,13 @@ class SplitServer(FedAvg):
     def check_setup(self, server_round: int | None = None) -> None:
         """Fail the run on the nodes dropped for their setup since the last check (see ``DropRecord``).
 
-        ``server_round`` defaults to the round the record is in (the warm-up's is round 1's).
+        Without ``server_round`` (an exchange within a round, such as the warm-up)
+        the drops are the current round's; with it, that round ends and the drops
+        that follow belong to the next.
         """
-        server_round = self.drops.current_round if server_round is None else server_round
-        self.drops.check_round(server_round)
-        self.drops.start_round(server_round + 1)
+        self.drops.check_round(self.drops.current_round if server_round is None else server_round)
+        if server_round is not None:
+            self.drops.start_round(server_round + 1)
 
     def check_progress(self, server_round: int, num_accepted: int) -> None:
         """Fail on setup drops; count rounds without an accepted reply, failing the run after too many in a row."""
