@@ -17,6 +17,8 @@ _PUBLIC = {
     "FSLSageLegacy": "fsl_sage_flwr.strategies.legacy",
     "FSLSageClient": "fsl_sage_flwr.clients.fsl_sage",
     "ArrayDataset": "fsl_sage_flwr.data",
+    "SetupError": "fsl_sage_flwr.core.setup_checks",
+    "SetupDropError": "fsl_sage_flwr.strategies.setup_drops",
 }
 
 __all__ = sorted(_PUBLIC)

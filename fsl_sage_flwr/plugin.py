@@ -16,12 +16,13 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddic
 from torch import nn
 
 from fsl_sage_flwr.clients.fsl_sage import FSLSageClient
+from fsl_sage_flwr.clients.setup_checks import check_node_data, node_partition_id
 from fsl_sage_flwr.core.models import SplitModel
+from fsl_sage_flwr.core.setup_checks import SetupError, check_input_shape, check_split_shapes
 from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
-from fsl_sage_flwr.transport.keys import PARTITION_ID_KEY
 from fsl_sage_flwr.transport.local_training import LocalTraining
 
 #: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
@@ -86,11 +87,17 @@ class SplitSpec:
         Number of classes; labels lie in ``[0, num_classes)``.
     testset : DataLike, optional
         Held-out data the server evaluates on after every round.
+    input_shape : tuple[int, ...], optional
+        Shape of one input sample (no batch dimension); taken from ``testset``
+        when not given. With it, the split checks itself when made: a 2-sample
+        batch runs client -> server and client -> aux, and a part that cannot
+        take its input is named with the shapes involved (ValueError).
 
     Examples
     --------
     >>> spec = SplitSpec(client_model=lambda: nn.Linear(64, 32), server_model=lambda: nn.Linear(32, 10),
-    ...                  aux_model=lambda: nn.Linear(32, 10), cut_shape=(32,), num_classes=10)
+    ...                  aux_model=lambda: nn.Linear(32, 10), cut_shape=(32,), num_classes=10,
+    ...                  input_shape=(64,))
     """
 
     client_model: ModelSource
@@ -99,6 +106,7 @@ class SplitSpec:
     cut_shape: tuple[int, ...]
     num_classes: int
     testset: DataLike | None = None
+    input_shape: tuple[int, ...] | None = None
     _testset: ArrayDataset | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -112,8 +120,16 @@ class SplitSpec:
                 "aux_model must be a function returning a fresh nn.Module (the server keeps one per client)"
             )
         self._testset = as_dataset(self.testset) if self.testset is not None else None
-        if self._testset is not None:
-            self.check(self._testset.images[:2])
+        if self.input_shape is not None:
+            self.input_shape = tuple(int(d) for d in self.input_shape)
+            if not self.input_shape or min(self.input_shape) < 1:
+                raise ValueError(f"input_shape must be positive sizes, got {self.input_shape}")
+            if self._testset is not None:
+                _as_value_error(check_input_shape, self._testset.images.shape[1:], self.input_shape, "testset inputs")
+        elif self._testset is not None:
+            self.input_shape = tuple(self._testset.images.shape[1:])
+        if self.input_shape is not None:
+            self.check(np.zeros((2, *self.input_shape), dtype=np.float32))
 
     def build(self) -> SplitModel:
         """Return fresh (or copied) client, server and auxiliary models."""
@@ -125,24 +141,12 @@ class SplitSpec:
         )
 
     def check(self, sample_inputs: np.ndarray) -> None:
-        """Run two samples through the parts; raise ValueError on a shape mismatch."""
+        """Run two samples client -> server and client -> aux; raise ValueError naming a part that does not fit."""
         with torch.random.fork_rng(devices=[]):  # a check leaves the caller's RNG as it was
             split = self.build()
-        x = torch.as_tensor(np.asarray(sample_inputs[:2], dtype=np.float32))
-        with torch.no_grad():
-            for module in (split.client, split.server, split.aux):
-                module.eval()
-            z = split.client(x)
-            if tuple(z.shape[1:]) != self.cut_shape:
-                raise ValueError(
-                    f"client_model outputs {tuple(z.shape[1:])} per sample, cut_shape says {self.cut_shape}"
-                )
-            for name, module in (("server_model", split.server), ("aux_model", split.aux)):
-                logits = module(z)
-                if tuple(logits.shape) != (x.shape[0], self.num_classes):
-                    raise ValueError(
-                        f"{name} outputs {tuple(logits.shape[1:])} per sample, expected ({self.num_classes},)"
-                    )
+        heads = (("server_model", split.server), ("aux_model", split.aux))
+        sample_shape = np.asarray(sample_inputs).shape[1:]
+        _as_value_error(check_split_shapes, split.client, heads, sample_shape, self.cut_shape, self.num_classes)
 
     def strategy(
         self,
@@ -206,17 +210,20 @@ class SplitSpec:
             The node's stable id; defaults to ``context.node_config["partition-id"]``.
         device : torch.device or str
             Where the client trains, e.g. ``"cuda"``.
+
+        Raises
+        ------
+        SetupError
+            (a ValueError) In one line naming the cause, which the node's error
+            reply carries to the server: no partition id, labels outside
+            ``[0, num_classes)``, or inputs the client model cannot take.
         """
         if partition_id is None:
-            if PARTITION_ID_KEY not in context.node_config:
-                raise ValueError(
-                    f"node config has no '{PARTITION_ID_KEY}': pass partition_id=..., or start the "
-                    f'SuperNode with --node-config "{PARTITION_ID_KEY}=<n>"'
-                )
-            partition_id = int(context.node_config[PARTITION_ID_KEY])
+            partition_id = node_partition_id(context.node_config)
         data = as_dataset(trainset)
-        self.check(data.images[:2])
-        return FSLSageClient(self.build(), data, partition_id, context.state, device)
+        split = self.build()
+        check_node_data(split, data, self.num_classes, self.input_shape)
+        return FSLSageClient(split, data, partition_id, context.state, device)
 
     def register(self, app: ClientApp, trainset_fn: Callable[[Context], DataLike]) -> None:
         """Serve this split's FSL-SAGE client from ``app`` (Flower's Message API).
@@ -248,6 +255,14 @@ def numpy_client_reply(client: NumPyClient, msg: Message) -> Message:
     fit_ins = recorddict_to_fitins(msg.content, keep_input=True)
     fit_res = client.to_client().fit(fit_ins)
     return Message(content=fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
+
+
+def _as_value_error(check: Callable[..., None], *args: Any) -> None:
+    """Run a setup check for the spec itself: its fault is a plain ValueError naming the part."""
+    try:
+        check(*args)
+    except SetupError as err:
+        raise ValueError(err.detail) from err.__cause__
 
 
 def _fresh(source: ModelSource, name: str) -> nn.Module:

@@ -114,7 +114,10 @@ NODES = {101: 0, 202: 1}
 
 
 def two_node_fsl_sage(
-    align_interval: int = 2, server_order: str = "partition", **alignment_changes: object
+    align_interval: int = 2,
+    server_order: str = "partition",
+    allow_partial_federation: bool = False,
+    **alignment_changes: object,
 ) -> tuple[FSLSage, object]:
     """An FSL-SAGE strategy on the 8x8 ``cnn`` split for the nodes of :data:`NODES`; return it and the split."""
     torch.manual_seed(0)
@@ -131,6 +134,7 @@ def two_node_fsl_sage(
         min_train_nodes=1,
         min_available_nodes=2,
         server_order=server_order,
+        allow_partial_federation=allow_partial_federation,
     )
     return strategy, split
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fsl_sage_flwr.app.algorithms import get_algorithm
@@ -21,7 +21,7 @@ from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbyte
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from simulations.compare import build_run_configs
 from simulations.in_process import InProcessGrid, run_in_process
-from simulations.testing import app_config
+from simulations.testing import app_config, reply_from
 
 
 @pytest.mark.e2e  # four in-process runs of 6 rounds
@@ -37,14 +37,37 @@ def test_each_baseline_reaches_80_percent_on_digits(tmp_path, algorithm):
     assert rows[-1]["accuracy"] >= 0.80, rows[-1]
 
 
-def test_fedavg_in_the_comparison_is_flowers_own_class(tmp_path):
-    # Prepare
+def test_fedavg_in_the_comparison_averages_as_flowers_own_class(tmp_path):
+    # Prepare: the app's FedAvg and Flower's, and the same two replies for each
     settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg"))
     data = load_dataset("digits")
-    # Execute
     setup = get_algorithm("fedavg").build_server(settings, data, TrainMetricsTap())
-    # Assert: exactly flwr's class, not a subclass or a copy
-    assert type(setup.strategy) is FedAvg
+    flower = FedAvg(fraction_evaluate=0.0, min_evaluate_nodes=0)
+    state = setup.initial_arrays.to_torch_state_dict()
+
+    def replies():
+        return [
+            reply_from(
+                node_id,
+                RecordDict(
+                    {
+                        "arrays": ArrayRecord(
+                            {k: v * factor if v.is_floating_point() else v for k, v in state.items()}
+                        ),
+                        "metrics": MetricRecord({"num-examples": examples}),
+                    }
+                ),
+            )
+            for node_id, factor, examples in ((1, 1.0, 10), (2, 3.0, 30))
+        ]
+
+    # Execute
+    ours, _ = setup.strategy.aggregate_train(1, replies())
+    theirs, _ = flower.aggregate_train(1, replies())
+    # Assert: Flower's class underneath, and exactly its weighted average
+    assert isinstance(setup.strategy, FedAvg)
+    for key in theirs:
+        np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy())
 
 
 class RecordingGrid(InProcessGrid):

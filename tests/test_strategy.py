@@ -258,9 +258,10 @@ def _break(kind: str, split) -> RecordDict:
     ],
 )
 def test_malformed_reply_is_dropped_with_a_log_line_and_changes_nothing(kind, caplog):
-    # Prepare: two identical strategies; one sees an extra malformed reply
-    clean, split = two_node_fsl_sage(align_interval=1)
-    dirty, _ = two_node_fsl_sage(align_interval=1)
+    # Prepare: two identical strategies; one sees an extra malformed reply (a setup fault among
+    # them, labels out of range, would fail the run by default: here the run goes on without it)
+    clean, split = two_node_fsl_sage(align_interval=1, allow_partial_federation=True)
+    dirty, _ = two_node_fsl_sage(align_interval=1, allow_partial_federation=True)
     warm_up_two_nodes(clean, split)
     warm_up_two_nodes(dirty, split)
     good = reply_from(101, train_reply_content(101, constant_weights(split, 1.0), 20))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.client import NumPyClient
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fsl_sage_flwr.app.config import RunSettings
@@ -26,6 +26,7 @@ from fsl_sage_flwr.core.models import SplitModel, build_full_model, build_split_
 from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.data import DatasetSplits
 from fsl_sage_flwr.strategies import FSLSage
+from fsl_sage_flwr.strategies.checked_fedavg import CheckedFedAvg
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
 from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
@@ -83,6 +84,7 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
         "max_examples": len(data.train),
         "max_rounds_without_replies": settings.max_rounds_without_replies,
         "node_wait_timeout": settings.node_wait_timeout,
+        "allow_partial_federation": settings.allow_partial_federation,
         "device": resolve_device(settings.device),
         "testset": data.test,
         "fraction_train": settings.fraction_train,
@@ -157,8 +159,9 @@ def _fedavg_server(
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
     full = build_full_model(build_split(settings, data))
-    # Flower's own FedAvg, unmodified: only the client side is ours.
-    strategy = FedAvg(
+    # Flower's own FedAvg averaging; the wrapper only records and judges dropped nodes.
+    strategy = CheckedFedAvg(
+        allow_partial_federation=settings.allow_partial_federation,
         fraction_train=settings.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=settings.min_train_nodes,

@@ -20,6 +20,7 @@ from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.node_data import load_node_data
 from fsl_sage_flwr.clients import FedAvgClient, SplitFedClient
+from fsl_sage_flwr.clients.setup_checks import check_node_data, node_partition_id
 from fsl_sage_flwr.core.devices import resolve_device
 from fsl_sage_flwr.core.models import SplitModel, build_split_model, required_input_shape
 from fsl_sage_flwr.data import load_dataset_cached
@@ -91,7 +92,7 @@ def build_client(context: Context) -> tuple[Any, RunSettings]:
     """Build the client of the run's algorithm for the node in ``context``; return it and the settings."""
     settings = RunSettings.from_run_config(context.run_config)
     torch.set_num_threads(settings.client_threads)
-    partition_id = int(context.node_config["partition-id"])
+    partition_id = node_partition_id(context.node_config)
     data_args = {
         "data_dir": settings.data_dir or None,
         "input_shape": required_input_shape(settings.model),
@@ -104,6 +105,8 @@ def build_client(context: Context) -> tuple[Any, RunSettings]:
     split = _client_split(
         settings.model, settings.aux_variant, data.num_classes, data.input_shape, algorithm.client_parts
     )
+    # Checked on every load of the node's data, before training: a wrong setup fails in one line.
+    check_node_data(split, trainset, data.num_classes)
     device = resolve_device(settings.device)
     return algorithm.client_class(split, trainset, partition_id, context.state, device), settings
 

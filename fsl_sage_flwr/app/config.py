@@ -107,6 +107,11 @@ class RunSettings:
         _strategy_default("max_rounds_without_replies"),
         "stop the run after this many rounds in a row without an accepted reply",
     )
+    allow_partial_federation: bool = setting(
+        "allow-partial-federation",
+        _strategy_default("allow_partial_federation"),
+        "run on without nodes dropped for their setup (shapes, labels, partition id), logging them, instead of failing",
+    )
     max_cached_clients: int = setting(
         "max-cached-clients",
         _strategy_default("max_cached_clients"),

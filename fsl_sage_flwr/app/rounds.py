@@ -76,4 +76,7 @@ def run_rounds(
             evaluate_fn(current_round, arrays)
         if after_round is not None:
             after_round(current_round, arrays)
+    finish_run = getattr(strategy, "finish_run", None)  # the summary of dropped nodes, as ``start`` gives it
+    if callable(finish_run):
+        finish_run()
     return arrays

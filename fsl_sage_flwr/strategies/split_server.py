@@ -20,7 +20,9 @@ from fsl_sage_flwr.core.settings import require_argument
 from fsl_sage_flwr.core.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY, weighted_average
+from fsl_sage_flwr.strategies.setup_drops import DropRecord
 from fsl_sage_flwr.transport.arrays import state_dict_spec
+from fsl_sage_flwr.transport.drop_reasons import setup_kind
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.log_text import client_text
@@ -69,6 +71,12 @@ class SplitServer(FedAvg):
         no reply was accepted (it names the first reasons replies were dropped).
     node_wait_timeout : float
         Seconds to wait for ``min_available_nodes`` nodes before the run fails.
+    allow_partial_federation : bool
+        By default (``False``) a node dropped for its setup (shapes, labels,
+        partition id) fails the run in that round, and a node that never
+        contributed fails it at the end, each named with its reason (see
+        :class:`~fsl_sage_flwr.strategies.setup_drops.DropRecord`); ``True`` runs
+        on without them and logs the summary.
     device : torch.device or str
         Where the server keeps and trains its models (see ``fsl_sage_flwr.core.devices``).
     fraction_train, min_train_nodes, min_available_nodes, train_metrics_aggr_fn
@@ -89,6 +97,7 @@ class SplitServer(FedAvg):
         upload_limits: UploadLimits | None = None,
         max_rounds_without_replies: int = 3,
         node_wait_timeout: float = 600.0,
+        allow_partial_federation: bool = False,
         device: torch.device | str = "cpu",
         fraction_train: float = 1.0,
         min_train_nodes: int = 2,
@@ -138,6 +147,7 @@ class SplitServer(FedAvg):
         self.num_rounds: int | None = None  # set by ``prepare_run``
         self._rounds_without_replies = 0
         self._drop_reasons: list[str] = []
+        self.drops = DropRecord(allow_partial_federation)
 
     def start(
         self,
@@ -157,7 +167,7 @@ class SplitServer(FedAvg):
         # strategy needs both: its own exchanges (warm-up, SplitFed's per-batch
         # steps) wait ``timeout``, and FSL-SAGE skips aligning after the last round.
         self.prepare_run(num_rounds, timeout)
-        return super().start(
+        result = super().start(
             grid,
             initial_arrays,
             num_rounds=num_rounds,
@@ -166,6 +176,8 @@ class SplitServer(FedAvg):
             evaluate_config=evaluate_config,
             evaluate_fn=evaluate_fn,
         )
+        self.finish_run()
+        return result
 
     def prepare_run(self, num_rounds: int, timeout: float = 3600) -> None:
         """Remember the run's length and the timeout of every exchange.
@@ -174,6 +186,13 @@ class SplitServer(FedAvg):
         """
         self.round_timeout = float(timeout)
         self.num_rounds = num_rounds
+
+    def finish_run(self) -> None:
+        """Log every dropped node with its reason; fail unless each contributed (or partial runs are allowed).
+
+        ``start`` calls it, and so does :func:`fsl_sage_flwr.app.rounds.run_rounds`.
+        """
+        self.drops.finish(lambda node_id: self.identities.get(node_id) is not None)
 
     def initial_arrays(self) -> ArrayRecord:
         """The shared model's current state: pass it as ``start(initial_arrays=...)``."""
@@ -213,8 +232,20 @@ class SplitServer(FedAvg):
         """Return the connected node ids once ``minimum`` are; see :func:`wait_for_nodes`."""
         return wait_for_nodes(grid, minimum, self.node_wait_timeout)
 
+    def check_setup(self, server_round: int | None = None) -> None:
+        """Fail the run on the nodes dropped for their setup since the last check (see ``DropRecord``).
+
+        Without ``server_round`` (an exchange within a round, such as the warm-up)
+        the drops are the current round's; with it, that round ends and the drops
+        that follow belong to the next.
+        """
+        self.drops.check_round(self.drops.current_round if server_round is None else server_round)
+        if server_round is not None:
+            self.drops.start_round(server_round + 1)
+
     def check_progress(self, server_round: int, num_accepted: int) -> None:
-        """Count rounds without an accepted reply; fail the run after too many in a row."""
+        """Fail on setup drops; count rounds without an accepted reply, failing the run after too many in a row."""
+        self.check_setup(server_round)
         if num_accepted:
             self._rounds_without_replies = 0
             self._drop_reasons = []
@@ -291,10 +322,12 @@ class SplitServer(FedAvg):
     def log_dropped(self, node_id: int, err: Exception | str) -> None:
         """Log one line naming the node of a dropped reply and the reason; keep the reason."""
         # The reason may quote the client (an error reply's text): one bounded line, always.
-        reason = f"node {node_id}{self.describe_node(node_id)}: {client_text(err, limit=400)}"
+        text = client_text(err, limit=400)
+        reason = f"node {node_id}{self.describe_node(node_id)}: {text}"
         log(WARNING, "dropped reply from %s", reason)
         if len(self._drop_reasons) < 10:
             self._drop_reasons.append(reason)
+        self.drops.add(node_id, self.describe_node(node_id), text, setup_kind(err))
 
     def describe_node(self, node_id: int) -> str:
         """Name the node's registered partition in log lines."""

@@ -309,17 +309,19 @@ class SplitFed(SplitServer):
     def _checked_sessions(self, active: list[_Session], step: int) -> list[_Session]:
         """The sessions still in the round, in partition-id order; at step 0 register their identities.
 
-        Of two new nodes claiming one partition at step 0, the lower node id keeps it.
+        Two new nodes claiming one partition at step 0 both leave the round, whatever their node ids.
         """
-        ordered: list[_Session] = []
+        claimants: dict[int, list[_Session]] = {}
         for session in sorted((s for s in active if not s.failed), key=lambda s: (s.partition_id, s.node_id)):
-            if ordered and ordered[-1].partition_id == session.partition_id:
-                self._leave(
-                    session,
-                    f"partition-id {session.partition_id} is claimed by node {ordered[-1].node_id} in the same round",
-                )
-            else:
-                ordered.append(session)
+            claimants.setdefault(session.partition_id, []).append(session)
+        ordered: list[_Session] = []
+        for partition_id, sessions in claimants.items():
+            if len(sessions) == 1:
+                ordered.append(sessions[0])
+                continue
+            nodes = " and ".join(str(s.node_id) for s in sessions)
+            for session in sessions:
+                self._leave(session, f"partition-id {partition_id} is claimed by nodes {nodes}")
         if step == 0:
             for session in ordered:
                 self.identities.register(session.node_id, session.partition_id, session.num_examples)

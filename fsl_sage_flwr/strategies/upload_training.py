@@ -154,20 +154,26 @@ class UploadTrainingServer(SplitServer):
         return reply
 
     def resolve_claims(self, parsed: list[ParsedReply]) -> list[ParsedReply]:
-        """Sort replies by partition id; drop all but the lowest node id of a partition claimed twice.
+        """Sort replies by partition id; drop every reply of a partition claimed by two nodes or more.
 
         A registered partition only passes ``parse_reply`` for its owner, so two
-        claims in one round are two new nodes taking the same partition.
+        claims in one round are two new nodes taking the same partition: neither
+        gets it, whatever their node ids (an identity fault of the setup).
+        All of an exchange's drops are known then: the setup faults among them
+        fail the run here (see :meth:`check_setup`), before anything registers or trains.
         """
-        accepted: list[ParsedReply] = []
+        claimants: dict[int, list[ParsedReply]] = {}
         for reply in sorted(parsed, key=lambda r: (r.partition_id, r.node_id)):
-            if accepted and accepted[-1].partition_id == reply.partition_id:
-                self.log_dropped(
-                    reply.node_id,
-                    f"partition-id {reply.partition_id} is claimed by node {accepted[-1].node_id} in the same round",
-                )
-            else:
-                accepted.append(reply)
+            claimants.setdefault(reply.partition_id, []).append(reply)
+        accepted: list[ParsedReply] = []
+        for partition_id, replies in claimants.items():
+            if len(replies) == 1:
+                accepted.append(replies[0])
+                continue
+            nodes = " and ".join(str(r.node_id) for r in replies)
+            for reply in replies:
+                self.log_dropped(reply.node_id, f"partition-id {partition_id} is claimed by nodes {nodes}")
+        self.check_setup()
         return accepted
 
     def train_server_on(self, replies: list[ParsedReply], server_round: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fsl_sage_flwr.transport.drop_reasons import IdentityClaimError
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 
 
@@ -206,19 +207,23 @@ class IdentityRegistry:
         return self._nodes.get(node_id)
 
     def check(self, node_id: int, partition_id: int, num_examples: int) -> None:
-        """Raise MalformedReplyError unless the claim fits what is registered; change nothing."""
+        """Raise MalformedReplyError unless the claim fits what is registered; change nothing.
+
+        A partition id out of range, another node's, or not the node's own raises
+        :class:`~fsl_sage_flwr.transport.drop_reasons.IdentityClaimError` (a setup fault).
+        """
         if not 0 <= partition_id < self.max_partitions:
-            raise MalformedReplyError(f"partition-id {partition_id} outside [0, {self.max_partitions})")
+            raise IdentityClaimError(f"partition-id {partition_id} outside [0, {self.max_partitions})")
         known = self._nodes.get(node_id)
         owner = self._owners.get(partition_id)
         if owner is not None and owner != node_id:
             if known is not None or owner not in self._restored:
-                raise MalformedReplyError(f"partition-id {partition_id} belongs to node {owner}")
+                raise IdentityClaimError(f"partition-id {partition_id} belongs to node {owner}")
             known = self._nodes[owner]  # a new node id taking over a restored identity
         if known is None:
             return
         if known.partition_id != partition_id:
-            raise MalformedReplyError(f"partition-id {partition_id} differs from this node's {known.partition_id}")
+            raise IdentityClaimError(f"partition-id {partition_id} differs from this node's {known.partition_id}")
         if num_examples > known.num_examples:
             raise MalformedReplyError(f"num-examples {num_examples} exceeds the {known.num_examples} first declared")
 

@@ -62,5 +62,6 @@ def make_spec(testset: tuple[np.ndarray, np.ndarray] | None = None) -> SplitSpec
         aux_model=lambda: nn.Linear(CUT, NUM_CLASSES),
         cut_shape=(CUT,),
         num_classes=NUM_CLASSES,
+        input_shape=(NUM_FEATURES,),  # one sample: the split checks itself with it
         testset=testset,
     )
