@@ -53,7 +53,10 @@ def verdict(plan: Plan) -> Verdict:
 
 def _bytes_sentence(sage: int, fedavg: int) -> str:
     if sage < fedavg:
-        return f"FSL-SAGE saves communication: {_mib(sage)} over the run against FedAvg's {_mib(fedavg)} ({sage / fedavg:.0%})."
+        return (
+            f"FSL-SAGE saves communication: {_mib(sage)} over the run against FedAvg's {_mib(fedavg)} "
+            f"({sage / fedavg:.0%})."
+        )
     return (
         f"FSL-SAGE costs MORE communication than FedAvg on this split: {_mib(sage)} over the run against "
         f"{_mib(fedavg)} ({sage / fedavg:.0%})."
@@ -62,7 +65,10 @@ def _bytes_sentence(sage: int, fedavg: int) -> str:
 
 def _memory_sentence(sage: int, fedavg: int) -> str:
     if sage < fedavg:
-        return f"FSL-SAGE saves client memory: a peak of {_kib(sage)} against FedAvg's {_kib(fedavg)} ({sage / fedavg:.0%})."
+        return (
+            f"FSL-SAGE saves client memory: a peak of {_kib(sage)} against FedAvg's {_kib(fedavg)} "
+            f"({sage / fedavg:.0%})."
+        )
     return (
         f"FSL-SAGE needs MORE client memory than FedAvg on this split: a peak of {_kib(sage)} against "
         f"{_kib(fedavg)} ({sage / fedavg:.0%})."
@@ -71,7 +77,18 @@ def _memory_sentence(sage: int, fedavg: int) -> str:
 
 def _byte_changes(plan: Plan, fedavg_total: int) -> list[str]:
     """A larger q, a smaller upload dtype and a later cut, each with what FSL-SAGE would then send."""
-    return [_larger_q(plan, fedavg_total), *_smaller_dtypes(plan, fedavg_total), _cut_size(plan, fedavg_total)]
+    lines = [_larger_q(plan, fedavg_total), *_smaller_dtypes(plan, fedavg_total)]
+    if not any("under FedAvg" in line for line in lines):
+        lines.append(_combined(plan, fedavg_total))
+    return [*lines, _cut_size(plan, fedavg_total)]
+
+
+def _combined(plan: Plan, fedavg_total: int) -> str:
+    """The largest q with the smallest upload dtype together, when neither alone is enough."""
+    q = max(len(step_batch_sizes(n, plan.training)) for n in plan.schedule.samples)
+    total = _sage_total(plan, upload_interval=max(q, plan.training.upload_interval), upload_dtype="int8")
+    outcome = "under FedAvg" if total < fedavg_total else "still more than FedAvg"
+    return f"- both, upload-interval {q} and upload-dtype int8: FSL-SAGE would send {_mib(total)}, {outcome}."
 
 
 def _sage_total(plan: Plan, **changes: object) -> int:
@@ -92,8 +109,7 @@ def _larger_q(plan: Plan, fedavg_total: int) -> str:
         return f"- a larger q cannot help: q = {q} already uploads one batch per round."
     total = _sage_total(plan, upload_interval=candidates[-1])
     return (
-        f"- a larger q is not enough: even upload-interval {candidates[-1]} (one batch per round) "
-        f"sends {_mib(total)}."
+        f"- a larger q is not enough: even upload-interval {candidates[-1]} (one batch per round) sends {_mib(total)}."
     )
 
 
@@ -123,7 +139,8 @@ def _cut_size(plan: Plan, fedavg_total: int) -> str:
     break_even = math.floor(values * (fedavg_total - others) / activations)
     return (
         f"- a later cut: the cut now holds {values:,} values per sample ({_mib(activations)} of uploads); with a "
-        f"client part of this size, a cut under {break_even:,} values per sample would send less than FedAvg."
+        f"client part of this size, q and upload-dtype, a cut under {break_even:,} values per sample "
+        "would send less than FedAvg."
     )
 
 

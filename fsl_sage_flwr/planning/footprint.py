@@ -74,7 +74,9 @@ def measure_client(
     )
 
 
-def client_memory(split: SplitModel, x: torch.Tensor, y: torch.Tensor, training: LocalTraining) -> dict[str, ClientMemory]:
+def client_memory(
+    split: SplitModel, x: torch.Tensor, y: torch.Tensor, training: LocalTraining
+) -> dict[str, ClientMemory]:
     """Each algorithm's client, measured with the step its client runs (``fsl_sage_flwr.clients``)."""
     aux, client = split.aux, split.client
     joined = nn.ModuleDict({"client": client, "aux": aux})

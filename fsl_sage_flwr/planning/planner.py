@@ -269,12 +269,15 @@ def _server_memory(
     """What each server holds at the end of the run, as its strategy's ``server_memory_bytes`` counts it."""
     trained = parts.server + parts.server_optimizer
     sample_bytes = models.cut_values * 4 + 8  # a buffered z is decoded to float32, its label int64
-    rounds = schedule.num_server_rounds
-    share = schedule.sampled_per_round / len(schedule.samples)
+    # FSL-SAGE's buffers follow its seeded sampling: the warm-up batch, then each round a client trains.
+    trained_rounds = [0] * len(schedule.samples)
+    for server_round in range(1, schedule.num_server_rounds + 1):
+        for client in schedule.fsl_sage_sample(server_round, alignment.seed):
+            trained_rounds[client] += 1
     buffers = 0
-    for n in schedule.samples:
-        uploaded = min(training.batch_size, n) + share * rounds * sum(uploaded_batch_sizes(n, training))
-        buffers += round(min(alignment.buffer_size, uploaded) * sample_bytes)
+    for n, count in zip(schedule.samples, trained_rounds):
+        uploaded = min(training.batch_size, n) + count * sum(uploaded_batch_sizes(n, training))
+        buffers += min(alignment.buffer_size, uploaded) * sample_bytes
     per_client_aux = len(schedule.samples) * (parts.aux + parts.aux_optimizer)
     return {
         "fsl-sage": trained + per_client_aux + buffers,

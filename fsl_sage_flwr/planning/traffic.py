@@ -127,7 +127,7 @@ def npy_nbytes(shape: tuple[int, ...], dtype: str) -> int:
 
 
 def upload_bytes(batch_sizes: Sequence[int], cut_shape: tuple[int, ...], upload_dtype: str) -> int:
-    """Bytes of an upload in a train reply (``NumPyClient`` layout): ``z`` encoded (and its int8 scale), ``y``, sizes."""
+    """Bytes of an upload in a ``NumPyClient`` reply: ``z`` encoded (and its int8 scale), ``y``, batch sizes."""
     encoding = upload_encoding(upload_dtype)
     samples = sum(batch_sizes)
     arrays = [((samples, *cut_shape), encoding.wire_dtype), ((samples,), "int64"), ((len(batch_sizes),), "int64")]
@@ -148,7 +148,11 @@ def cse_fsl_rounds(models: ModelBytes, schedule: Schedule, training: LocalTraini
     shared = models.client + models.aux
 
     def client_bytes(n: int) -> tuple[float, float]:
-        up = models.client_npy + models.aux_npy + upload_bytes(uploaded_batch_sizes(n, training), models.cut_shape, training.upload_dtype)
+        up = (
+            models.client_npy
+            + models.aux_npy
+            + upload_bytes(uploaded_batch_sizes(n, training), models.cut_shape, training.upload_dtype)
+        )
         return shared, up
 
     return _expected_rounds(schedule, client_bytes)
