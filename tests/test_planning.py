@@ -170,3 +170,17 @@ def test_the_command_refuses_a_spec_that_is_not_module_and_name():
     # Execute / Assert
     with pytest.raises(SystemExit, match="module.path:name"):
         plan_command.main(["--spec", "no_colon_here", "--samples-per-client", "50"])
+
+
+def test_an_input_shape_the_split_cannot_take_is_named():
+    # Prepare: the client takes 64 inputs per sample, not 30
+    spec = SplitSpec(
+        client_model=lambda: nn.Linear(64, 32),
+        server_model=lambda: nn.Linear(32, 10),
+        aux_model=lambda: nn.Linear(32, 10),
+        cut_shape=(32,),
+        num_classes=10,
+    )
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"input_shape \(30,\)"):
+        plan(spec, samples_per_client=40, clients=2, num_server_rounds=2, input_shape=(30,))

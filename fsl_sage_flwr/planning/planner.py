@@ -173,10 +173,9 @@ def plan(
         split = copy.deepcopy(spec) if isinstance(spec, SplitModel) else spec.build()
         if split.server is None or split.aux is None:
             raise ValueError("spec must give a client, a server and an aux model")
-        x = torch.randn(training.batch_size, *_input_shape(spec, input_shape))
-        with torch.no_grad():
-            split.client.eval()
-            num_classes = int(split.server.eval()(split.client(x)).shape[1])
+        shape = _input_shape(spec, input_shape)
+        x = torch.randn(training.batch_size, *shape)
+        num_classes = _probe_classes(split, x, shape)
         y = torch.randint(0, num_classes, (training.batch_size,))
         memory = client_memory(split, x, y, training)
         with torch.no_grad():
@@ -242,6 +241,18 @@ def _schedule(
     require_argument(0.0 < fraction_train <= 1.0, "fraction_train", fraction_train, "in (0, 1]")
     require_argument(min_train_nodes >= 1, "min_train_nodes", min_train_nodes, ">= 1")
     return Schedule(samples, num_server_rounds, fraction_train, min_train_nodes)
+
+
+def _probe_classes(split: SplitModel, x: torch.Tensor, shape: tuple[int, ...]) -> int:
+    """Run ``x`` through client and server (eval mode); return the classes; a misfit names the input shape."""
+    try:
+        with torch.no_grad():
+            logits = split.server.eval()(split.client.eval()(x))
+    except RuntimeError as err:
+        raise ValueError(f"the split does not take inputs of input_shape {shape}: {err}") from err
+    if logits.dim() != 2:
+        raise ValueError(f"the server model must output (batch, classes) logits, got shape {tuple(logits.shape)}")
+    return int(logits.shape[1])
 
 
 def _state_npy_nbytes(module: nn.Module) -> int:
