@@ -101,16 +101,30 @@ def _larger_q(plan: Plan, fedavg_total: int) -> str:
     most_steps = max(len(step_batch_sizes(n, plan.training)) for n in plan.schedule.samples)
     candidates = sorted({min(q * 2**k, most_steps) for k in range(1, 12)} - {q})
     candidates = [c for c in candidates if c > q]
+    below = q
     for candidate in candidates:
-        total = _sage_total(plan, upload_interval=candidate)
-        if total < fedavg_total:
-            return f"- a larger q: upload-interval {candidate} (now {q}) would send {_mib(total)}, under FedAvg."
+        if _sage_total(plan, upload_interval=candidate) < fedavg_total:
+            smallest = _smallest_q(plan, fedavg_total, below, candidate)
+            total = _sage_total(plan, upload_interval=smallest)
+            return f"- a larger q: upload-interval {smallest} (now {q}) would send {_mib(total)}, under FedAvg."
+        below = candidate
     if not candidates:
         return f"- a larger q cannot help: q = {q} already uploads one batch per round."
     total = _sage_total(plan, upload_interval=candidates[-1])
     return (
         f"- a larger q is not enough: even upload-interval {candidates[-1]} (one batch per round) sends {_mib(total)}."
     )
+
+
+def _smallest_q(plan: Plan, fedavg_total: int, low: int, high: int) -> int:
+    """The smallest q in ``(low, high]`` under FedAvg, by bisection (fewer uploads as q grows); ``high`` is."""
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _sage_total(plan, upload_interval=middle) < fedavg_total:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _smaller_dtypes(plan: Plan, fedavg_total: int) -> list[str]:
