@@ -97,9 +97,11 @@ class Plan:
     alignment : AlignmentSettings
         FSL-SAGE's alignment settings planned with.
     exact : bool
-        Whether the byte figures are exact: every client trains every round,
-        or only FSL-SAGE, whose seeded sampling the plan repeats, is read.
-        Otherwise the others are expectations over the sampling.
+        Whether every algorithm's bytes are exact: every client trains every
+        round. Otherwise FSL-SAGE's still are (the plan repeats its seeded
+        sampling), the others' are expectations over the sampled clients.
+    notes : tuple[str, ...]
+        What the figures leave out or take as an expectation, in sentences.
     """
 
     algorithms: dict[str, AlgorithmPlan]
