@@ -184,3 +184,20 @@ def test_an_input_shape_the_split_cannot_take_is_named():
     # Execute / Assert
     with pytest.raises(ValueError, match=r"input_shape \(30,\)"):
         plan(spec, samples_per_client=40, clients=2, num_server_rounds=2, input_shape=(30,))
+
+
+def test_the_verdict_says_when_the_aux_makes_a_client_hold_more_than_fedavg():
+    # Prepare: an aux far larger than the server part
+    spec = SplitSpec(
+        client_model=lambda: nn.Linear(64, 32),
+        server_model=lambda: nn.Linear(32, 10),
+        aux_model=lambda: nn.Sequential(nn.Linear(32, 2048), nn.ReLU(), nn.Linear(2048, 10)),
+        cut_shape=(32,),
+        num_classes=10,
+    )
+    # Execute
+    found = verdict(plan(spec, samples_per_client=40, clients=2, num_server_rounds=2, input_shape=(64,)))
+    # Assert
+    assert not found.saves_client_memory
+    assert any("MORE client memory" in line for line in found.lines)
+    assert any(line.startswith("- the aux model takes") for line in found.lines)
