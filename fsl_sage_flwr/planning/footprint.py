@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from fsl_sage_flwr.core.devices import autocast
 from fsl_sage_flwr.core.estimation import apply_cut_gradient, client_step, cross_entropy_step, server_step
@@ -82,22 +83,22 @@ def client_memory(
     joined = nn.ModuleDict({"client": client, "aux": aux})
     full = build_full_model(split)
 
-    def fsl_sage(optimizer, xb, yb, meter):
+    def fsl_sage(optimizer: Optimizer, xb: Tensor, yb: Tensor, meter: PeakMemoryMeter) -> Tensor:
         client_m, aux_m = meter.modules
         return client_step(client_m, aux_m, optimizer, xb, yb, meter)
 
-    def cse_fsl(optimizer, xb, yb, meter):
+    def cse_fsl(optimizer: Optimizer, xb: Tensor, yb: Tensor, meter: PeakMemoryMeter) -> Tensor:
         (both,) = meter.modules
         return cross_entropy_step(both["client"], both["aux"], optimizer, xb, yb, meter)
 
-    def fedavg(optimizer, xb, yb, meter):
+    def fedavg(optimizer: Optimizer, xb: Tensor, yb: Tensor, meter: PeakMemoryMeter) -> Tensor:
         (model,) = meter.modules
         return cross_entropy_step(model, None, optimizer, xb, yb, meter)
 
     with torch.no_grad():
         cut_gradient = torch.randn_like(client(x)) / x.shape[0]
 
-    def splitfed(optimizer, xb, yb, meter):
+    def splitfed(optimizer: Optimizer, xb: Tensor, yb: Tensor, meter: PeakMemoryMeter) -> None:
         (client_m,) = meter.modules
         apply_cut_gradient(client_m, optimizer, xb, cut_gradient, meter)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,7 +221,7 @@ def activation_share(models: ModelBytes, schedule: Schedule, training: LocalTrai
     return round(samples * models.cut_values * itemsize)
 
 
-def _expected_rounds(schedule: Schedule, client_bytes) -> list[RoundBytes]:
+def _expected_rounds(schedule: Schedule, client_bytes: Callable[[int], tuple[float, float]]) -> list[RoundBytes]:
     """Rounds whose sampled clients are any ``sampled_per_round`` of all: each client's bytes times its chance."""
     share = schedule.sampled_per_round / len(schedule.samples)
     pairs = [client_bytes(n) for n in schedule.samples]
