@@ -54,13 +54,18 @@ class PeakMemoryMeter:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield
 
+    @property
+    def saved_bytes(self) -> int:
+        """Bytes of the activations the last recorded forward pass kept for backward."""
+        return sum(self._saved.values())
+
     def sample(self, optimizer: torch.optim.Optimizer | None, *, with_activations: bool) -> int:
         """Update the peak with what is held now; return the current total."""
         total = sum(self._tensor_bytes(m) for m in self.modules)
         if optimizer is not None:
             total += optimizer_nbytes(optimizer)
         if with_activations:
-            total += sum(self._saved.values())
+            total += self.saved_bytes
         self.peak_bytes = max(self.peak_bytes, total)
         return total
 
