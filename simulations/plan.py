@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         alignment=alignment,
         fraction_train=args.fraction_train,
         min_train_nodes=args.min_train_nodes,
+        warm_up=args.warm_up,
         input_shape=input_shape,
         seed=args.seed,
     )
@@ -134,6 +135,7 @@ def _aux_variant_table(
             alignment=base.alignment,
             fraction_train=args.fraction_train,
             min_train_nodes=args.min_train_nodes,
+            warm_up=args.warm_up,
             input_shape=input_shape,
             seed=args.seed,
         )
@@ -176,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=20, help="num-server-rounds")
     parser.add_argument("--fraction-train", type=float, default=1.0)
     parser.add_argument("--min-train-nodes", type=int, default=1)
+    parser.add_argument("--warm-up", default="sampled", choices=["sampled", "all"], help="FSL-SAGE's warm-up")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
     parser.add_argument("--upload-interval", type=int, default=defaults.upload_interval, help="q")

@@ -54,6 +54,7 @@ def _plan_for(settings: RunSettings):
         alignment=settings.alignment,
         fraction_train=settings.fraction_train,
         min_train_nodes=settings.min_train_nodes,
+        warm_up=settings.warm_up,
         input_shape=data.input_shape,
     )
 
@@ -62,7 +63,7 @@ def _plan_for(settings: RunSettings):
     "settings",
     [
         {"algorithm": "fsl-sage"},
-        {"algorithm": "fsl-sage", "upload-dtype": "int8", "fraction-train": 0.5},
+        {"algorithm": "fsl-sage", "upload-dtype": "int8", "fraction-train": 0.5, "warm-up": "all"},
         {"algorithm": "cse-fsl", "upload-dtype": "bfloat16"},
         {"algorithm": "splitfed-ms"},
         {"algorithm": "splitfed-ss"},

@@ -12,6 +12,7 @@ from torch import nn
 
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.models import SplitModel
+from fsl_sage_flwr.core.node_sampling import WARM_UP_MODES
 from fsl_sage_flwr.core.settings import require_argument
 from fsl_sage_flwr.planning.footprint import ClientMemory, ServerParts, client_memory, server_parts
 from fsl_sage_flwr.planning.traffic import (
@@ -127,6 +128,7 @@ def plan(
     alignment: AlignmentSettings | None = None,
     fraction_train: float = 1.0,
     min_train_nodes: int = 1,
+    warm_up: str = "sampled",
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
 ) -> Plan:
@@ -156,6 +158,9 @@ def plan(
         FSL-SAGE's alignment interval l, buffer size and seed; the app's defaults.
     fraction_train, min_train_nodes : float, int
         Clients sampled per round, as the strategies sample.
+    warm_up : str
+        FSL-SAGE's ``warm-up``: ``"sampled"`` (a client's warm-up in the round it is
+        first sampled) or ``"all"`` (every client's before round 1).
     input_shape : tuple[int, ...], optional
         One input sample's shape; taken from the spec's test set when it has one.
     seed : int
@@ -169,7 +174,7 @@ def plan(
     """
     training = training or LocalTraining()
     alignment = alignment or AlignmentSettings(seed=training.seed)
-    schedule = _schedule(samples_per_client, clients, num_server_rounds, fraction_train, min_train_nodes)
+    schedule = _schedule(samples_per_client, clients, num_server_rounds, fraction_train, min_train_nodes, warm_up)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         split = copy.deepcopy(spec) if isinstance(spec, SplitModel) else spec.build()
@@ -204,10 +209,12 @@ def plan(
         budget = f"up to {alignment.budget_bytes:,} bytes" if alignment.budget_bytes else "without a limit"
         notes.append(f"align-threshold > 0: fidelity-triggered aux sends ({budget}) are not in FSL-SAGE's figures")
     if not schedule.everyone_trains:
-        notes.append(
-            "not every client trains each round: FSL-SAGE follows its seeded sampling, "
-            "the others are expectations over the sampled clients"
+        fsl_sage = (
+            "FSL-SAGE follows its seeded sampling"
+            if warm_up == "all"
+            else 'FSL-SAGE\'s first draws of each client depend on node ids (warm-up "sampled"): expectations'
         )
+        notes.append(f"not every client trains each round: {fsl_sage}, the others are expectations")
     return Plan(
         algorithms={
             name: AlgorithmPlan(name, tuple(traffic[name]), memory[name], servers[name]) for name in ALGORITHMS
@@ -227,6 +234,7 @@ def _schedule(
     num_server_rounds: int,
     fraction_train: float,
     min_train_nodes: int,
+    warm_up: str = "sampled",
 ) -> Schedule:
     """Check the run's shape and build its :class:`Schedule`; errors name the argument."""
     if isinstance(samples_per_client, int):
@@ -242,7 +250,8 @@ def _schedule(
     require_argument(num_server_rounds >= 1, "num_server_rounds", num_server_rounds, ">= 1")
     require_argument(0.0 < fraction_train <= 1.0, "fraction_train", fraction_train, "in (0, 1]")
     require_argument(min_train_nodes >= 1, "min_train_nodes", min_train_nodes, ">= 1")
-    return Schedule(samples, num_server_rounds, fraction_train, min_train_nodes)
+    require_argument(warm_up in WARM_UP_MODES, "warm_up", warm_up, f"one of {list(WARM_UP_MODES)}")
+    return Schedule(samples, num_server_rounds, fraction_train, min_train_nodes, warm_up)
 
 
 def _probe_classes(split: SplitModel, x: torch.Tensor, shape: tuple[int, ...]) -> int:
@@ -284,14 +293,17 @@ def _server_memory(
     sample_bytes = models.cut_values * 4 + 8  # a buffered z is decoded to float32, its label int64
     # FSL-SAGE's buffers follow its seeded sampling: the warm-up batch, then each round a client trains.
     trained_rounds = [0] * len(schedule.samples)
-    for server_round in range(1, schedule.num_server_rounds + 1):
-        for client in schedule.fsl_sage_sample(server_round, alignment.seed):
+    known: set[int] = set()  # clients the server keeps state for: the warmed-up ones
+    for sample, warmed in schedule.fsl_sage_draws(alignment.seed):
+        known |= warmed
+        for client in sample:
             trained_rounds[client] += 1
     buffers = 0
-    for n, count in zip(schedule.samples, trained_rounds):
+    for client in known:
+        n, count = schedule.samples[client], trained_rounds[client]
         uploaded = min(training.batch_size, n) + count * sum(uploaded_batch_sizes(n, training))
         buffers += min(alignment.buffer_size, uploaded) * sample_bytes
-    per_client_aux = len(schedule.samples) * (parts.aux + parts.aux_optimizer)
+    per_client_aux = len(known) * (parts.aux + parts.aux_optimizer)
     return {
         "fsl-sage": trained + per_client_aux + buffers,
         "cse-fsl": trained,

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import io
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fsl_sage_flwr.core.alignment import AlignmentSettings
-from fsl_sage_flwr.core.seeds import derive_seed
+from fsl_sage_flwr.core.node_sampling import sample_round_nodes
 from fsl_sage_flwr.transport.compression import upload_encoding
 from fsl_sage_flwr.transport.local_training import LocalTraining
 
@@ -81,12 +80,16 @@ class Schedule:
         Share of clients sampled per round.
     min_train_nodes : int
         Fewest clients sampled per round.
+    warm_up : str
+        FSL-SAGE's ``warm-up``: ``"all"`` warms every client up before round 1,
+        ``"sampled"`` each one in the round it is first sampled.
     """
 
     samples: tuple[int, ...]
     num_server_rounds: int
     fraction_train: float = 1.0
     min_train_nodes: int = 1
+    warm_up: str = "sampled"
 
     @property
     def sampled_per_round(self) -> int:
@@ -99,11 +102,25 @@ class Schedule:
         """Whether every client is sampled every round (then every figure is exact)."""
         return self.sampled_per_round == len(self.samples)
 
-    def fsl_sage_sample(self, server_round: int, seed: int) -> set[int]:
-        """The partitions FSL-SAGE samples in ``server_round``: its seeded draw over partitions in order."""
-        partitions = list(range(len(self.samples)))
-        rng = random.Random(derive_seed(seed, server_round, "sample"))
-        return set(rng.sample(partitions, self.sampled_per_round))
+    def fsl_sage_draws(self, seed: int) -> list[tuple[set[int], set[int]]]:
+        """Per round, the partitions FSL-SAGE samples and those of them it warms up first.
+
+        The strategy's seeded draw (see
+        :func:`~fsl_sage_flwr.core.node_sampling.sample_round_nodes`) over its pool: the
+        warmed-up clients by partition id, then, with ``warm_up="sampled"``, the others,
+        which the strategy lists by node id and this forecast by partition id (so
+        with ``fraction_train`` < 1 the draw is exact with ``"all"`` alone).
+        """
+        clients = range(len(self.samples))
+        warmed: set[int] = set(clients) if self.warm_up == "all" else set()
+        draws = []
+        for server_round in range(1, self.num_server_rounds + 1):
+            pool = sorted(warmed) + [c for c in clients if c not in warmed]
+            sample = set(sample_round_nodes(pool, self.fraction_train, self.min_train_nodes, seed, server_round))
+            new = set(clients) if self.warm_up == "all" and server_round == 1 else sample - warmed
+            warmed |= sample
+            draws.append((sample, new))
+        return draws
 
 
 def step_batch_sizes(num_samples: int, training: LocalTraining) -> list[int]:
@@ -181,8 +198,9 @@ def fsl_sage_rounds(
 ) -> list[RoundBytes]:
     """FSL-SAGE, following the strategy's seeded sampling and its alignment schedule.
 
-    Before round 1 every client takes part in the warm-up (the client model down,
-    one batch of activations up) and its aux is aligned; an aligned aux travels
+    A client's warm-up (the client model down, one batch of activations up) comes
+    before round 1 or before the round it is first sampled (``schedule.warm_up``),
+    and aligns its aux; an aligned aux travels
     with that client's next request. After every ``alignment.interval``-th round
     but the last, the auxes of the clients that uploaded since their last
     alignment are aligned. Fidelity-triggered alignments
@@ -190,14 +208,13 @@ def fsl_sage_rounds(
     """
     shape, dtype = models.cut_shape, training.upload_dtype
     clients = range(len(schedule.samples))
-    warm_down = len(schedule.samples) * models.client
-    warm_up = sum(upload_bytes([min(training.batch_size, n)], shape, dtype) for n in schedule.samples)
-    aux_pending = {c: True for c in clients}  # the warm-up aligned every aux
+    aux_pending = {c: True for c in clients}  # a warm-up aligns the client's aux
     uploaded_since_alignment = {c: False for c in clients}
     rounds = []
-    for server_round in range(1, schedule.num_server_rounds + 1):
-        down, up = (warm_down, warm_up) if server_round == 1 else (0, 0)
-        for client in sorted(schedule.fsl_sage_sample(server_round, alignment.seed)):
+    for server_round, (sample, warmed) in enumerate(schedule.fsl_sage_draws(alignment.seed), start=1):
+        down = len(warmed) * models.client
+        up = sum(upload_bytes([min(training.batch_size, schedule.samples[c])], shape, dtype) for c in warmed)
+        for client in sorted(sample):
             n = schedule.samples[client]
             down += models.client + (models.aux if aux_pending[client] else 0)
             up += models.client_npy + upload_bytes(uploaded_batch_sizes(n, training), shape, dtype)
