@@ -106,7 +106,7 @@ def split_strategy(
     """
     check_algorithm(algorithm)
     if algorithm == "fedavg":
-        return JoinedFedAvg(full_model=build_full_model(split), testset=testset, **kwargs)
+        return JoinedFedAvg(full_model=build_full_model(split), training=training, testset=testset, **kwargs)
     parts = {
         "client_model": split.client,
         "server_model": split.server,

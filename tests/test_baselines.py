@@ -44,7 +44,7 @@ def test_fedavg_in_the_comparison_is_flowers_own_class(tmp_path):
     setup = get_algorithm("fedavg").build_server(settings, server_split(settings), TrainMetricsTap())
     # Assert: every step of a round is flwr's own FedAvg code; only server-side evaluation is added
     assert isinstance(setup.strategy, FedAvg)
-    for name in ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate", "start"):
+    for name in ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate"):
         assert getattr(type(setup.strategy), name) is getattr(FedAvg, name), name
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
 from torch import nn
 
 from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.transport.local_training import LocalTraining
 
 
 class JoinedFedAvg(FedAvg):
@@ -20,12 +22,15 @@ class JoinedFedAvg(FedAvg):
     Every round is Flower's: sampling, requests, weighted averaging. This class
     only adds what the split strategies offer too, so one ServerApp serves them
     all: :meth:`initial_arrays`, :meth:`evaluate_global` (pass it as
-    ``start(evaluate_fn=...)``) and :meth:`server_memory_bytes`.
+    ``start(evaluate_fn=...)``), :meth:`server_memory_bytes`, and ``start``
+    sending ``training`` as the train config unless given another.
 
     Parameters
     ----------
     full_model : nn.Module
         The joined network, e.g. ``nn.Sequential(client, server)``.
+    training : LocalTraining, optional
+        What every node trains with; sent as the train config.
     testset : ArrayDataset, optional
         Held-out data :meth:`evaluate_global` scores the averaged model on.
     device : torch.device or str
@@ -38,6 +43,7 @@ class JoinedFedAvg(FedAvg):
         self,
         *,
         full_model: nn.Module,
+        training: LocalTraining | None = None,
         testset: ArrayDataset | None = None,
         device: torch.device | str = "cpu",
         fraction_train: float = 1.0,
@@ -55,8 +61,30 @@ class JoinedFedAvg(FedAvg):
         )
         self.device = torch.device(device)
         self.full_model = full_model.to(self.device)
+        self.training = training or LocalTraining()
         self.testset = testset
         self._test_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop (see FedAvg.start); the train config defaults to ``training``'s settings."""
+        return super().start(
+            grid,
+            initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config if train_config is not None else ConfigRecord(self.training.to_config()),
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
 
     def initial_arrays(self) -> ArrayRecord:
         """The joined model's current state: pass it as ``start(initial_arrays=...)``."""
