@@ -33,9 +33,7 @@ from typing import Any
 
 from fsl_sage_flwr.data import dataset_folders, describe_search, find_idx_folder
 from simulations.flwr_run import run_app
-
-PROJECT = Path(__file__).resolve().parent.parent
-SHARED_DATA = PROJECT.parent / "shared" / "data"
+from simulations.paths import PROJECT_DIR, SHARED_DATA
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +91,7 @@ def _floor_median(args: argparse.Namespace, data_dir: str, work: Path) -> float:
         "--out",
         str(out),
     ]
-    subprocess.run(command, cwd=PROJECT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=PROJECT_DIR, check=True, stdout=subprocess.DEVNULL)
     rows = json.loads(out.read_text())["rounds"][1:]
     return statistics.median(r["seconds"] for r in rows if not r["align_seconds"])
 

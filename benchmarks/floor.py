@@ -252,12 +252,23 @@ COMPARISONS: list[dict] = []
 
 
 def average_states(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
-    """FedAvg of state dicts weighted by ``weights``, in double precision; integer counters rounded."""
+    """FedAvg of state dicts weighted by ``weights``, with the apps' arithmetic; integer counters rounded.
+
+    The apps average through Flower's ``aggregate_arrayrecords`` (see
+    ``fsl_sage_flwr.strategies.averaging``): each array times its weight share,
+    summed in order in the array's own precision. The same arithmetic here keeps
+    the two loops equal to the last bit, so their accuracies can be compared exactly.
+    """
     total = float(sum(weights))
     averaged = {}
     for name, first in states[0].items():
-        mean = sum(s[name].double() * (w / total) for s, w in zip(states, weights))
-        averaged[name] = mean.round().to(first.dtype) if not first.is_floating_point() else mean.to(first.dtype)
+        mean = None
+        for state, weight in zip(states, weights):
+            term = state[name].detach().cpu().numpy() * (weight / total)
+            mean = term if mean is None else mean + term
+        if not first.is_floating_point():
+            mean = np.rint(mean)
+        averaged[name] = torch.from_numpy(np.asarray(mean).astype(first.cpu().numpy().dtype)).to(first.device)
     return averaged
 
 

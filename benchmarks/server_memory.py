@@ -54,10 +54,8 @@ from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from fsl_sage_flwr.transport.replies import TrainReply
 from fsl_sage_flwr.transport.uploads import pack_uploads
 from simulations.flower_internals import set_task_identity
+from simulations.paths import PROJECT_DIR, SHARED_DATA
 from simulations.testing import fit_reply_content, reply_from
-
-PROJECT = Path(__file__).resolve().parent.parent
-SHARED_DATA = PROJECT.parent / "shared" / "data"
 
 
 def peak_rss_bytes() -> int:
@@ -78,7 +76,7 @@ def _data_dir() -> str:
 
 
 def _settings(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffer_size: int) -> RunSettings:
-    config = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    config = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     config.update(
         {
             "dataset": "fashion-mnist",
@@ -229,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             "--buffer-size",
             str(args.buffer_size),
         ]
-        out = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=True)
+        out = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, check=True)
         figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(figures[-1]), flush=True)
     small, large = (f["peak_rss_mib"] for f in figures)

@@ -33,8 +33,7 @@ from fsl_sage_flwr.core.estimation import client_step, preserved_buffers, server
 from fsl_sage_flwr.core.models import build_split_model, required_input_shape
 from fsl_sage_flwr.core.training import derive_seed, evaluate_classifier, make_adam, minibatches, run_local_epochs
 from fsl_sage_flwr.data import load_dataset, partition_indices
-
-DATA_DIRS = [Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"]
+from simulations.paths import SHARED_DATA
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     """FSL-SAGE with ``args``' settings; one row per round."""
     data = load_dataset(
         "fashion-mnist",
-        data_dir=args.data_dir or str(DATA_DIRS[0]),
+        data_dir=args.data_dir or str(SHARED_DATA / "fashion-mnist"),
         input_shape=required_input_shape(args.model),
         train_subset=args.train_subset,
         seed=args.seed,

@@ -45,9 +45,9 @@ from fsl_sage_flwr.data import find_idx_folder
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
 from simulations.compare_report import plot_accuracy
 from simulations.flower_cli import parse_run_config
+from simulations.paths import PROJECT_DIR, SHARED_DATA
 
 MIB = 1024**2
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 #: Every study: variant name -> run-config overrides on the base.
 STUDIES: dict[str, dict[str, dict[str, Any]]] = {
@@ -89,8 +89,6 @@ BASE: dict[str, Any] = {
 }
 _COMPLETE = "complete"  # marks a run folder whose run ended with exit code 0
 _INPUT_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
-#: The project's shared data folder beside the repository; its ``fashion-mnist`` is used when present.
-SHARED_DATA = REPOSITORY.parent / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ def variant_configs(study: str, base: Mapping[str, Any], names: list[str] | None
     unknown = sorted(set(names or []) - set(variants))
     if unknown:
         raise ValueError(f"study {study!r} has no variant {unknown}; it has {list(variants)}")
-    defaults = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     configs = {}
     for name, overrides in variants.items():
         if names and name not in names:
@@ -294,7 +292,7 @@ def _start(config: Mapping[str, Any], run_dir: Path) -> subprocess.Popen[bytes]:
         json.dumps(config),
     ]
     log = (run_dir / "output.log").open("wb")
-    return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _config_key(config: Mapping[str, Any]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -25,9 +24,9 @@ from fsl_sage_flwr.core.estimation import preserved_buffers
 from fsl_sage_flwr.core.models import SPLIT_MODELS, build_full_model, build_split_model, required_input_shape
 from fsl_sage_flwr.core.training import evaluate_classifier, make_adam, minibatches
 from fsl_sage_flwr.data import load_dataset
+from simulations.paths import SHARED_DATA
 
 #: The project's shared data folder beside the repository: the data-dir when none is given.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulations.flower_cli import LOOPBACK, PROJECT_DIR, free_port, run_config_arguments, toml_value, venv_bin
+from simulations.flower_cli import LOOPBACK, free_port, run_config_arguments, toml_value, venv_bin
+from simulations.paths import PROJECT_DIR
 from simulations.processes import alive, descendants, process_table, spawned_by, stop_processes
 from simulations.tls import TlsFiles, make_tls_files
 

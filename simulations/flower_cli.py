@@ -10,9 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-#: The repository folder, which is the Flower app project the runners start.
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-
 #: The address local Flower processes serve on.
 LOOPBACK = "127.0.0.1"
 

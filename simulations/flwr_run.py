@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter, read_results
-from simulations.flower_cli import PROJECT_DIR, flwr_executable, free_port, parse_run_config, run_config_arguments
+from simulations.flower_cli import flwr_executable, free_port, parse_run_config, run_config_arguments
+from simulations.paths import PROJECT_DIR
 from simulations.processes import (
     alive,
     become_subreaper,

@@ -17,9 +17,9 @@ from fsl_sage_flwr.app.results import RunFolderError, read_results
 from fsl_sage_flwr.core.buffer import SmashedBuffer
 from fsl_sage_flwr.core.checkpoint import CHECKPOINT_FILE, ClientState, ClientStore, safe_load
 from fsl_sage_flwr.core.training import make_adam
+from simulations.paths import PROJECT_DIR
 from simulations.testing import app_config
 
-PROJECT = Path(__file__).resolve().parent.parent
 RUN = {
     "num-server-rounds": 8,  # checkpoints after rounds 2, 4 and 6: one written after the resume
     "align-interval": 2,
@@ -34,7 +34,7 @@ def _server_process(output_dir: Path, **overrides: object) -> subprocess.Popen:
     config = {**RUN, "output-dir": str(output_dir), "run-name": "run", **overrides}
     return subprocess.Popen(
         [sys.executable, "-m", "simulations.in_process", "--nodes", "4", "--run-config", json.dumps(config)],
-        cwd=PROJECT,
+        cwd=PROJECT_DIR,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

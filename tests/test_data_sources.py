@@ -23,10 +23,10 @@ from fsl_sage_flwr.data import (
     locations,
     read_idx,
 )
+from simulations.paths import SHARED_DATA
 from simulations.testing import write_fake_mnist, write_idx
 
 # The project's shared data folder sits beside the repository (also in CI's copy).
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_key: bytes) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from fsl_sage_flwr.app.config import run_config_reference
+from simulations.paths import PROJECT_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").glob("*.md"))]
 README_MAX_LINES = 150
 
 PROGRAM = re.compile(r'^<!-- program(?: prints="(?P<prints>[^"]*)")? -->\n```python\n(?P<code>.*?)^```$', re.S | re.M)
@@ -36,7 +36,7 @@ def _programs() -> list[tuple[str, str, str | None]]:
     found = []
     for page in PAGES:
         for number, match in enumerate(PROGRAM.finditer(page.read_text()), start=1):
-            found.append((f"{page.relative_to(ROOT)}#{number}", match["code"], match["prints"]))
+            found.append((f"{page.relative_to(PROJECT_DIR)}#{number}", match["code"], match["prints"]))
     return found
 
 
@@ -63,7 +63,7 @@ def test_every_program_in_the_docs_runs(tmp_path: Path, program_id: str, code: s
     # Prepare
     script = tmp_path / "program.py"
     script.write_text(code)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "OMP_NUM_THREADS": "1"}
     # Execute
     done = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
@@ -76,27 +76,27 @@ def test_every_program_in_the_docs_runs(tmp_path: Path, program_id: str, code: s
 
 def test_the_readme_is_at_most_150_lines():
     # Prepare / Execute
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (PROJECT_DIR / "README.md").read_text().splitlines()
     # Assert
     assert len(lines) <= README_MAX_LINES
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(PROJECT_DIR)) for p in PAGES])
 def test_every_relative_link_leads_to_an_existing_file(page: Path):
     # Prepare
     targets = _relative_links(page)
     # Execute
     missing = [target for target in targets if not (page.parent / target.split("#")[0]).exists()]
     # Assert
-    assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+    assert not missing, f"{page.relative_to(PROJECT_DIR)} links to missing files: {missing}"
 
 
 def test_the_run_config_page_gets_one_table_row_per_key_from_the_code():
     # Prepare: the hook MkDocs runs on every page
-    spec = importlib.util.spec_from_file_location("run_config_hook", ROOT / "docs" / "hooks" / "run_config.py")
+    spec = importlib.util.spec_from_file_location("run_config_hook", PROJECT_DIR / "docs" / "hooks" / "run_config.py")
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
-    page = (ROOT / "docs" / "run-config.md").read_text()
+    page = (PROJECT_DIR / "docs" / "run-config.md").read_text()
     # Execute
     rendered = hook.on_page_markdown(page, page=None)
     # Assert: the marker is gone and every key the app reads has its row, with its default

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations.flower_cli import PROJECT_DIR, flwr_executable
+from simulations.flower_cli import flwr_executable
 from simulations.flwr_run import flower_env, processes_of, stop_superlink
+from simulations.paths import PROJECT_DIR
 
 pytestmark = pytest.mark.e2e  # the example app through `flwr run`, and a wheel build
 

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from fsl_sage_flwr.extras import EXTRAS, MissingExtraError, import_extra
-from simulations.flower_cli import PROJECT_DIR
+from simulations.paths import PROJECT_DIR
 
 
 def test_a_missing_package_names_the_extra_and_its_install_command():

@@ -19,11 +19,6 @@ from simulations.in_process import run_in_process
 pytestmark = pytest.mark.e2e  # a 10-client in-process run of the apps and the reference loop
 
 
-@pytest.mark.xfail(
-    reason="known regression: since the strategy split, round 2 (an alignment round) of the apps differs from "
-    "the floor loop's (0.75 against 0.7556); to be found and fixed",
-    strict=False,
-)
 def test_the_floor_loop_gives_the_flower_apps_accuracies(tmp_path):
     # Prepare: 10 digits clients, 3 rounds, an alignment after round 2
     settings = {

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations.flower_cli import PROJECT_DIR, flwr_executable
+from simulations.flower_cli import flwr_executable
 from simulations.flwr_run import FlwrRunError, flower_env, run_app, stop_superlink
+from simulations.paths import PROJECT_DIR
 
 pytestmark = pytest.mark.e2e  # `flwr run` with Ray simulation and SuperLink processes
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
+from simulations.paths import PROJECT_DIR
 
 # The repository's folders beside the package: runners, benchmarks and the top-level
 # re-export folders. A module of the package that needed them would break in the wheel.
@@ -30,7 +29,7 @@ def _modules_loaded_by(package: str) -> list[str]:
         "    importlib.import_module(module.name)\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 

@@ -19,8 +19,8 @@ from fsl_sage_flwr.data import cifar
 from simulations.compare import build_run_configs
 from simulations.compare_options import parse_options, read_preset, strategy_names
 from simulations.in_process import run_in_process
+from simulations.paths import PROJECT_DIR
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 PRESETS_DIR = PROJECT_DIR / "simulations" / "presets"
 PRESETS = sorted(PRESETS_DIR.glob("*.toml"))
 PAPER_CIFAR = ["paper-cifar10-resnet18.toml", "paper-cifar100-resnet18.toml"]
