@@ -161,9 +161,9 @@ def run_here(config: dict[str, Any], clients: int, progress: Progress) -> list[d
     from fsl_sage_flwr.app.results import read_results
     from fsl_sage_flwr.app.server_app import app as server_app
     from simulations.in_process import run_in_process
-    from simulations.testing import PYPROJECT
+    from simulations.paths import PROJECT_DIR
 
-    defaults = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     run_in_process(server_app, client_app, {**defaults, **config}, clients)
     progress.poll()
     return read_results(Path(config["output-dir"]) / str(config["run-name"]) / ResultsWriter.FILE_NAME)

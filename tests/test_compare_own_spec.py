@@ -8,7 +8,7 @@ import pytest
 
 from fsl_sage_flwr.split_algorithms import ALGORITHM_NAMES
 from simulations.compare import main
-from simulations.flower_cli import PROJECT_DIR
+from simulations.paths import PROJECT_DIR
 
 EXAMPLE = PROJECT_DIR / "examples" / "tabular-mlp"
 OWN = [
