@@ -59,10 +59,11 @@ def build_run_configs(options: dict[str, Any], output_dir: Path) -> dict[str, di
         "seed": int(options["seed"]),
         "min-available-nodes": int(options["clients"]),
         "output-dir": str(output_dir.resolve()),
-        "split-spec": options.get("spec", ""),
-        "node-data": options.get("node_data", ""),
-        "test-data": options.get("test_data", ""),
     }
+    # A split network of one's own: only set keys, so a built-in run's config is as it always was.
+    for key, option in (("split-spec", "spec"), ("node-data", "node_data"), ("test-data", "test_data")):
+        if options.get(option):
+            common[key] = options[option]
     configs = {}
     for name in strategy_names(options["strategies"]):
         configs[name] = {**common, "algorithm": name, "run-name": name}
