@@ -123,3 +123,32 @@ def test_every_algorithm_runs_on_an_own_split_through_the_apps(tmp_path, algorit
     assert rows[-1]["cumulative_bytes"] > 0 and rows[-1]["server_memory_bytes"] > 0
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.2  # the untrained model's is about chance
     assert list((tmp_path / "run").glob("*.pt"))
+
+
+@pytest.mark.e2e  # three in-process runs of up to three rounds
+def test_an_own_split_resumes_from_its_checkpoint_with_compressed_uploads_and_adaptive_alignment(tmp_path):
+    # Prepare: int8 uploads and adaptive alignment; one run of 3 rounds, one of 2 (checkpoint after round 1)
+    own = {
+        "split_spec": "own_split:make_spec_with_testset",
+        "node_data": "own_split:load_node_partition",
+        "upload_dtype": "int8",
+        "align_threshold": 0.25,
+        "min_available_nodes": 3,
+        "align_epochs": 2,
+        "checkpoint_interval": 1,
+    }
+    whole = app_config(tmp_path / "whole", num_server_rounds=3, **own)
+    cut = app_config(tmp_path / "cut", num_server_rounds=2, **own)
+    run_in_process(server_app, client_app, whole, num_nodes=3)
+    run_in_process(server_app, client_app, cut, num_nodes=3)
+    # Execute: resume the shorter run from its checkpoint, to round 3
+    run_in_process(server_app, client_app, {**cut, "num-server-rounds": 3, "resume": True}, num_nodes=3)
+    # Assert: every row as in the uninterrupted run, timings aside
+    expected = read_results(tmp_path / "whole" / "run" / "results.jsonl")
+    resumed = read_results(tmp_path / "cut" / "run" / "results.jsonl")
+    assert [r["round"] for r in resumed] == [0, 1, 2, 3]
+    assert _without_timings(resumed) == _without_timings(expected)
+
+
+def _without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if "seconds" not in k and "time" not in k} for row in rows]
