@@ -45,9 +45,10 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fsl_sage_flwr.app.algorithms import build_split, get_algorithm
+from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
-from fsl_sage_flwr.data import dataset_folders, describe_search, find_idx_folder, load_dataset, load_partition
+from fsl_sage_flwr.app.run_split import server_split
+from fsl_sage_flwr.data import dataset_folders, describe_search, find_idx_folder, load_partition
 from fsl_sage_flwr.transport.keys import WARMUP_KEY
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from fsl_sage_flwr.transport.replies import TrainReply
@@ -100,7 +101,7 @@ class _Clients:
         self.settings = settings
         self.num_clients = num_clients
         self.node_ids = [1000 + i for i in range(num_clients)]
-        self.model = build_split(settings, load_dataset(settings.dataset, data_dir=settings.data_dir)).client
+        self.model = server_split(settings).spec.build().client
 
     def partition(self, node_id: int):
         s = self.settings
@@ -160,10 +161,12 @@ def run(num_clients: int, rounds: int, align_epochs: int, max_cached: int, buffe
     torch.set_num_threads(1)
     settings = _settings(num_clients, rounds, align_epochs, max_cached, buffer_size)
     torch.manual_seed(0)
-    data = load_dataset(settings.dataset, data_dir=settings.data_dir)
+    run_split = server_split(settings)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="server-state-") as state_dir:
-        setup = get_algorithm("fsl-sage").build_server(settings, data, TrainMetricsTap(), state_dir=Path(state_dir))
+        setup = get_algorithm("fsl-sage").build_server(
+            settings, run_split, TrainMetricsTap(), state_dir=Path(state_dir)
+        )
         strategy, arrays = setup.strategy, setup.initial_arrays
         strategy.prepare_run(rounds)
         clients = _Clients(settings, num_clients)

@@ -1,29 +1,31 @@
-"""The public way into fsl-sage-flwr: describe a split once, get its strategy and its client."""
+"""The public way into fsl-sage-flwr: describe a split once, get any algorithm's strategy and client."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from flwr.app import Context, Message
-from flwr.client import NumPyClient
+from flwr.app import Context
 from flwr.clientapp import ClientApp
-from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fsl_sage_flwr.clients.fsl_sage import FSLSageClient
+from fsl_sage_flwr.client_replies import numpy_client_reply, register_client, register_split_client
 from fsl_sage_flwr.clients.setup_checks import check_node_data, node_partition_id
 from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.core.setup_checks import SetupError, check_input_shape, check_split_shapes
 from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.split_algorithms import SplitClient, check_algorithm, node_parts, split_client, split_strategy
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
 from fsl_sage_flwr.transport.local_training import LocalTraining
+
+__all__ = ["DataLike", "SplitSpec", "as_dataset", "numpy_client_reply", "register_client"]
 
 #: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
 #: ``Dataset`` of ``(input, label)`` pairs, or an :class:`ArrayDataset`.
@@ -66,10 +68,12 @@ def _to_numpy(values: Any) -> np.ndarray:
 
 @dataclass
 class SplitSpec:
-    """One split network for FSL-SAGE (Nair et al., ICML 2025), described once.
+    """One split network, described once, for FSL-SAGE (Nair et al., ICML 2025) and its baselines.
 
     The server and every client build their parts from it: :meth:`strategy`,
-    :meth:`legacy_strategy`, :meth:`client` and :meth:`register`.
+    :meth:`legacy_strategy`, :meth:`client` and :meth:`register`. Each takes an
+    ``algorithm``: ``"fsl-sage"`` (the default), ``"cse-fsl"``, ``"splitfed-ms"``,
+    ``"splitfed-ss"`` or ``"fedavg"`` (Flower's FedAvg on client and server joined).
 
     Parameters
     ----------
@@ -151,54 +155,70 @@ class SplitSpec:
     def strategy(
         self,
         *,
+        algorithm: str = "fsl-sage",
         training: LocalTraining | None = None,
         alignment: AlignmentSettings | None = None,
         **kwargs: Any,
-    ) -> FSLSage:
-        """Build the FSL-SAGE strategy for Flower's Message API (``ServerApp`` ``@app.main``).
+    ) -> Strategy:
+        """Build ``algorithm``'s strategy for Flower's Message API (``ServerApp`` ``@app.main``).
+
+        Run it with ``strategy.start(grid, strategy.initial_arrays(), num_rounds,
+        evaluate_fn=strategy.evaluate_global)``.
 
         Parameters
         ----------
+        algorithm : str
+            ``"fsl-sage"``, ``"cse-fsl"``, ``"splitfed-ms"``, ``"splitfed-ss"`` or ``"fedavg"``.
         training : LocalTraining, optional
             What every client trains with (sent to them each round).
         alignment : AlignmentSettings, optional
-            Auxiliary alignment schedule and optimizer (the app's defaults, as in ``pyproject.toml``).
+            FSL-SAGE's auxiliary alignment schedule and optimizer (the app's defaults, as in ``pyproject.toml``).
         **kwargs
-            Passed to :class:`FSLSage`: ``fraction_train``, ``min_train_nodes``,
-            ``min_available_nodes``, ``max_rounds_without_replies``, ``device``, ...
+            Passed to the strategy (see :func:`fsl_sage_flwr.split_algorithms.split_strategy`):
+            ``fraction_train``, ``min_train_nodes``, ``min_available_nodes``, ``device``, ...
         """
         training = training or LocalTraining()
-        alignment = alignment or AlignmentSettings(seed=training.seed)
         # The initial models follow the seed, without disturbing the caller's RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(training.seed, "split-init"))
             split = self.build()
-        return FSLSage(
-            shared_model=split.client,
-            client_model=split.client,
-            server_model=split.server,
-            aux_factory=lambda: _fresh(self.aux_model, "aux_model"),
-            alignment=alignment,
-            training=training,
-            cut_shape=self.cut_shape,
+        return split_strategy(
+            algorithm,
+            split,
             num_classes=self.num_classes,
+            training=training,
             testset=self._testset,
+            alignment=alignment,
+            aux_factory=lambda: _fresh(self.aux_model, "aux_model"),
             **kwargs,
         )
 
     def legacy_strategy(self, **kwargs: Any) -> FSLSageLegacy:
-        """Build the same strategy for Flower's legacy ``ServerApp(server_fn=...)``; as :meth:`strategy`."""
-        return FSLSageLegacy(self.strategy(**kwargs))
+        """Build FSL-SAGE for Flower's legacy ``ServerApp(server_fn=...)``; as :meth:`strategy`.
+
+        Raises
+        ------
+        ValueError
+            For another ``algorithm``: the baselines are served through the Message API.
+        """
+        algorithm = kwargs.pop("algorithm", "fsl-sage")
+        if algorithm != "fsl-sage":
+            raise ValueError(f"the legacy API serves FSL-SAGE only; build {algorithm!r} with strategy()")
+        return FSLSageLegacy(cast(FSLSage, self.strategy(**kwargs)))
 
     def client(
         self,
         trainset: DataLike,
         context: Context,
         *,
+        algorithm: str = "fsl-sage",
         partition_id: int | None = None,
         device: torch.device | str = "cpu",
-    ) -> FSLSageClient:
-        """Build this node's FSL-SAGE NumPyClient.
+    ) -> SplitClient:
+        """Build this node's client of ``algorithm``.
+
+        FSL-SAGE, CSE-FSL and FedAvg clients are NumPyClients; SplitFed's answers
+        per-batch messages, so serve it with :meth:`register`.
 
         Parameters
         ----------
@@ -206,6 +226,8 @@ class SplitSpec:
             This node's training data.
         context : Context
             Flower's context of this node; its ``state`` keeps the aux between rounds.
+        algorithm : str
+            As in :meth:`strategy`.
         partition_id : int, optional
             The node's stable id; defaults to ``context.node_config["partition-id"]``.
         device : torch.device or str
@@ -221,12 +243,14 @@ class SplitSpec:
         if partition_id is None:
             partition_id = node_partition_id(context.node_config)
         data = as_dataset(trainset)
-        split = self.build()
+        split = node_parts(algorithm, self.build())
         check_node_data(split, data, self.num_classes, self.input_shape)
-        return FSLSageClient(split, data, partition_id, context.state, device)
+        return split_client(algorithm, split, data, partition_id, context.state, device)
 
-    def register(self, app: ClientApp, trainset_fn: Callable[[Context], DataLike]) -> None:
-        """Serve this split's FSL-SAGE client from ``app`` (Flower's Message API).
+    def register(
+        self, app: ClientApp, trainset_fn: Callable[[Context], DataLike], *, algorithm: str = "fsl-sage"
+    ) -> None:
+        """Serve this split's client of ``algorithm`` from ``app`` (Flower's Message API).
 
         Parameters
         ----------
@@ -234,27 +258,11 @@ class SplitSpec:
             A ClientApp built without ``client_fn``.
         trainset_fn : Callable[[Context], DataLike]
             Returns this node's training data.
+        algorithm : str
+            As in :meth:`strategy`.
         """
-        register_client(app, lambda context: self.client(trainset_fn(context), context))
-
-
-def register_client(app: ClientApp, client_fn: Callable[[Context], NumPyClient]) -> None:
-    """Register the train handler that serves ``client_fn``'s NumPyClient on ``app``.
-
-    The handler speaks the same records as ``ClientApp(client_fn=...)``, so
-    either way of serving a client gives the same results.
-    """
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        return numpy_client_reply(client_fn(context), msg)
-
-
-def numpy_client_reply(client: NumPyClient, msg: Message) -> Message:
-    """Run ``client.fit`` on a train request and wrap its result as Flower does."""
-    fit_ins = recorddict_to_fitins(msg.content, keep_input=True)
-    fit_res = client.to_client().fit(fit_ins)
-    return Message(content=fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
+        check_algorithm(algorithm)
+        register_split_client(app, lambda context: self.client(trainset_fn(context), context, algorithm=algorithm))
 
 
 def _as_value_error(check: Callable[..., None], *args: Any) -> None:

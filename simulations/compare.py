@@ -11,6 +11,12 @@ Usage::
         [--model cnn] [--clients 10] [--rounds 20] [--alpha 1.0] [--seed 0]
         [--output-dir outputs/compare] [--preset simulations/presets/paper-cifar10-resnet18.toml]
         [--target-accuracy 0.9] [--run-config "batch-size=64"]
+        [--spec my_app.task:make_spec --node-data my_app.task:load_partition
+         --test-data my_app.task:load_testset] [--in-process]
+
+``--spec`` trains a split network of one's own instead of the built-in ``--model``
+(the run-config keys ``split-spec``, ``node-data`` and ``test-data``); the current
+folder is put on the apps' ``PYTHONPATH``, so ``my_app`` may be a folder there.
 
 A preset is a TOML file of run-config keys, the format ``flwr run --run-config
 FILE.toml`` reads, plus optional comment lines ``# compare: --strategies ...`` with
@@ -22,12 +28,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter
+from fsl_sage_flwr.app.user_code import UserCodeError, import_reference
 from simulations.compare_options import parse_options, strategy_names
 from simulations.compare_report import markdown_table, write_outputs
 from simulations.flower_cli import parse_run_config
@@ -51,6 +60,10 @@ def build_run_configs(options: dict[str, Any], output_dir: Path) -> dict[str, di
         "min-available-nodes": int(options["clients"]),
         "output-dir": str(output_dir.resolve()),
     }
+    # A split network of one's own: only set keys, so a built-in run's config is as it always was.
+    for key, option in (("split-spec", "spec"), ("node-data", "node_data"), ("test-data", "test_data")):
+        if options.get(option):
+            common[key] = options[option]
     configs = {}
     for name in strategy_names(options["strategies"]):
         configs[name] = {**common, "algorithm": name, "run-name": name}
@@ -119,12 +132,51 @@ def _complete_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
+def _check_user_code(configs: dict[str, dict[str, Any]]) -> None:
+    """Find the user's functions before any run starts; put the current folder on the apps' path.
+
+    Raises
+    ------
+    SystemExit
+        Naming the option's run-config key, when a function cannot be imported.
+    """
+    config = next(iter(configs.values()))
+    references = {key: config[key] for key in ("split-spec", "node-data", "test-data") if config.get(key)}
+    if not references:
+        return
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    # The apps run in child processes (``flwr run``); they find the user's modules from here too.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    for key, reference in references.items():
+        try:
+            import_reference(reference, key)
+        except UserCodeError as err:
+            raise SystemExit(str(err)) from err
+
+
+def run_here(config: dict[str, Any], clients: int, progress: Progress) -> list[dict[str, Any]]:
+    """Run the apps in this process on ``clients`` nodes with ``config`` over the app's defaults; return the rows."""
+    from fsl_sage_flwr.app.client_app import app as client_app
+    from fsl_sage_flwr.app.results import read_results
+    from fsl_sage_flwr.app.server_app import app as server_app
+    from simulations.in_process import run_in_process
+    from simulations.paths import PROJECT_DIR
+
+    defaults = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    run_in_process(server_app, client_app, {**defaults, **config}, clients)
+    progress.poll()
+    return read_results(Path(config["output-dir"]) / str(config["run-name"]) / ResultsWriter.FILE_NAME)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; exits non-zero if any strategy's run failed."""
     options = parse_options(argv, __doc__.splitlines()[0])
     output_dir = Path(options["output_dir"])
     output_dir.mkdir(parents=True, exist_ok=True)
     configs = build_run_configs(options, output_dir)
+    _check_user_code(configs)
     names = list(configs)
     progress = Progress(names, int(options["rounds"]))
     rows_by_strategy: dict[str, list[dict[str, Any]]] = {}
@@ -132,14 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     for index, name in enumerate(names):
         progress.begin(index, output_dir / configs[name]["run-name"] / ResultsWriter.FILE_NAME)
         try:
-            outcome = run_app(
-                configs[name],
-                num_supernodes=int(options["clients"]),
-                timeout=float(options["timeout"]),
-                echo=False,
-                on_line=progress.poll,
-            )
-            rows_by_strategy[name] = outcome.rows
+            if options.get("in_process"):
+                rows_by_strategy[name] = run_here(configs[name], int(options["clients"]), progress)
+            else:
+                outcome = run_app(
+                    configs[name],
+                    num_supernodes=int(options["clients"]),
+                    timeout=float(options["timeout"]),
+                    echo=False,
+                    on_line=progress.poll,
+                )
+                rows_by_strategy[name] = outcome.rows
         except FlwrRunError as err:
             print(f"strategy {name} FAILED: {err}", file=sys.stderr, flush=True)
             failed.append(name)

@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "target_fraction": 0.95,
     "run_config": "",
     "timeout": 3600.0,
+    "spec": "",
+    "node_data": "",
+    "test_data": "",
+    "in_process": False,
 }
 # A preset's comment lines that start so hold compare options; Flower skips them.
 COMPARE_LINE = "# compare:"
@@ -41,6 +45,9 @@ RUN_CONFIG_OPTIONS = {
     "seed": "seed",
     "min-available-nodes": "clients",
     "output-dir": "output_dir",
+    "split-spec": "spec",
+    "node-data": "node_data",
+    "test-data": "test_data",
 }
 # Set by compare for each strategy: a preset's values serve plain `flwr run` only.
 PER_STRATEGY_KEYS = ("algorithm", "run-name")
@@ -147,6 +154,15 @@ def _option_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--target-fraction", type=float, help="target as a share of the best accuracy")
     parser.add_argument("--run-config", help="extra run-config overrides for every strategy; win over a preset's")
     parser.add_argument("--timeout", type=float, help="seconds allowed per strategy")
+    parser.add_argument("--spec", help="own split network: 'module:function' returning a SplitSpec (split-spec)")
+    parser.add_argument("--node-data", help="own node data: 'module:function' taking the node's Context (node-data)")
+    parser.add_argument("--test-data", help="own test set: 'module:function', when the spec has none (test-data)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        default=None,
+        help="run the apps in this process, one node after another, instead of through `flwr run`",
+    )
     return parser
 
 

@@ -15,8 +15,8 @@ from fsl_sage_flwr.app.client_app import app as client_app
 from fsl_sage_flwr.app.client_app import build_client
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.results import read_results
+from fsl_sage_flwr.app.run_split import server_split
 from fsl_sage_flwr.app.server_app import app as server_app
-from fsl_sage_flwr.data import load_dataset
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from simulations.compare import build_run_configs
@@ -40,8 +40,7 @@ def test_each_baseline_reaches_80_percent_on_digits(tmp_path, algorithm):
 def test_fedavg_in_the_comparison_averages_as_flowers_own_class(tmp_path):
     # Prepare: the app's FedAvg and Flower's, and the same two replies for each
     settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg"))
-    data = load_dataset("digits")
-    setup = get_algorithm("fedavg").build_server(settings, data, TrainMetricsTap())
+    setup = get_algorithm("fedavg").build_server(settings, server_split(settings), TrainMetricsTap())
     flower = FedAvg(fraction_evaluate=0.0, min_evaluate_nodes=0)
     state = setup.initial_arrays.to_torch_state_dict()
 
@@ -90,9 +89,8 @@ def test_splitfed_exchanges_one_message_pair_per_batch_and_books_their_bytes(tmp
     # Prepare: 3 clients, batch 32, one round
     config = app_config(tmp_path, algorithm=algorithm, num_server_rounds=1, batch_size=32, min_available_nodes=3)
     settings = RunSettings.from_run_config(config)
-    data = load_dataset("digits")
     ledger = ByteLedger()
-    setup = get_algorithm(algorithm).build_server(settings, data, TrainMetricsTap(), ledger=ledger)
+    setup = get_algorithm(algorithm).build_server(settings, server_split(settings), TrainMetricsTap(), ledger=ledger)
     recording = RecordingGrid(client_app, 3, config)
     metered = MeteredGrid(recording, ledger)
     # Execute
@@ -211,7 +209,7 @@ def test_a_client_builds_only_its_parts_once_per_process(tmp_path, algorithm, se
 def test_splitfed_summary_names_its_mode(tmp_path, caplog):
     # Prepare
     settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="splitfed-ms"))
-    setup = get_algorithm("splitfed-ms").build_server(settings, load_dataset("digits"), TrainMetricsTap())
+    setup = get_algorithm("splitfed-ms").build_server(settings, server_split(settings), TrainMetricsTap())
     # Execute: what the start-up log shows
     with caplog.at_level(logging.INFO, logger="flwr"):
         setup.strategy.summary()

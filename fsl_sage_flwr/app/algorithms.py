@@ -1,8 +1,9 @@
-"""Registry of algorithms: how each one's server and client are built from the run config.
+"""Registry of algorithms: how each one's server is built from the run config and the run's split network.
 
-With the two app entry modules, this is where the core meets ``strategies`` and
+With the two app entry modules, this is where the app meets ``strategies`` and
 ``clients``: one ServerApp and one ClientApp serve every algorithm listed here,
-selected by the run-config key ``algorithm``.
+selected by the run-config key ``algorithm``, for a built-in model and a user's
+own SplitSpec alike (``fsl_sage_flwr.app.run_split``).
 """
 
 from __future__ import annotations
@@ -10,24 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
-from flwr.client import NumPyClient
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fsl_sage_flwr.app.config import RunSettings
-from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
+from fsl_sage_flwr.app.run_split import RunSplit
 from fsl_sage_flwr.core.devices import resolve_device
-from fsl_sage_flwr.core.memory import state_nbytes
-from fsl_sage_flwr.core.models import SplitModel, build_full_model, build_split_model
-from fsl_sage_flwr.core.training import evaluate_classifier
-from fsl_sage_flwr.data import DatasetSplits
-from fsl_sage_flwr.strategies import FSLSage
-from fsl_sage_flwr.strategies.checked_fedavg import CheckedFedAvg
-from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
+from fsl_sage_flwr.split_algorithms import CLIENT_CLASSES, CLIENT_PARTS, split_strategy
+from fsl_sage_flwr.strategies.joined_fedavg import JoinedFedAvg
 from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.ledger import ByteLedger
@@ -58,46 +53,56 @@ class Algorithm:
 
     name: str
     description: str
-    #: ``build_server(settings, data, tap, state_dir=None, ledger=None)``; ``state_dir`` is a
+    #: ``build_server(settings, run_split, tap, state_dir=None, ledger=None)``; ``state_dir`` is a
     #: folder the server may keep per-client state in, ``ledger`` the run's byte ledger,
     #: for bytes that travel outside the grid (SplitFed-MS's fed server)
     build_server: Callable[..., ServerSetup]
-    client_class: type[NumPyClient] | type[SplitFedClient]
+    client_class: type
     client_parts: tuple[str, ...]
     """The split model's parts a client of this algorithm holds."""
 
 
-def build_split(settings: RunSettings, data: DatasetSplits) -> SplitModel:
-    """Build the run's split model for ``data``."""
-    return build_split_model(
-        settings.model, num_classes=data.num_classes, input_shape=data.input_shape, aux_variant=settings.aux_variant
-    )
-
-
-def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel, tap: TrainMetricsTap) -> dict:
+def _common_kwargs(settings: RunSettings, tap: TrainMetricsTap) -> dict[str, Any]:
+    """The keywords every algorithm's strategy takes from the run config."""
     return {
-        "client_model": split.client,
-        "server_model": split.server,
-        "cut_shape": split.cut_shape,
-        "num_classes": data.num_classes,
-        "training": settings.training,
-        "max_examples": len(data.train),
-        "max_rounds_without_replies": settings.max_rounds_without_replies,
-        "node_wait_timeout": settings.node_wait_timeout,
-        "allow_partial_federation": settings.allow_partial_federation,
         "device": resolve_device(settings.device),
-        "testset": data.test,
         "fraction_train": settings.fraction_train,
         "min_train_nodes": settings.min_train_nodes,
         "min_available_nodes": settings.min_available_nodes,
         "train_metrics_aggr_fn": tap,
+        "allow_partial_federation": settings.allow_partial_federation,
     }
 
 
-def _split_setup(strategy: UploadTrainingServer, split: SplitModel) -> ServerSetup:
+def _split_kwargs(settings: RunSettings, run_split: RunSplit, tap: TrainMetricsTap) -> dict[str, Any]:
+    """The keywords every split strategy takes from the run config."""
+    return {
+        **_common_kwargs(settings, tap),
+        "max_examples": run_split.max_examples,
+        "max_rounds_without_replies": settings.max_rounds_without_replies,
+        "node_wait_timeout": settings.node_wait_timeout,
+    }
+
+
+def _strategy(settings: RunSettings, run_split: RunSplit, **kwargs: Any) -> tuple[Strategy, nn.Module, nn.Module]:
+    """Build the run's strategy on freshly built parts; return it with the client and server parts."""
+    spec = run_split.spec
+    split = spec.build()
+    strategy = split_strategy(
+        settings.algorithm,
+        split,
+        num_classes=spec.num_classes,
+        training=settings.training,
+        testset=run_split.testset,
+        **kwargs,
+    )
+    return strategy, split.client, split.server
+
+
+def _split_setup(strategy: UploadTrainingServer | SplitFed, client: nn.Module, server: nn.Module) -> ServerSetup:
     def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
         strategy.shared_model.load_state_dict(arrays.to_torch_state_dict())
-        return {"client_model": _on_cpu(split.client), "server_model": _on_cpu(split.server)}
+        return {"client_model": _on_cpu(client), "server_model": _on_cpu(server)}
 
     return ServerSetup(
         strategy=strategy,
@@ -113,15 +118,16 @@ def _split_setup(strategy: UploadTrainingServer, split: SplitModel) -> ServerSet
 
 def _fsl_sage_server(
     settings: RunSettings,
-    data: DatasetSplits,
+    run_split: RunSplit,
     tap: TrainMetricsTap,
     state_dir: Path | None = None,
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
-    split = build_split(settings, data)
-    strategy = FSLSage(
-        shared_model=split.client,
-        aux_factory=lambda: build_split(settings, data).aux,
+    strategy, client, server = _strategy(
+        settings,
+        run_split,
+        # A whole fresh build per aux: a seeded run draws the same numbers as it always has.
+        aux_factory=lambda: run_split.spec.build().aux,
         alignment=settings.alignment,
         warm_up_attempts=settings.warm_up_attempts,
         warm_up=settings.warm_up,
@@ -129,86 +135,59 @@ def _fsl_sage_server(
         max_cached_clients=settings.max_cached_clients,
         server_order=settings.server_order,
         fidelity_samples=settings.fidelity_samples,
-        **_split_kwargs(settings, data, split, tap),
+        **_split_kwargs(settings, run_split, tap),
     )
-    setup = _split_setup(strategy, split)
+    setup = _split_setup(strategy, client, server)
     setup.round_details = strategy.pop_alignment_summary
     return setup
 
 
 def _cse_fsl_server(
     settings: RunSettings,
-    data: DatasetSplits,
+    run_split: RunSplit,
     tap: TrainMetricsTap,
     state_dir: Path | None = None,
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
-    split = build_split(settings, data)
-    shared = nn.ModuleDict({"client": split.client, "aux": split.aux})
-    strategy = CSEFSL(
-        shared_model=shared, server_order=settings.server_order, **_split_kwargs(settings, data, split, tap)
+    strategy, client, server = _strategy(
+        settings, run_split, server_order=settings.server_order, **_split_kwargs(settings, run_split, tap)
     )
-    return _split_setup(strategy, split)
+    return _split_setup(strategy, client, server)
+
+
+def _splitfed_server(
+    settings: RunSettings,
+    run_split: RunSplit,
+    tap: TrainMetricsTap,
+    state_dir: Path | None = None,
+    ledger: ByteLedger | None = None,
+) -> ServerSetup:
+    strategy, client, server = _strategy(settings, run_split, ledger=ledger, **_split_kwargs(settings, run_split, tap))
+    return _split_setup(strategy, client, server)
 
 
 def _fedavg_server(
     settings: RunSettings,
-    data: DatasetSplits,
+    run_split: RunSplit,
     tap: TrainMetricsTap,
     state_dir: Path | None = None,
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
-    full = build_full_model(build_split(settings, data))
-    # Flower's own FedAvg averaging; the wrapper only records and judges dropped nodes.
-    strategy = CheckedFedAvg(
-        allow_partial_federation=settings.allow_partial_federation,
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=0.0,
-        min_train_nodes=settings.min_train_nodes,
-        min_evaluate_nodes=0,
-        min_available_nodes=settings.min_available_nodes,
-        train_metrics_aggr_fn=tap,
-    )
-    device = resolve_device(settings.device)
-    full.to(device)
-    x, y = torch.from_numpy(data.test.images).to(device), torch.from_numpy(data.test.labels).to(device)
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        full.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate_classifier(full, x, y)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+    # Flower's own FedAvg averaging: only the client side, the evaluation and the record of drops are ours.
+    strategy, _, _ = _strategy(settings, run_split, **_common_kwargs(settings, tap))
+    strategy = cast(JoinedFedAvg, strategy)
 
     def final_models(arrays: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
-        full.load_state_dict(arrays.to_torch_state_dict())
-        return {"full_model": _on_cpu(full)}
+        strategy.full_model.load_state_dict(arrays.to_torch_state_dict())
+        return {"full_model": _on_cpu(strategy.full_model)}
 
     return ServerSetup(
         strategy=strategy,
-        initial_arrays=ArrayRecord(full.state_dict()),
-        evaluate=evaluate,
-        server_memory_bytes=lambda: state_nbytes(full),
+        initial_arrays=strategy.initial_arrays(),
+        evaluate=strategy.evaluate_global,
+        server_memory_bytes=strategy.server_memory_bytes,
         final_models=final_models,
     )
-
-
-def _splitfed_server(mode: str) -> Callable[..., ServerSetup]:
-    def build(
-        settings: RunSettings,
-        data: DatasetSplits,
-        tap: TrainMetricsTap,
-        state_dir: Path | None = None,
-        ledger: ByteLedger | None = None,
-    ) -> ServerSetup:
-        split = build_split(settings, data)
-        strategy = SplitFed(
-            mode=mode,
-            batch_size=settings.training.batch_size,
-            ledger=ledger,
-            **_split_kwargs(settings, data, split, tap),
-        )
-        return _split_setup(strategy, split)
-
-    return build
 
 
 def _on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -216,15 +195,17 @@ def _on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
 
 
+_DESCRIPTIONS = {
+    "fsl-sage": ("FSL-SAGE (Nair et al., ICML 2025)", _fsl_sage_server),
+    "cse-fsl": ("CSE-FSL (Mu and Shen)", _cse_fsl_server),
+    "fedavg": ("Flower's FedAvg on the full model", _fedavg_server),
+    "splitfed-ms": ("SplitFed-MS (SFL-V1)", _splitfed_server),
+    "splitfed-ss": ("SplitFed-SS (SFL-V2)", _splitfed_server),
+}
+
 ALGORITHMS: dict[str, Algorithm] = {
-    a.name: a
-    for a in (
-        Algorithm("fsl-sage", "FSL-SAGE (Nair et al., ICML 2025)", _fsl_sage_server, FSLSageClient, ("client", "aux")),
-        Algorithm("cse-fsl", "CSE-FSL (Mu and Shen)", _cse_fsl_server, CSEFSLClient, ("client", "aux")),
-        Algorithm("fedavg", "Flower's FedAvg on the full model", _fedavg_server, FedAvgClient, ("client", "server")),
-        Algorithm("splitfed-ms", "SplitFed-MS (SFL-V1)", _splitfed_server("ms"), SplitFedClient, ("client",)),
-        Algorithm("splitfed-ss", "SplitFed-SS (SFL-V2)", _splitfed_server("ss"), SplitFedClient, ("client",)),
-    )
+    name: Algorithm(name, description, build, CLIENT_CLASSES[name], CLIENT_PARTS[name])
+    for name, (description, build) in _DESCRIPTIONS.items()
 }
 
 

@@ -30,6 +30,9 @@ from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.strategies.fsl_sage import FSLSage
 from fsl_sage_flwr.transport.local_training import LocalTraining
 
+#: A "module:function" reference to user code.
+REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
 
 def _strategy_default(name: str) -> Any:
     """The default of a strategy keyword, read from the constructor that declares it.
@@ -71,6 +74,15 @@ class RunSettings:
     train_subset: int = setting("train-subset", 0, "stratified train subsample size, 0 = all")
     model: str = setting("model", "cnn", "split model: cnn or resnet18")
     aux_variant: str = setting("aux-variant", "default", "auxiliary model: linear, half, default, full")
+    split_spec: str = setting(
+        "split-spec", "", "own split network: 'module:function' returning a SplitSpec; empty = the built-in 'model'"
+    )
+    node_data: str = setting(
+        "node-data", "", "own node data: 'module:function' taking the node's Context; empty = 'dataset' partitions"
+    )
+    test_data: str = setting(
+        "test-data", "", "own test set: 'module:function', when the SplitSpec has none; empty = 'dataset''s"
+    )
     partitioning: str = setting("partitioning", "dirichlet", "iid or dirichlet")
     alpha: float = setting("alpha", 1.0, "Dirichlet concentration")
     fidelity_samples: int = setting(
@@ -156,6 +168,13 @@ class RunSettings:
         require_choice(self, "dataset", tuple(DATASETS))
         require_choice(self, "model", tuple(SPLIT_MODELS))
         require_choice(self, "aux_variant", aux_variants(self.model))
+        for name in ("split_spec", "node_data", "test_data"):
+            require(
+                not getattr(self, name) or REFERENCE.fullmatch(getattr(self, name)) is not None,
+                self,
+                name,
+                "empty or 'module:function', e.g. 'my_app.task:make_spec'",
+            )
         if self.alignment.threshold > 0 and self.fidelity_samples == 0:
             raise ValueError(
                 "run config 'align-threshold' needs the fidelity measurement it acts on: set 'fidelity-samples' > 0"

@@ -29,6 +29,7 @@ from fsl_sage_flwr.app.resume_bytes import ResumeAccountingGrid
 from fsl_sage_flwr.app.resume_checks import check_resume_state
 from fsl_sage_flwr.app.rounds import run_rounds
 from fsl_sage_flwr.app.run_lock import RunLock
+from fsl_sage_flwr.app.run_split import server_split
 from fsl_sage_flwr.core.checkpoint import (
     CHECKPOINT_FILE,
     FORMAT_VERSION,
@@ -37,9 +38,7 @@ from fsl_sage_flwr.core.checkpoint import (
     safe_load,
     set_rng_state,
 )
-from fsl_sage_flwr.core.models import required_input_shape
 from fsl_sage_flwr.core.training import derive_seed
-from fsl_sage_flwr.data import load_dataset
 from fsl_sage_flwr.strategies.split_server import wait_for_nodes
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
@@ -70,10 +69,10 @@ def main(grid: Grid, context: Context) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # One writer per folder: a second run or resume is refused before it reads or writes anything.
     with RunLock(folder):
-        _run(grid, settings, folder)
+        _run(grid, settings, folder, context)
 
 
-def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
+def _run(grid: Grid, settings: RunSettings, folder: Path, context: Context) -> None:
     """Run the rounds into ``folder``, whose lock this process holds."""
     algorithm = get_algorithm(settings.algorithm)
     # Checked before anything is read or written: no link leads a write outside, no earlier run is overwritten.
@@ -83,17 +82,10 @@ def _run(grid: Grid, settings: RunSettings, folder: Path) -> None:
         check_fresh_results(folder)
     random.seed(settings.training.seed)  # Flower's FedAvg samples nodes with `random`
     torch.manual_seed(derive_seed(settings.training.seed, "server-init"))
-    data = load_dataset(
-        settings.dataset,
-        data_dir=settings.data_dir or None,
-        input_shape=required_input_shape(settings.model),
-        train_subset=settings.train_subset or None,
-        seed=settings.training.seed,
-    )
-    settings.check_data(len(data.train), data.num_classes)
+    run_split = server_split(settings, context)
     tap = TrainMetricsTap()
     ledger = ByteLedger()
-    setup = algorithm.build_server(settings, data, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
+    setup = algorithm.build_server(settings, run_split, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
     # Layers around Flower's grid, outside in: deadlines, resume accounting, byte metering.
     metered: Grid = MeteredGrid(grid, ledger)
     if checkpoint is not None:  # nodes back with new ids are asked who they are: not the algorithm's bytes

@@ -15,6 +15,7 @@ NUM_FEATURES = 30  # the breast cancer data set's measurements per tumour
 NUM_CLASSES = 2  # malignant, benign
 HIDDEN = 64  # width of the client's first layer
 CUT = 32  # width of the cut layer
+TEST_FRACTION = 0.25  # held out; the run config's 'test-fraction' where the app has that key
 
 
 def load_split(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -39,7 +40,7 @@ def load_partition(context: Context) -> tuple[np.ndarray, np.ndarray]:
     num_partitions = int(context.node_config["num-partitions"])
     cfg = context.run_config
     seed = int(cfg["seed"])
-    x_train, y_train, _, _ = load_split(float(cfg["test-fraction"]), seed)
+    x_train, y_train, _, _ = load_split(float(cfg.get("test-fraction", TEST_FRACTION)), seed)
     order = np.random.default_rng(seed).permutation(len(y_train))
     rows = np.array_split(order, num_partitions)[partition_id]
     return x_train[rows], y_train[rows]
@@ -48,7 +49,7 @@ def load_partition(context: Context) -> tuple[np.ndarray, np.ndarray]:
 def load_testset(context: Context) -> tuple[np.ndarray, np.ndarray]:
     """The held-out rows the server evaluates on."""
     cfg = context.run_config
-    _, _, x_test, y_test = load_split(float(cfg["test-fraction"]), int(cfg["seed"]))
+    _, _, x_test, y_test = load_split(float(cfg.get("test-fraction", TEST_FRACTION)), int(cfg["seed"]))
     return x_test, y_test
 
 
