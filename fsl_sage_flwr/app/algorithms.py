@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.client import NumPyClient
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fsl_sage_flwr.app.config import RunSettings
@@ -27,10 +27,12 @@ from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.data import DatasetSplits
 from fsl_sage_flwr.strategies import FSLSage
 from fsl_sage_flwr.strategies.cse_fsl import CSEFSL
+from fsl_sage_flwr.strategies.guarded_fedavg import GuardedFedAvg
 from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.ledger import ByteLedger
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.transport.update_guard import UpdateLimits
 
 
 @dataclass
@@ -89,6 +91,8 @@ def _split_kwargs(settings: RunSettings, data: DatasetSplits, split: SplitModel,
         "min_train_nodes": settings.min_train_nodes,
         "min_available_nodes": settings.min_available_nodes,
         "train_metrics_aggr_fn": tap,
+        "update_limits": UpdateLimits(factor=settings.update_norm_factor),
+        "aggregation": settings.aggregation,
     }
 
 
@@ -156,8 +160,10 @@ def _fedavg_server(
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
     full = build_full_model(build_split(settings, data))
-    # Flower's own FedAvg, unmodified: only the client side is ours.
-    strategy = FedAvg(
+    # Flower's own FedAvg, with the client-model checks of the split strategies.
+    strategy = GuardedFedAvg(
+        update_limits=UpdateLimits(factor=settings.update_norm_factor),
+        aggregation=settings.aggregation,
         fraction_train=settings.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=settings.min_train_nodes,
@@ -184,6 +190,8 @@ def _fedavg_server(
         evaluate=evaluate,
         server_memory_bytes=lambda: state_nbytes(full),
         final_models=final_models,
+        state_dict=strategy.state_dict,
+        load_state_dict=strategy.load_state_dict,
     )
 
 

@@ -178,7 +178,7 @@ class FSLSage(UploadTrainingServer):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Warm up late joiners, then send the client model (and re-aligned auxes) to sampled nodes."""
-        self.warm_up(grid, arrays)
+        self.warm_up(grid, self.remember_sent(arrays))
         requests = self.train_requests(server_round, arrays, set(grid.get_node_ids()))
         log(INFO, "configure_train: sampled %d of %d nodes", len(requests), len(self._slots))
         self._awaiting = {node_id for node_id, _ in requests}

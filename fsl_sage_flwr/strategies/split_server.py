@@ -19,13 +19,16 @@ from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
 from fsl_sage_flwr.core.settings import require_argument
 from fsl_sage_flwr.core.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY, weighted_average
+from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY
+from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS, aggregate
+from fsl_sage_flwr.strategies.update_screening import screen_updates
 from fsl_sage_flwr.transport.arrays import state_dict_spec
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from fsl_sage_flwr.transport.replies import ParsedReply, ReplyBounds
+from fsl_sage_flwr.transport.update_guard import Screening, UpdateGuard, UpdateLimits
 
 
 class SplitServer(FedAvg):
@@ -64,6 +67,14 @@ class SplitServer(FedAvg):
     upload_limits : UploadLimits, optional
         Bounds on uploaded activations (default ``UploadLimits()``: a cap of
         1e6, and 100 times the running scale of accepted uploads).
+    update_limits : UpdateLimits, optional
+        Bounds on each reply's client-model update (default ``UpdateLimits()``:
+        10 times the round's median update norm; see
+        :class:`~fsl_sage_flwr.transport.update_guard.UpdateGuard`).
+    aggregation : str
+        How client-side arrays are averaged: ``"mean"`` (weighted by sample
+        counts), ``"trimmed-mean"`` or ``"median"`` (see
+        :func:`~fsl_sage_flwr.strategies.robust_average.aggregate`).
     max_rounds_without_replies : int
         Stop the run with an error after this many consecutive rounds in which
         no reply was accepted (it names the first reasons replies were dropped).
@@ -87,6 +98,8 @@ class SplitServer(FedAvg):
         testset: ArrayDataset | None = None,
         max_examples: int = 1_000_000,
         upload_limits: UploadLimits | None = None,
+        update_limits: UpdateLimits | None = None,
+        aggregation: str = "mean",
         max_rounds_without_replies: int = 3,
         node_wait_timeout: float = 600.0,
         device: torch.device | str = "cpu",
@@ -104,6 +117,7 @@ class SplitServer(FedAvg):
             min_train_nodes=min_train_nodes,
             min_available_nodes=min_available_nodes,
         )
+        require_argument(aggregation in AGGREGATIONS, "aggregation", aggregation, f"one of {AGGREGATIONS}")
         if not isinstance(training, LocalTraining):
             raise TypeError(f"'training' must be a LocalTraining, got {type(training).__name__}")
         # No ClientApp evaluate handler exists: federated evaluation stays off and
@@ -132,6 +146,9 @@ class SplitServer(FedAvg):
         self.bounds = ReplyBounds(self.cut_shape, num_classes, training, max_examples)
         self.activation_scale = ActivationScale(upload_limits or UploadLimits())
         self.identities = IdentityRegistry(max_partitions=max_examples)
+        self.update_guard = UpdateGuard(update_limits or UpdateLimits())
+        self.aggregation = aggregation
+        self._sent_arrays: ArrayRecord | None = None  # the global arrays of this round's requests
         self.max_rounds_without_replies = max_rounds_without_replies
         self.node_wait_timeout = node_wait_timeout
         self.round_timeout = 3600.0  # set by ``prepare_run``
@@ -249,7 +266,7 @@ class SplitServer(FedAvg):
     def state_dict(self) -> dict:
         """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies, the guards.
 
-        The guards are ``"activation_scale"`` and ``"identities"`` (their ``state_dict()``),
+        The guards are ``"activation_scale"``, ``"identities"`` and ``"update_guard"`` (their ``state_dict()``),
         so that a resumed run refuses the replies the uninterrupted one would.
         """
         return {
@@ -259,6 +276,7 @@ class SplitServer(FedAvg):
             "drop_reasons": list(self._drop_reasons),
             "activation_scale": self.activation_scale.state_dict(),
             "identities": self.identities.state_dict(),
+            "update_guard": self.update_guard.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -275,11 +293,12 @@ class SplitServer(FedAvg):
             it would forget every bound, so it is refused), or the guards' state
             does not fit them.
         """
-        missing = [key for key in ("activation_scale", "identities") if key not in state]
+        missing = [key for key in ("activation_scale", "identities", "update_guard") if key not in state]
         if missing:
             raise ValueError(f"server state without {missing}: an older checkpoint, which cannot be resumed")
         self.activation_scale.load_state_dict(state["activation_scale"])
         self.identities.load_state_dict(state["identities"])
+        self.update_guard.load_state_dict(state["update_guard"])
         self.server_model.load_state_dict(state["server_model"])
         self.server_optimizer.load_state_dict(state["server_optimizer"])
         self._rounds_without_replies = int(state["rounds_without_replies"])
@@ -302,8 +321,23 @@ class SplitServer(FedAvg):
         return f" (partition {identity.partition_id})" if identity else ""
 
     def average_shared(self, accepted: list[ParsedReply]) -> ArrayRecord:
-        """FedAvg of the accepted replies' arrays, weighted by sample counts."""
-        return weighted_average([(r.arrays, r.num_examples) for r in accepted], self.shared_spec)
+        """The accepted replies' arrays averaged as ``aggregation`` says (by default weighted by sample counts)."""
+        return aggregate([(r.arrays, r.num_examples) for r in accepted], self.shared_spec, self.aggregation)
+
+    def remember_sent(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Keep (and return) the global arrays sent this round: updates are measured from them."""
+        self._sent_arrays = arrays
+        return arrays
+
+    def screen_updates(self, replies: list[ParsedReply]) -> tuple[list[ParsedReply], Screening]:
+        """Drop, with a log line each, the replies whose client-model update is out of bounds.
+
+        Nothing changes but the log; ``self.update_guard.accept`` folds the
+        round in once it is accepted. Before any request was sent, the shared
+        model's state stands for the global arrays.
+        """
+        sent = self._sent_arrays or ArrayRecord(self.shared_model.state_dict())
+        return screen_updates(self.update_guard, sent, replies, self.log_dropped)
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
