@@ -17,6 +17,7 @@ from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.results import read_results
 from fsl_sage_flwr.app.server_app import app as server_app
 from fsl_sage_flwr.data import load_dataset
+from fsl_sage_flwr.strategies.guarded_fedavg import GuardedFedAvg
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid, record_nbytes
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from simulations.compare import build_run_configs
@@ -37,14 +38,17 @@ def test_each_baseline_reaches_80_percent_on_digits(tmp_path, algorithm):
     assert rows[-1]["accuracy"] >= 0.80, rows[-1]
 
 
-def test_fedavg_in_the_comparison_is_flowers_own_class(tmp_path):
+def test_fedavg_in_the_comparison_is_flowers_own_class_with_the_update_checks_on_top(tmp_path):
     # Prepare
-    settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg"))
     data = load_dataset("digits")
+    guarded = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg"))
+    plain = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg", update_norm_factor=0.0))
     # Execute
-    setup = get_algorithm("fedavg").build_server(settings, data, TrainMetricsTap())
-    # Assert: exactly flwr's class, not a subclass or a copy
-    assert type(setup.strategy) is FedAvg
+    guarded_setup = get_algorithm("fedavg").build_server(guarded, data, TrainMetricsTap())
+    plain_setup = get_algorithm("fedavg").build_server(plain, data, TrainMetricsTap())
+    # Assert: by default flwr's class under the update checks; with them off, exactly flwr's class
+    assert type(guarded_setup.strategy) is GuardedFedAvg and isinstance(guarded_setup.strategy, FedAvg)
+    assert type(plain_setup.strategy) is FedAvg
 
 
 class RecordingGrid(InProcessGrid):

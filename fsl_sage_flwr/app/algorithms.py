@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.client import NumPyClient
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from fsl_sage_flwr.app.config import RunSettings
@@ -160,10 +160,12 @@ def _fedavg_server(
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
     full = build_full_model(build_split(settings, data))
-    # Flower's own FedAvg, with the client-model checks of the split strategies.
-    strategy = GuardedFedAvg(
-        update_limits=UpdateLimits(factor=settings.update_norm_factor),
-        aggregation=settings.aggregation,
+    # Flower's own FedAvg, with the client-model checks of the split strategies;
+    # with the checks off and the plain mean, Flower's class itself.
+    guarded = settings.update_norm_factor > 0 or settings.aggregation != "mean"
+    checks = {"update_limits": UpdateLimits(factor=settings.update_norm_factor), "aggregation": settings.aggregation}
+    strategy = (GuardedFedAvg if guarded else FedAvg)(
+        **(checks if guarded else {}),
         fraction_train=settings.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=settings.min_train_nodes,
@@ -190,8 +192,7 @@ def _fedavg_server(
         evaluate=evaluate,
         server_memory_bytes=lambda: state_nbytes(full),
         final_models=final_models,
-        state_dict=strategy.state_dict,
-        load_state_dict=strategy.load_state_dict,
+        **({"state_dict": strategy.state_dict, "load_state_dict": strategy.load_state_dict} if guarded else {}),
     )
 
 

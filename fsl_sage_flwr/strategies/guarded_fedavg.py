@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from logging import WARNING
 from typing import Any
@@ -112,8 +113,9 @@ def _misfit(msg: Message, sent: dict[str, np.ndarray]) -> str | None:
     if set(record.keys()) != set(sent):
         return "model arrays differ from the global model's keys"
     for name, values in sent.items():
-        if tuple(record[name].shape) != values.shape or record[name].dtype != str(values.dtype):
-            return f"model array '{name}' differs from the global model's shape or dtype"
+        # Sizes, not shapes: a 0-d counter may come back as a vector of one.
+        if math.prod(record[name].shape) != values.size:
+            return f"model array '{name}' holds {math.prod(record[name].shape)} values, the global one {values.size}"
     return None
 
 

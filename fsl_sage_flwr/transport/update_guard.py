@@ -126,12 +126,16 @@ class UpdateGuard:
         sent : Mapping[str, np.ndarray]
             The global arrays sent this round.
         replies : Sequence[Mapping[str, np.ndarray]]
-            Each reply's arrays, with the same names and shapes as ``sent``.
+            Each reply's arrays, with the same names and sizes as ``sent``.
         """
         names = [name for name, values in sent.items() if np.asarray(values).dtype.kind == "f"]
         base = {name: np.asarray(sent[name], dtype=np.float64) for name in names}
         per_array = [
-            {name: _norm(np.asarray(reply[name], dtype=np.float64) - base[name]) for name in names} for reply in replies
+            {
+                name: _norm(np.asarray(reply[name], dtype=np.float64).reshape(base[name].shape) - base[name])
+                for name in names
+            }
+            for reply in replies
         ]
         norms = tuple(math.sqrt(sum(n * n for n in arrays.values())) for arrays in per_array)
         if not self.limits.enabled or not replies:
