@@ -37,9 +37,9 @@ def test_each_baseline_reaches_80_percent_on_digits(tmp_path, algorithm):
     assert rows[-1]["accuracy"] >= 0.80, rows[-1]
 
 
-def test_fedavg_in_the_comparison_averages_as_flowers_own_class(tmp_path):
+def test_fedavg_in_the_comparison_averages_as_flowers_own_class_with_the_update_checks_off(tmp_path):
     # Prepare: the app's FedAvg and Flower's, and the same two replies for each
-    settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg"))
+    settings = RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg", update_norm_factor=0.0))
     setup = get_algorithm("fedavg").build_server(settings, server_split(settings), TrainMetricsTap())
     flower = FedAvg(fraction_evaluate=0.0, min_evaluate_nodes=0)
     state = setup.initial_arrays.to_torch_state_dict()

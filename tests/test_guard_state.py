@@ -264,7 +264,7 @@ def _run(strategy, rounds: list[list[tuple[int, RecordDict]]]) -> list[str]:
 
 def _guards(strategy) -> dict[str, object]:
     state = strategy.state_dict()
-    return {"activation_scale": state["activation_scale"], "identities": state["identities"]}
+    return {key: state[key] for key in ("activation_scale", "identities", "update_guard")}
 
 
 @pytest.mark.parametrize("build", [_fsl_sage, _cse_fsl], ids=["fsl-sage", "cse-fsl"])
@@ -275,6 +275,7 @@ def test_a_restored_strategy_refuses_the_hostile_replies_the_original_refuses(bu
     restored.load_state_dict(_roundtrip(original.state_dict()))
     assert _guards(restored) == _guards(original)
     assert restored.activation_scale.bound() < 1e3
+    assert restored.update_guard.snapshot()  # round 1's reference came along
     # Execute: the same hostile rounds on both
     original_drops = _run(original, _hostile_rounds(original.shared_model))
     restored_drops = _run(restored, _hostile_rounds(original.shared_model))
@@ -289,6 +290,15 @@ def test_a_restored_strategy_refuses_the_hostile_replies_the_original_refuses(bu
     ]
     assert all("partition-id 0 belongs to node 101" in reason for reason in original_drops[2:])
     assert _guards(restored) == _guards(original)
+
+
+def test_a_server_state_without_the_update_guard_is_refused():
+    # Prepare: a state saved before client-model updates were bounded
+    state = _cse_fsl(True).state_dict()
+    del state["update_guard"]
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"without \['update_guard'\]"):
+        _cse_fsl(False).load_state_dict(state)
 
 
 def test_a_server_state_without_guards_is_refused():

@@ -66,11 +66,13 @@ class DropCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.nodes: Counter = Counter()
+        self.last: dict[int, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         match = re.match(r"dropped reply from node (\d+)", record.getMessage())
         if match:
             self.nodes[int(match.group(1))] += 1
+            self.last[int(match.group(1))] = record.getMessage()
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +113,11 @@ def _weights(model: nn.Module, factor: float) -> dict[str, np.ndarray]:
     return {k: (v * factor if v.is_floating_point() else v).numpy() for k, v in model.state_dict().items()}
 
 
+def _honest_factor(partition: int) -> float:
+    """An honest node's arrays are the global ones scaled by this: a small update, different per partition."""
+    return 1.0 + 0.01 * (partition + 1)
+
+
 # --------------------------------------------------------------- FSL-SAGE, CSE-FSL
 
 
@@ -119,7 +126,7 @@ def _reply(shared_model: nn.Module, node_id: int, server_round: int, partition: 
     return TrainReply(
         partition_id=partition,
         num_examples=EXAMPLES,
-        shared=_weights(shared_model, 1.0 + partition),
+        shared=_weights(shared_model, _honest_factor(partition)),
         smashed=_smashed(partition, server_round),
     )
 
@@ -259,6 +266,7 @@ def _state(strategy, arrays: ArrayRecord | None) -> dict[str, object]:
         state.update({f"averaged.{k}": v for k, v in arrays.to_torch_state_dict().items()})
     state["scale"] = strategy.activation_scale.snapshot()
     state["identities"] = strategy.identities.snapshot()
+    state["update_guard"] = strategy.update_guard.snapshot()
     known = strategy.known_partitions() if isinstance(strategy, FSLSage) else {}
     for partition_id, node_id in known.items():
         client, status = strategy.client_state(partition_id), strategy.client_status(partition_id)
@@ -317,6 +325,75 @@ def test_malformed_train_replies_are_dropped_and_change_nothing(name, build, dro
     print(f"\n{name}: {FIGURES[f'{name} tried']} malformed replies tried, {FIGURES[f'{name} dropped']} dropped")
 
 
+# ------------------------------------------------------------ client-model arrays
+
+MODEL_ATTACKS = ["huge", "scaled", "sign-flipped", "swapped"]
+
+
+@st.composite
+def hostile_model_arrays(draw, honest: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Finite, well-shaped client-model arrays that would pull the average far off ``sent``."""
+    kind = draw(st.sampled_from(MODEL_ATTACKS))
+    FIGURES[f"kind model-{kind}"] += 1
+    floats = sorted(k for k, v in honest.items() if v.dtype.kind == "f")
+    arrays = dict(honest)
+    if kind == "huge":
+        name = draw(st.sampled_from(floats))
+        broken = arrays[name].copy()
+        broken.flat[draw(st.integers(0, broken.size - 1))] = draw(st.sampled_from([1e30, -1e30, 3e38, -3e38]))
+        arrays[name] = broken
+    elif kind == "scaled":
+        arrays.update({k: arrays[k] * np.float32(draw(st.sampled_from([100.0, -100.0]))) for k in floats})
+    elif kind == "sign-flipped":
+        boost = np.float32(draw(st.sampled_from([20.0, 100.0, 1000.0])))
+        arrays.update({k: sent[k] - boost * (arrays[k] - sent[k]) for k in floats})
+    else:
+        # A swap of two nearly equal arrays moves the model less than an honest
+        # update does; the bound is for swaps that move it (over a fifth of its norm).
+        pairs = [
+            (a, b)
+            for i, a in enumerate(floats)
+            for b in floats[i + 1 :]
+            if sent[a].shape == sent[b].shape and np.linalg.norm(sent[a] - sent[b]) > 0.2 * _global_norm(sent)
+        ]
+        a, b = draw(st.sampled_from(pairs))
+        arrays[a], arrays[b] = arrays[b], arrays[a]
+    return arrays
+
+
+def _global_norm(arrays: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in arrays.values() if v.dtype.kind == "f")))
+
+
+@pytest.mark.parametrize("name,build", [("fsl-sage", _fsl_sage_base), ("cse-fsl", _cse_fsl_base)])
+def test_hostile_client_model_arrays_never_reach_the_average(name, build, drops):
+    base, clean_state = _base(name, build)
+    sent = _weights(base.shared_model, 1.0)
+
+    @generated(40)
+    @given(data=st.data())
+    def check(data):
+        # Prepare: node 101's good reply and node 202's with hostile client-model arrays, in a drawn order
+        strategy = copy.deepcopy(base)
+        honest = _reply(strategy.shared_model, 202, 2)
+        hostile = TrainReply(**{**honest.__dict__, "shared": data.draw(hostile_model_arrays(honest.shared, sent))})
+        replies = [(101, fit_reply_content(_reply(strategy.shared_model, 101, 2))), (202, fit_reply_content(hostile))]
+        if data.draw(st.booleans()):
+            replies.reverse()
+        before = Counter(drops.nodes)
+        # Execute
+        arrays, _ = strategy.aggregate_replies(2, replies)
+        # Assert: node 202 dropped for its client model; the average is node 101's alone
+        assert drops.nodes[202] - before[202] == 1 and drops.nodes[101] == before[101]
+        assert "client-model" in drops.last[202]
+        assert_same_state(_state(strategy, arrays), clean_state)
+        FIGURES[f"{name} model tried"] += 1
+        FIGURES[f"{name} model dropped"] += 1
+
+    check()
+    print(f"\n{name}: {FIGURES[f'{name} model tried']} hostile client models tried and dropped")
+
+
 # --------------------------------------------------------------------- SplitFed
 
 
@@ -355,7 +432,7 @@ def step_content(split, node: int, server_round: int, step: int, **metrics) -> R
         content["smashed"] = smashed_arrays_record(z, y, np.asarray([BATCH], np.int64))
     else:
         content["arrays"] = ArrayRecord(
-            {k: torch.from_numpy(v) for k, v in _weights(split.client, 1.0 + OWNERS[node]).items()}
+            {k: torch.from_numpy(v) for k, v in _weights(split.client, _honest_factor(OWNERS[node])).items()}
         )
     return content
 
@@ -458,6 +535,37 @@ def test_malformed_splitfed_replies_are_dropped_and_change_nothing(mode, drops):
 
     check()
     print(f"\n{name}: {FIGURES[f'{name} tried']} malformed replies tried, {FIGURES[f'{name} dropped']} dropped")
+
+
+@pytest.mark.parametrize("mode", ["ms", "ss"])
+def test_hostile_client_models_in_splitfed_closing_replies_never_reach_the_average(mode, drops):
+    split = _split()
+    base = SplitFed(mode=mode, batch_size=BATCH, **_common(split))
+    run_splitfed_round(base, split, 1)
+    clean = copy.deepcopy(base)
+    clean_state = _state(clean, run_splitfed_round(clean, split, 2, replace=(2, lambda: None)))
+    sent = _weights(split.client, 1.0)
+    honest = _weights(split.client, _honest_factor(OWNERS[202]))
+
+    @generated(20)
+    @given(arrays=hostile_model_arrays(honest, sent))
+    def check(arrays):
+        # Prepare: node 202 closes its round with hostile client-model arrays
+        content = step_content(split, 202, 2, 2)
+        content["arrays"] = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        strategy = copy.deepcopy(base)
+        before = drops.nodes[202]
+        # Execute
+        averaged = run_splitfed_round(
+            strategy, split, 2, replace=(2, lambda: reply_from(202, content, "train.splitstep"))
+        )
+        # Assert: dropped for its client model; the state of the round node 202 never closed
+        assert drops.nodes[202] - before == 1 and "client-model" in drops.last[202]
+        assert_same_state(_state(strategy, averaged), clean_state)
+        FIGURES[f"splitfed-{mode} model tried"] += 1
+        FIGURES[f"splitfed-{mode} model dropped"] += 1
+
+    check()
 
 
 def test_zz_print_figures():

@@ -27,6 +27,7 @@ from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.ledger import ByteLedger
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
+from fsl_sage_flwr.transport.update_guard import UpdateLimits
 
 
 @dataclass
@@ -71,6 +72,8 @@ def _common_kwargs(settings: RunSettings, tap: TrainMetricsTap) -> dict[str, Any
         "min_available_nodes": settings.min_available_nodes,
         "train_metrics_aggr_fn": tap,
         "allow_partial_federation": settings.allow_partial_federation,
+        "update_limits": UpdateLimits(factor=settings.update_norm_factor),
+        "aggregation": settings.aggregation,
     }
 
 
@@ -173,7 +176,7 @@ def _fedavg_server(
     state_dir: Path | None = None,
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
-    # Flower's own FedAvg averaging: only the client side, the evaluation and the record of drops are ours.
+    # Flower's own FedAvg rounds and average, with the split strategies' update bounds and record of drops.
     strategy, _, _ = _strategy(settings, run_split, **_common_kwargs(settings, tap))
     strategy = cast(JoinedFedAvg, strategy)
 
@@ -187,6 +190,8 @@ def _fedavg_server(
         evaluate=strategy.evaluate_global,
         server_memory_bytes=strategy.server_memory_bytes,
         final_models=final_models,
+        state_dict=strategy.state_dict,
+        load_state_dict=strategy.load_state_dict,
     )
 
 

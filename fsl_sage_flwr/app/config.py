@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from fsl_sage_flwr.core.settings import (
 )
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.strategies.fsl_sage import FSLSage
+from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS
 from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.update_guard import UpdateLimits
 
 #: A "module:function" reference to user code.
 REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -95,6 +98,12 @@ class RunSettings:
         _strategy_default("server_order"),
         "FSL-SAGE/CSE-FSL: server steps on a round's uploads client by client or mixed",
     )
+    update_norm_factor: float = setting(
+        "update-norm-factor",
+        UpdateLimits().factor,
+        "refuse a reply whose client-model update norm exceeds this many times the round's median; 0 = off",
+    )
+    aggregation: str = setting("aggregation", "mean", "client-model average: mean, trimmed-mean or median")
     client_threads: int = setting("client-threads", 1, "torch threads per client")
     device: str = setting("device", "auto", "where models train: auto, cpu, cuda or cuda:N")
     round_timeout: float = setting(
@@ -162,6 +171,13 @@ class RunSettings:
             f"at most 'min-available-nodes' ({self.min_available_nodes}): no round could be sampled",
         )
         require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, self, "device", str(DEVICE_CHOICES))
+        require(
+            self.update_norm_factor == 0 or 1 <= self.update_norm_factor < math.inf,
+            self,
+            "update_norm_factor",
+            "0 (off) or a finite number >= 1",
+        )
+        require_choice(self, "aggregation", AGGREGATIONS)
         require_choice(self, "partitioning", PARTITIONINGS)
         require_choice(self, "server_order", SERVER_ORDERS)
         require_choice(self, "warm_up", WARM_UP_MODES)

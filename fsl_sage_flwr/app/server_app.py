@@ -39,7 +39,7 @@ from fsl_sage_flwr.core.checkpoint import (
     set_rng_state,
 )
 from fsl_sage_flwr.core.training import derive_seed
-from fsl_sage_flwr.strategies.split_server import wait_for_nodes
+from fsl_sage_flwr.strategies.node_wait import wait_for_nodes
 from fsl_sage_flwr.transport.ledger import ByteLedger, MeteredGrid
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 

@@ -28,11 +28,12 @@ def weighted_average(states: list[tuple[ArrayRecord, int]], spec: Mapping[str, A
     ]
     averaged = aggregate_arrayrecords(records, WEIGHT_KEY)
     return ArrayRecord(
-        {name: to_array(_restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()}
+        {name: to_array(restore_dtype(averaged[name].numpy(), entry.dtype)) for name, entry in spec.items()}
     )
 
 
-def _restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+def restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast an average back to ``dtype``; integer arrays are rounded, not truncated."""
     # Averaging turns integer counters into floats; round them back.
     if np.dtype(dtype).kind in "iu":
         values = np.rint(values)

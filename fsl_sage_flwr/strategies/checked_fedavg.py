@@ -1,4 +1,4 @@
-"""Flower's FedAvg, with the record of dropped nodes the split strategies keep."""
+"""Flower's FedAvg with the split strategies' update bounds, and their record of dropped nodes."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
+from fsl_sage_flwr.strategies.guarded_fedavg import GuardedFedAvg
 from fsl_sage_flwr.strategies.setup_drops import DropRecord
 from fsl_sage_flwr.transport.drop_reasons import setup_kind
 from fsl_sage_flwr.transport.log_text import client_text
 
 
-class CheckedFedAvg(FedAvg):
+class CheckedFedAvg(GuardedFedAvg):
     """Flower's FedAvg, unchanged in what it averages, which fails a run whose nodes are set up wrong.
 
     An error reply whose reason names a setup fault (see
@@ -28,7 +28,8 @@ class CheckedFedAvg(FedAvg):
     allow_partial_federation : bool
         Run on without nodes dropped for their setup, logging the summary.
     **kwargs
-        As for Flower's ``FedAvg``.
+        As for :class:`~fsl_sage_flwr.strategies.guarded_fedavg.GuardedFedAvg` (update bounds,
+        the average) and Flower's ``FedAvg``.
     """
 
     def __init__(self, *, allow_partial_federation: bool = False, **kwargs: Any) -> None:

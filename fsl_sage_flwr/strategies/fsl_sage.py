@@ -186,7 +186,7 @@ class FSLSage(UploadTrainingServer):
     ) -> Iterable[Message]:
         """Warm up the new nodes due, then send the client model (and aligned auxes) to the sampled ones."""
         connected = set(self._connected(grid))
-        self.warm_up_nodes(grid, arrays, self.nodes_to_warm_up(server_round, connected))
+        self.warm_up_nodes(grid, self.remember_sent(arrays), self.nodes_to_warm_up(server_round, connected))
         requests = self.train_requests(server_round, arrays, connected)
         log(INFO, "configure_train: sampled %d of %d nodes", len(requests), len(self._slots))
         self._awaiting = {node_id for node_id, _ in requests}

@@ -15,6 +15,7 @@ from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.checked_fedavg import CheckedFedAvg
 from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.update_guard import UpdateLimits
 
 
 class JoinedFedAvg(CheckedFedAvg):
@@ -41,6 +42,8 @@ class JoinedFedAvg(CheckedFedAvg):
         As Flower's FedAvg; federated evaluation stays off (no node evaluates).
     allow_partial_federation : bool
         Run on without nodes dropped for their setup (see ``CheckedFedAvg``).
+    update_limits, aggregation
+        Bounds on each reply's update and the average (see ``GuardedFedAvg``).
     """
 
     def __init__(
@@ -55,9 +58,13 @@ class JoinedFedAvg(CheckedFedAvg):
         min_available_nodes: int = 2,
         train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         allow_partial_federation: bool = False,
+        update_limits: UpdateLimits | None = None,
+        aggregation: str = "mean",
     ) -> None:
         super().__init__(
             allow_partial_federation=allow_partial_federation,
+            update_limits=update_limits,
+            aggregation=aggregation,
             fraction_train=fraction_train,
             fraction_evaluate=0.0,
             min_train_nodes=min_train_nodes,

@@ -62,7 +62,7 @@ class FSLSageLegacy(Strategy):
         client_manager.wait_for(self.core.min_available_nodes, timeout=self.timeout or 86400)
         proxies = {int(proxy.cid): proxy for proxy in client_manager.all().values()}
         self._warm_up(arrays, proxies, server_round)
-        requests = self.core.train_requests(server_round, arrays, set(proxies))
+        requests = self.core.train_requests(server_round, self.core.remember_sent(arrays), set(proxies))
         if not requests:
             self.core.aggregate_replies(server_round, [])  # counts the empty round
         return [(proxies[node_id], recorddict_to_fitins(content, keep_input=True)) for node_id, content in requests]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from logging import INFO, WARNING
 
@@ -19,8 +17,12 @@ from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
 from fsl_sage_flwr.core.settings import require_argument
 from fsl_sage_flwr.core.training import evaluate_classifier, make_adam
 from fsl_sage_flwr.data import ArrayDataset
-from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY, weighted_average
+from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY
+from fsl_sage_flwr.strategies.node_wait import wait_for_nodes
+from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS, aggregate
 from fsl_sage_flwr.strategies.setup_drops import DropRecord
+from fsl_sage_flwr.strategies.split_keywords import check_split_keywords
+from fsl_sage_flwr.strategies.update_screening import screen_updates
 from fsl_sage_flwr.transport.arrays import state_dict_spec
 from fsl_sage_flwr.transport.drop_reasons import setup_kind
 from fsl_sage_flwr.transport.guard import ActivationScale, IdentityRegistry, UploadLimits
@@ -28,6 +30,7 @@ from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.metrics import TrainMetricsTap
 from fsl_sage_flwr.transport.replies import ParsedReply, ReplyBounds
+from fsl_sage_flwr.transport.update_guard import Screening, UpdateGuard, UpdateLimits
 
 
 class SplitServer(FedAvg):
@@ -66,6 +69,14 @@ class SplitServer(FedAvg):
     upload_limits : UploadLimits, optional
         Bounds on uploaded activations (default ``UploadLimits()``: a cap of
         1e6, and 100 times the running scale of accepted uploads).
+    update_limits : UpdateLimits, optional
+        Bounds on each reply's client-model update (default ``UpdateLimits()``:
+        10 times the round's median update norm; see
+        :class:`~fsl_sage_flwr.transport.update_guard.UpdateGuard`).
+    aggregation : str
+        How client-side arrays are averaged: ``"mean"`` (weighted by sample
+        counts), ``"trimmed-mean"`` or ``"median"`` (see
+        :func:`~fsl_sage_flwr.strategies.robust_average.aggregate`).
     max_rounds_without_replies : int
         Stop the run with an error after this many consecutive rounds in which
         no reply was accepted (it names the first reasons replies were dropped).
@@ -95,6 +106,8 @@ class SplitServer(FedAvg):
         testset: ArrayDataset | None = None,
         max_examples: int = 1_000_000,
         upload_limits: UploadLimits | None = None,
+        update_limits: UpdateLimits | None = None,
+        aggregation: str = "mean",
         max_rounds_without_replies: int = 3,
         node_wait_timeout: float = 600.0,
         allow_partial_federation: bool = False,
@@ -104,7 +117,7 @@ class SplitServer(FedAvg):
         min_available_nodes: int = 2,
         train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
     ) -> None:
-        _check_keywords(
+        check_split_keywords(
             num_classes=num_classes,
             max_examples=max_examples,
             max_rounds_without_replies=max_rounds_without_replies,
@@ -113,6 +126,7 @@ class SplitServer(FedAvg):
             min_train_nodes=min_train_nodes,
             min_available_nodes=min_available_nodes,
         )
+        require_argument(aggregation in AGGREGATIONS, "aggregation", aggregation, f"one of {AGGREGATIONS}")
         if not isinstance(training, LocalTraining):
             raise TypeError(f"'training' must be a LocalTraining, got {type(training).__name__}")
         # No ClientApp evaluate handler exists: federated evaluation stays off and
@@ -141,6 +155,9 @@ class SplitServer(FedAvg):
         self.bounds = ReplyBounds(self.cut_shape, num_classes, training, max_examples)
         self.activation_scale = ActivationScale(upload_limits or UploadLimits())
         self.identities = IdentityRegistry(max_partitions=max_examples)
+        self.update_guard = UpdateGuard(update_limits or UpdateLimits())
+        self.aggregation = aggregation
+        self._sent_arrays: ArrayRecord | None = None  # the global arrays of this round's requests
         self.max_rounds_without_replies = max_rounds_without_replies
         self.node_wait_timeout = node_wait_timeout
         self.round_timeout = 3600.0  # set by ``prepare_run``
@@ -280,7 +297,7 @@ class SplitServer(FedAvg):
     def state_dict(self) -> dict:
         """What a checkpoint holds of the server: model, optimizer, the run of rounds without replies, the guards.
 
-        The guards are ``"activation_scale"`` and ``"identities"`` (their ``state_dict()``),
+        The guards are ``"activation_scale"``, ``"identities"`` and ``"update_guard"`` (their ``state_dict()``),
         so that a resumed run refuses the replies the uninterrupted one would.
         """
         return {
@@ -290,6 +307,7 @@ class SplitServer(FedAvg):
             "drop_reasons": list(self._drop_reasons),
             "activation_scale": self.activation_scale.state_dict(),
             "identities": self.identities.state_dict(),
+            "update_guard": self.update_guard.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -306,11 +324,12 @@ class SplitServer(FedAvg):
             it would forget every bound, so it is refused), or the guards' state
             does not fit them.
         """
-        missing = [key for key in ("activation_scale", "identities") if key not in state]
+        missing = [key for key in ("activation_scale", "identities", "update_guard") if key not in state]
         if missing:
             raise ValueError(f"server state without {missing}: an older checkpoint, which cannot be resumed")
         self.activation_scale.load_state_dict(state["activation_scale"])
         self.identities.load_state_dict(state["identities"])
+        self.update_guard.load_state_dict(state["update_guard"])
         self.server_model.load_state_dict(state["server_model"])
         self.server_optimizer.load_state_dict(state["server_optimizer"])
         self._rounds_without_replies = int(state["rounds_without_replies"])
@@ -335,59 +354,20 @@ class SplitServer(FedAvg):
         return f" (partition {identity.partition_id})" if identity else ""
 
     def average_shared(self, accepted: list[ParsedReply]) -> ArrayRecord:
-        """FedAvg of the accepted replies' arrays, weighted by sample counts."""
-        return weighted_average([(r.arrays, r.num_examples) for r in accepted], self.shared_spec)
+        """The accepted replies' arrays averaged as ``aggregation`` says (by default weighted by sample counts)."""
+        return aggregate([(r.arrays, r.num_examples) for r in accepted], self.shared_spec, self.aggregation)
 
+    def remember_sent(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Keep (and return) the global arrays sent this round: updates are measured from them."""
+        self._sent_arrays = arrays
+        return arrays
 
-def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
-    """Return the connected node ids once ``minimum`` are connected.
+    def screen_updates(self, replies: list[ParsedReply]) -> tuple[list[ParsedReply], Screening]:
+        """Drop, with a log line each, the replies whose client-model update is out of bounds.
 
-    Raises
-    ------
-    RuntimeError
-        After ``timeout`` seconds with fewer nodes connected, naming both counts.
-    """
-    deadline = time.monotonic() + timeout
-    next_log = 0.0
-    while len(node_ids := sorted(grid.get_node_ids())) < minimum:
-        now = time.monotonic()
-        if now >= deadline:
-            raise RuntimeError(
-                f"waited {timeout:.0f} s for {minimum} nodes ('min-available-nodes'), {len(node_ids)} "
-                "connected: start more nodes, or lower 'min-available-nodes'"
-            )
-        if now >= next_log:
-            log(INFO, "waiting for nodes: %d of %d connected", len(node_ids), minimum)
-            next_log = now + 10.0
-        time.sleep(0.5)
-    return node_ids
-
-
-def _check_keywords(
-    *,
-    num_classes: int,
-    max_examples: int,
-    max_rounds_without_replies: int,
-    node_wait_timeout: float,
-    fraction_train: float,
-    min_train_nodes: int,
-    min_available_nodes: int,
-) -> None:
-    """Refuse a bad constructor keyword when the strategy is built, not rounds later."""
-    require_argument(num_classes >= 2, "num_classes", num_classes, ">= 2")
-    require_argument(max_examples >= 1, "max_examples", max_examples, ">= 1")
-    require_argument(max_rounds_without_replies >= 1, "max_rounds_without_replies", max_rounds_without_replies, ">= 1")
-    require_argument(
-        math.isfinite(node_wait_timeout) and node_wait_timeout > 0,
-        "node_wait_timeout",
-        node_wait_timeout,
-        "a finite number > 0",
-    )
-    require_argument(0.0 < fraction_train <= 1.0, "fraction_train", fraction_train, "in (0, 1]")
-    require_argument(min_train_nodes >= 1, "min_train_nodes", min_train_nodes, ">= 1")
-    require_argument(
-        min_available_nodes >= min_train_nodes,
-        "min_available_nodes",
-        min_available_nodes,
-        f">= min_train_nodes ({min_train_nodes})",
-    )
+        Nothing changes but the log; ``self.update_guard.accept`` folds the
+        round in once it is accepted. Before any request was sent, the shared
+        model's state stands for the global arrays.
+        """
+        sent = self._sent_arrays or ArrayRecord(self.shared_model.state_dict())
+        return screen_updates(self.update_guard, sent, replies, self.log_dropped)

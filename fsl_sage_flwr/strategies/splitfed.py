@@ -132,6 +132,7 @@ class SplitFed(SplitServer):
         """
         self._sessions = {n: self._new_session(n) for n in self.select_train_nodes(server_round, grid)}
         self._round_grid = grid
+        self.remember_sent(arrays)
         self._step_config = {**self.training.to_config(), SERVER_ROUND_KEY: server_round}
         return [self._step_message(s, 0, arrays) for s in self._sessions.values()]
 
@@ -156,6 +157,9 @@ class SplitFed(SplitServer):
                 accepted.append((self._parse_closing(msg), msg.content))
             except MalformedReplyError as err:
                 self.log_dropped(msg.metadata.src_node_id, err)
+        kept, screening = self.screen_updates([reply for reply, _ in accepted])
+        kept_nodes = {reply.node_id for reply in kept}
+        accepted = [item for item in accepted if item[0].node_id in kept_nodes]
         # A node finishes its round with an accepted closing reply; a round none finished trained no client.
         self.check_progress(server_round, len(accepted))
         if not accepted:
@@ -168,6 +172,7 @@ class SplitFed(SplitServer):
         # Everything that can fail runs before the server state changes.
         metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
         arrays = self.average_shared([reply for reply, _ in accepted])
+        self.update_guard.accept(screening)
         if self.mode == "ms":
             self._average_server_copies(sessions)
             self._book_fed_server_exchange(sessions)

@@ -66,6 +66,7 @@ class UploadTrainingServer(SplitServer):
         """
         node_ids = self.select_train_nodes(server_round, grid)
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
+        self.remember_sent(arrays)
         self._awaiting = set(node_ids)
         return [
             Message(content=self.train_request(n, server_round, arrays), dst_node_id=n, message_type=MessageType.TRAIN)
@@ -118,7 +119,7 @@ class UploadTrainingServer(SplitServer):
                 parsed.append(self.parse_reply(node_id, content, expect_model=True))
             except MalformedReplyError as err:
                 self.log_dropped(node_id, err)
-        accepted = self.resolve_claims(parsed)
+        accepted, screening = self.screen_updates(self.resolve_claims(parsed))
         self.check_progress(server_round, len(accepted))
         if not accepted:
             return None, None
@@ -128,6 +129,7 @@ class UploadTrainingServer(SplitServer):
             WEIGHT_KEY,
         )
         arrays = self.average_shared(accepted)
+        self.update_guard.accept(screening)
         for reply in accepted:
             self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
         self.train_server_on(accepted, server_round)
