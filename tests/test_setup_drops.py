@@ -11,8 +11,8 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from fsl_sage_flwr.app.algorithms import get_algorithm
 from fsl_sage_flwr.app.config import RunSettings
+from fsl_sage_flwr.app.run_split import server_split
 from fsl_sage_flwr.core.models import build_split_model
-from fsl_sage_flwr.data import load_dataset
 from fsl_sage_flwr.strategies.setup_drops import SetupDropError
 from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.transport.local_training import LocalTraining
@@ -137,13 +137,14 @@ def test_splitfed_refuses_a_partition_claimed_by_two_nodes_naming_both():
 
 def test_fedavg_fails_on_a_client_setup_error_and_runs_on_when_partial(tmp_path):
     # Prepare
-    data = load_dataset("digits")
     settings = {
         flag: RunSettings.from_run_config(app_config(tmp_path, algorithm="fedavg", allow_partial_federation=flag))
         for flag in (False, True)
     }
-    strict = get_algorithm("fedavg").build_server(settings[False], data, TrainMetricsTap()).strategy
-    partial = get_algorithm("fedavg").build_server(settings[True], data, TrainMetricsTap()).strategy
+    strict, partial = (
+        get_algorithm("fedavg").build_server(settings[flag], server_split(settings[flag]), TrainMetricsTap()).strategy
+        for flag in (False, True)
+    )
     # Execute / Assert
     with pytest.raises(SetupDropError, match=r"node 7 \[labels\]: labels out of range: found 12, num_classes 10"):
         strict.aggregate_train(1, [_error_reply(7, LABELS)])
