@@ -36,6 +36,9 @@ from simulations.paths import PROJECT_DIR
 from simulations.processes import alive, descendants, process_table, spawned_by, stop_processes
 from simulations.tls import TlsFiles, make_tls_files
 
+#: What ``flwr`` prints when its request to the SuperLink failed or timed out.
+_UNAVAILABLE = "Connection to the SuperLink is unavailable"
+
 
 class DeploymentError(RuntimeError):
     """The federation did not start, or a run did not end in time."""
@@ -70,6 +73,9 @@ class LoopbackFederation:
         Name of the connection entry in ``$FLWR_HOME/config.toml``.
     stop_timeout : float
         Seconds between SIGTERM and SIGKILL when stopping.
+    cli_timeout : float
+        Seconds one ``flwr`` CLI command may take; many SuperNodes starting at once
+        on few cores slow the first ones down.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class LoopbackFederation:
         install_dependencies: bool = False,
         name: str = "loopback",
         stop_timeout: float = 10.0,
+        cli_timeout: float = 60.0,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.node_configs = [dict(c) for c in node_configs]
@@ -88,6 +95,7 @@ class LoopbackFederation:
         self.install_dependencies = install_dependencies
         self.name = name
         self.stop_timeout = stop_timeout
+        self.cli_timeout = cli_timeout
         self.flwr_home = self.workdir / "flwr-home"
         self.log_dir = self.workdir / "logs"
         self.port = 0
@@ -184,10 +192,14 @@ class LoopbackFederation:
         env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
         return env
 
-    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """Run a ``flwr`` CLI command against this federation's Flower home."""
+    def flwr(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run a ``flwr`` CLI command against this federation's Flower home (``cli_timeout`` by default)."""
         return subprocess.run(
-            [venv_bin("flwr"), *args], env=self.env(), capture_output=True, text=True, timeout=timeout
+            [venv_bin("flwr"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=self.cli_timeout if timeout is None else timeout,
         )
 
     def list_runs(self) -> list[dict[str, Any]]:
@@ -221,29 +233,41 @@ class LoopbackFederation:
         command = [venv_bin("flwr"), "run", str(app_dir), self.name, "--stream"]
         command += run_config_arguments(run_config)
         log_path = self.log_dir / f"flwr-run-{len(before)}.log"
+        while True:
+            returncode, log = self._submit(command, log_path, start + timeout - time.monotonic())
+            # A SuperLink busy with many SuperNodes connecting may answer the CLI too late;
+            # submit again only when no run arrived and the CLI said it could not connect.
+            unanswered = returncode != 0 and _UNAVAILABLE in log and not self._new_runs(before)
+            if not unanswered or time.monotonic() - start > timeout:
+                break
+            time.sleep(5 * poll_interval)
+        while True:
+            new = self._new_runs(before)
+            if new and str(new[0]["status"]).startswith("finished"):
+                return DeploymentRun(int(new[0]["run-id"]), str(new[0]["status"]), log, time.monotonic() - start)
+            if not new and returncode != 0:
+                raise DeploymentError(f"flwr run exited {returncode} without submitting a run; log:\n{log[-3000:]}")
+            if time.monotonic() - start > timeout:
+                state = new[0]["status"] if new else "not submitted"
+                raise DeploymentError(f"run {state} after {timeout:.0f} s; log:\n{log[-3000:]}")
+            time.sleep(poll_interval)
+
+    def _new_runs(self, before: set[int]) -> list[dict[str, Any]]:
+        return [r for r in self.list_runs() if int(r["run-id"]) not in before]
+
+    def _submit(self, command: list[str], log_path: Path, timeout: float) -> tuple[int, str]:
+        """Run ``flwr run`` for at most ``timeout`` seconds (then kill it); return its exit code and output."""
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(command, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT)
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=max(timeout, 1.0))
             except subprocess.TimeoutExpired:
                 pass
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        log = log_path.read_text(errors="replace")
-        while True:
-            new = [r for r in self.list_runs() if int(r["run-id"]) not in before]
-            if new and str(new[0]["status"]).startswith("finished"):
-                return DeploymentRun(int(new[0]["run-id"]), str(new[0]["status"]), log, time.monotonic() - start)
-            if not new and proc.returncode not in (0, None):
-                raise DeploymentError(
-                    f"flwr run exited {proc.returncode} without submitting a run; log:\n{log[-3000:]}"
-                )
-            if time.monotonic() - start > timeout:
-                state = new[0]["status"] if new else "not submitted"
-                raise DeploymentError(f"run {state} after {timeout:.0f} s; log:\n{log[-3000:]}")
-            time.sleep(poll_interval)
+        return proc.returncode, log_path.read_text(errors="replace")
 
     # ------------------------------------------------------------------ stopping
 
