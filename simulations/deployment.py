@@ -38,6 +38,8 @@ from simulations.tls import TlsFiles, make_tls_files
 
 #: What ``flwr`` prints when its request to the SuperLink failed or timed out.
 _UNAVAILABLE = "Connection to the SuperLink is unavailable"
+#: What ``flower-superlink`` logs for each SuperNode it activates.
+_ACTIVATED = "[Fleet.ActivateNode] Activated node_id="
 
 
 class DeploymentError(RuntimeError):
@@ -75,7 +77,13 @@ class LoopbackFederation:
         Seconds between SIGTERM and SIGKILL when stopping.
     cli_timeout : float
         Seconds one ``flwr`` CLI command may take; many SuperNodes starting at once
-        on few cores slow the first ones down.
+        on few cores slow the first ones down. Also bounds the wait for a batch of
+        SuperNodes (``start_batch``) when longer than ``start``'s ``ready_timeout``.
+    start_batch : int
+        SuperNodes started at once; the next ones start when the SuperLink has
+        activated these. 0 starts all together. A SuperNode whose activation the
+        SuperLink answered too late is refused when it asks again (Flower 1.42), so
+        batches keep a slow machine from stranding nodes.
     """
 
     def __init__(
@@ -88,7 +96,10 @@ class LoopbackFederation:
         name: str = "loopback",
         stop_timeout: float = 10.0,
         cli_timeout: float = 60.0,
+        start_batch: int = 0,
     ) -> None:
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be 0 (all at once) or positive, got {start_batch}")
         self.workdir = Path(workdir).resolve()
         self.node_configs = [dict(c) for c in node_configs]
         self.tls = tls
@@ -96,6 +107,7 @@ class LoopbackFederation:
         self.name = name
         self.stop_timeout = stop_timeout
         self.cli_timeout = cli_timeout
+        self.start_batch = start_batch
         self.flwr_home = self.workdir / "flwr-home"
         self.log_dir = self.workdir / "logs"
         self.port = 0
@@ -127,8 +139,11 @@ class LoopbackFederation:
         self.port = free_port()
         self._spawn("superlink", self.superlink_command(), self.workdir / "superlink-home")
         self._wait_for_port(self.port, ready_timeout)
+        batch = self.start_batch or len(self.node_configs)
         for i, config in enumerate(self.node_configs):
             self._spawn(f"supernode-{i}", self.supernode_command(config), self.workdir / f"supernode-{i}-home")
+            if (i + 1) % batch == 0 and i + 1 < len(self.node_configs):
+                self._wait_for_activations(i + 1, max(ready_timeout, self.cli_timeout))
         self.write_connection()
 
     def superlink_command(self) -> list[str]:
@@ -307,6 +322,16 @@ class LoopbackFederation:
         self.processes.append(
             subprocess.Popen(command, env=self.env(home), cwd=home, stdout=handle, stderr=subprocess.STDOUT)
         )
+
+    def _wait_for_activations(self, count: int, timeout: float) -> None:
+        """Wait until the SuperLink's log shows ``count`` SuperNodes activated."""
+        log = self.log_dir / "superlink.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.read_text(errors="replace").count(_ACTIVATED) >= count:
+                return
+            time.sleep(0.5)
+        raise DeploymentError(f"the SuperLink did not activate {count} SuperNodes within {timeout:.0f} s")
 
     def _wait_for_port(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
