@@ -36,6 +36,11 @@ from simulations.paths import PROJECT_DIR
 from simulations.processes import alive, descendants, process_table, spawned_by, stop_processes
 from simulations.tls import TlsFiles, make_tls_files
 
+#: What ``flwr`` prints when its request to the SuperLink failed or timed out.
+_UNAVAILABLE = "Connection to the SuperLink is unavailable"
+#: What ``flower-superlink`` logs for each SuperNode it activates.
+_ACTIVATED = "[Fleet.ActivateNode] Activated node_id="
+
 
 class DeploymentError(RuntimeError):
     """The federation did not start, or a run did not end in time."""
@@ -70,6 +75,15 @@ class LoopbackFederation:
         Name of the connection entry in ``$FLWR_HOME/config.toml``.
     stop_timeout : float
         Seconds between SIGTERM and SIGKILL when stopping.
+    cli_timeout : float
+        Seconds one ``flwr`` CLI command may take; many SuperNodes starting at once
+        on few cores slow the first ones down. Also bounds the wait for a batch of
+        SuperNodes (``start_batch``) when longer than ``start``'s ``ready_timeout``.
+    start_batch : int
+        SuperNodes started at once; the next ones start when the SuperLink has
+        activated these. 0 starts all together. A SuperNode whose activation the
+        SuperLink answered too late is refused when it asks again (Flower 1.42), so
+        batches keep a slow machine from stranding nodes.
     """
 
     def __init__(
@@ -81,13 +95,19 @@ class LoopbackFederation:
         install_dependencies: bool = False,
         name: str = "loopback",
         stop_timeout: float = 10.0,
+        cli_timeout: float = 60.0,
+        start_batch: int = 0,
     ) -> None:
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be 0 (all at once) or positive, got {start_batch}")
         self.workdir = Path(workdir).resolve()
         self.node_configs = [dict(c) for c in node_configs]
         self.tls = tls
         self.install_dependencies = install_dependencies
         self.name = name
         self.stop_timeout = stop_timeout
+        self.cli_timeout = cli_timeout
+        self.start_batch = start_batch
         self.flwr_home = self.workdir / "flwr-home"
         self.log_dir = self.workdir / "logs"
         self.port = 0
@@ -119,8 +139,11 @@ class LoopbackFederation:
         self.port = free_port()
         self._spawn("superlink", self.superlink_command(), self.workdir / "superlink-home")
         self._wait_for_port(self.port, ready_timeout)
+        batch = self.start_batch or len(self.node_configs)
         for i, config in enumerate(self.node_configs):
             self._spawn(f"supernode-{i}", self.supernode_command(config), self.workdir / f"supernode-{i}-home")
+            if (i + 1) % batch == 0 and i + 1 < len(self.node_configs):
+                self._wait_for_activations(i + 1, max(ready_timeout, self.cli_timeout))
         self.write_connection()
 
     def superlink_command(self) -> list[str]:
@@ -184,10 +207,14 @@ class LoopbackFederation:
         env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
         return env
 
-    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """Run a ``flwr`` CLI command against this federation's Flower home."""
+    def flwr(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run a ``flwr`` CLI command against this federation's Flower home (``cli_timeout`` by default)."""
         return subprocess.run(
-            [venv_bin("flwr"), *args], env=self.env(), capture_output=True, text=True, timeout=timeout
+            [venv_bin("flwr"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=self.cli_timeout if timeout is None else timeout,
         )
 
     def list_runs(self) -> list[dict[str, Any]]:
@@ -221,29 +248,41 @@ class LoopbackFederation:
         command = [venv_bin("flwr"), "run", str(app_dir), self.name, "--stream"]
         command += run_config_arguments(run_config)
         log_path = self.log_dir / f"flwr-run-{len(before)}.log"
+        while True:
+            returncode, log = self._submit(command, log_path, start + timeout - time.monotonic())
+            # A SuperLink busy with many SuperNodes connecting may answer the CLI too late;
+            # submit again only when no run arrived and the CLI said it could not connect.
+            unanswered = returncode != 0 and _UNAVAILABLE in log and not self._new_runs(before)
+            if not unanswered or time.monotonic() - start > timeout:
+                break
+            time.sleep(5 * poll_interval)
+        while True:
+            new = self._new_runs(before)
+            if new and str(new[0]["status"]).startswith("finished"):
+                return DeploymentRun(int(new[0]["run-id"]), str(new[0]["status"]), log, time.monotonic() - start)
+            if not new and returncode != 0:
+                raise DeploymentError(f"flwr run exited {returncode} without submitting a run; log:\n{log[-3000:]}")
+            if time.monotonic() - start > timeout:
+                state = new[0]["status"] if new else "not submitted"
+                raise DeploymentError(f"run {state} after {timeout:.0f} s; log:\n{log[-3000:]}")
+            time.sleep(poll_interval)
+
+    def _new_runs(self, before: set[int]) -> list[dict[str, Any]]:
+        return [r for r in self.list_runs() if int(r["run-id"]) not in before]
+
+    def _submit(self, command: list[str], log_path: Path, timeout: float) -> tuple[int, str]:
+        """Run ``flwr run`` for at most ``timeout`` seconds (then kill it); return its exit code and output."""
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(command, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT)
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=max(timeout, 1.0))
             except subprocess.TimeoutExpired:
                 pass
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        log = log_path.read_text(errors="replace")
-        while True:
-            new = [r for r in self.list_runs() if int(r["run-id"]) not in before]
-            if new and str(new[0]["status"]).startswith("finished"):
-                return DeploymentRun(int(new[0]["run-id"]), str(new[0]["status"]), log, time.monotonic() - start)
-            if not new and proc.returncode not in (0, None):
-                raise DeploymentError(
-                    f"flwr run exited {proc.returncode} without submitting a run; log:\n{log[-3000:]}"
-                )
-            if time.monotonic() - start > timeout:
-                state = new[0]["status"] if new else "not submitted"
-                raise DeploymentError(f"run {state} after {timeout:.0f} s; log:\n{log[-3000:]}")
-            time.sleep(poll_interval)
+        return proc.returncode, log_path.read_text(errors="replace")
 
     # ------------------------------------------------------------------ stopping
 
@@ -283,6 +322,16 @@ class LoopbackFederation:
         self.processes.append(
             subprocess.Popen(command, env=self.env(home), cwd=home, stdout=handle, stderr=subprocess.STDOUT)
         )
+
+    def _wait_for_activations(self, count: int, timeout: float) -> None:
+        """Wait until the SuperLink's log shows ``count`` SuperNodes activated."""
+        log = self.log_dir / "superlink.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.read_text(errors="replace").count(_ACTIVATED) >= count:
+                return
+            time.sleep(0.5)
+        raise DeploymentError(f"the SuperLink did not activate {count} SuperNodes within {timeout:.0f} s")
 
     def _wait_for_port(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
