@@ -13,7 +13,7 @@ import pytest
 
 from simulations.deployment import LoopbackFederation
 
-pytestmark = pytest.mark.deployment
+pytestmark = [pytest.mark.deployment, pytest.mark.scale]  # 20 SuperNode processes: run with -m scale
 
 NODES = 20
 ROUNDS = 2
