@@ -11,6 +11,7 @@ _PUBLIC = {
     "as_dataset": "fsl_sage_flwr.plugin",
     "register_client": "fsl_sage_flwr.plugin",
     "builtin_spec": "fsl_sage_flwr.specs",
+    "load_trained_model": "fsl_sage_flwr.trained",
     "split_strategy": "fsl_sage_flwr.split_algorithms",
     "ALGORITHM_NAMES": "fsl_sage_flwr.split_algorithms",
     "ByteMeter": "fsl_sage_flwr.metering",

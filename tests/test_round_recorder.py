@@ -7,7 +7,7 @@ import logging
 from flwr.app import ArrayRecord, MetricRecord
 
 from fsl_sage_flwr.app.algorithms import ServerSetup
-from fsl_sage_flwr.app.results import ResultsWriter, RoundRecorder, read_results
+from fsl_sage_flwr.app.results import ResultsWriter, RoundRecorder, format_duration, read_results
 from fsl_sage_flwr.transport.ledger import ByteLedger
 from fsl_sage_flwr.transport.metrics import PEAK_MEMORY_KEY, TrainMetricsTap
 
@@ -68,3 +68,30 @@ def test_a_resumed_run_keeps_the_checkpoint_rows(tmp_path):
     # Assert
     assert [r["round"] for r in recorder.rows] == [0, 1]
     assert [r["round"] for r in read_results(tmp_path / ResultsWriter.FILE_NAME)] == [0, 1]
+
+
+def test_each_log_line_says_how_long_the_run_has_left_from_the_mean_round(tmp_path, caplog):
+    # Prepare: a 10-round run whose rounds 1 and 2 take 30 s and 90 s
+    times = iter([0.0, 5.0, 35.0, 125.0])
+    recorder = RoundRecorder(
+        "fsl-sage",
+        _setup({0: 0.1, 1: 0.2, 2: 0.3}),
+        ByteLedger(),
+        ResultsWriter(tmp_path),
+        TrainMetricsTap(),
+        clock=lambda: next(times),
+        num_rounds=10,
+    )
+    # Execute
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        for server_round in range(3):
+            recorder(server_round, ArrayRecord())
+    # Assert: none after round 0 (no timed round yet); 8 rounds of 60 s left after round 2
+    logged = [r.getMessage() for r in caplog.records if "test accuracy" in r.getMessage()]
+    assert not logged[0].endswith("left")
+    assert logged[1].endswith(", about 4 min 30 s left")
+    assert logged[2].endswith(", about 8 min 0 s left")
+
+
+def test_durations_read_as_a_person_says_them():
+    assert [format_duration(s) for s in (0.4, 45, 725, 12_000)] == ["0 s", "45 s", "12 min 5 s", "3 h 20 min"]

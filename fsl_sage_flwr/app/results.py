@@ -122,6 +122,9 @@ class RoundRecorder:
         Seconds of a monotonic clock.
     watch : NonFiniteWatch, optional
         Flags non-finite rounds in their rows, and fails the run once the row is written.
+    num_rounds : int, optional
+        The run's last round: each log line then says when the run should end,
+        from the mean duration of the rounds this process ran.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class RoundRecorder:
         rows: list[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         watch: NonFiniteWatch | None = None,
+        num_rounds: int | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.setup = setup
@@ -144,6 +148,8 @@ class RoundRecorder:
         self._clock = clock
         self._round_start = clock()
         self.watch = watch
+        self.num_rounds = num_rounds
+        self._timed_rounds: list[float] = []  # durations of the rounds run here, round 0 left out
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Evaluate and record ``server_round``; return its test metrics."""
@@ -155,17 +161,27 @@ class RoundRecorder:
         self.rows.append(row)
         # Bytes after this evaluation belong to the next round.
         self.ledger.current_round = server_round + 1
+        if server_round >= 1:
+            self._timed_rounds.append(row["round_seconds"])
         log(
             INFO,
-            "round %d: test accuracy %.4f, loss %.4f, %.2f MiB sent so far",
+            "round %d: test accuracy %.4f, loss %.4f, %.2f MiB sent so far%s",
             server_round,
             row["accuracy"],
             row["loss"],
             row["cumulative_bytes"] / MIB,
+            self._eta(server_round),
         )
         if self.watch is not None:
             self.watch.raise_if_failed()  # after the row is written: the results show the round
         return metrics
+
+    def _eta(self, server_round: int) -> str:
+        """``", about N s left"`` from the mean round so far; empty without a round count or a timed round."""
+        if self.num_rounds is None or not self._timed_rounds or server_round >= self.num_rounds:
+            return ""
+        left = (self.num_rounds - server_round) * sum(self._timed_rounds) / len(self._timed_rounds)
+        return f", about {format_duration(left)} left"
 
     def _row(self, server_round: int, metrics: MetricRecord) -> dict[str, Any]:
         up, down = self.ledger.round_totals(server_round)
@@ -241,3 +257,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def read_results(path: Path) -> list[dict[str, Any]]:
     """Return the rows of a ``results.jsonl`` file."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a person reads it: ``"45 s"``, ``"12 min 5 s"``, ``"3 h 20 min"``."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"

@@ -111,7 +111,9 @@ def _run(grid: Grid, settings: RunSettings, folder: Path, context: Context) -> N
         log(INFO, "resuming from the checkpoint of round %d in %s", first_round - 1, folder)
     writer = ResultsWriter(folder, resume_rows=rows if checkpoint is not None else None)
     watch = NonFiniteWatch(settings.num_server_rounds, rows)
-    recorder = RoundRecorder(settings.algorithm, setup, ledger, writer, tap, rows, watch=watch)
+    recorder = RoundRecorder(
+        settings.algorithm, setup, ledger, writer, tap, rows, watch=watch, num_rounds=settings.num_server_rounds
+    )
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         interval = settings.checkpoint_interval
