@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "data": ("scikit-learn", "flwr-datasets"),
     "simulation": ("flwr[simulation]",),
     "plots": ("matplotlib",),
+    "tracking": ("tensorboard", "mlflow-skinny"),
 }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsl_sage_flwr.app.tracking import TRACKERS
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.devices import DEVICE_CHOICES
 from fsl_sage_flwr.core.models import SPLIT_MODELS, aux_variants
@@ -142,6 +143,9 @@ class RunSettings:
     resume: bool = setting("resume", False, "continue the run in output-dir/run-name from its checkpoint")
     output_dir: str = setting("output-dir", "fsl-sage-flwr-outputs", "results folder; relative paths go under $HOME")
     run_name: str = setting("run-name", "", "results subfolder; empty = timestamp and algorithm")
+    track: str = setting(
+        "track", "", "each results row also to 'tensorboard' or 'mlflow' (in the run folder); '' = off"
+    )
     training: LocalTraining = field(default_factory=LocalTraining)
     """What clients train with (batch size, epochs, q, Adam, seed, upload encoding, autocast)."""
     alignment: AlignmentSettings = field(default_factory=AlignmentSettings)
@@ -171,6 +175,7 @@ class RunSettings:
             f"at most 'min-available-nodes' ({self.min_available_nodes}): no round could be sampled",
         )
         require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, self, "device", str(DEVICE_CHOICES))
+        require_choice(self, "track", TRACKERS)
         require(
             self.update_norm_factor == 0 or 1 <= self.update_norm_factor < math.inf,
             self,

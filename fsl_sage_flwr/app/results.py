@@ -74,13 +74,17 @@ class ResultsWriter:
     a rerun with the same run name never destroys earlier results. A resumed run
     passes the rows its checkpoint holds: the file is rewritten, atomically, to
     exactly those rows (a round recorded after the checkpoint is recomputed),
-    then appended to.
+    then appended to. A ``tracker`` (see ``fsl_sage_flwr.app.tracking``) gets
+    every row written from then on.
     """
 
     FILE_NAME = "results.jsonl"
 
-    def __init__(self, folder: Path, resume_rows: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, folder: Path, resume_rows: list[dict[str, Any]] | None = None, tracker: Any | None = None
+    ) -> None:
         self.path = folder / self.FILE_NAME
+        self.tracker = tracker
         if resume_rows is None:
             check_fresh_results(folder)
             with _open_no_follow(self.path, os.O_TRUNC):
@@ -94,6 +98,8 @@ class ResultsWriter:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        if self.tracker is not None:
+            self.tracker.write(row)
 
 
 class RoundRecorder:

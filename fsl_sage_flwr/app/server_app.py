@@ -30,6 +30,7 @@ from fsl_sage_flwr.app.resume_checks import check_resume_state
 from fsl_sage_flwr.app.rounds import run_rounds
 from fsl_sage_flwr.app.run_lock import RunLock
 from fsl_sage_flwr.app.run_split import server_split
+from fsl_sage_flwr.app.tracking import open_tracker
 from fsl_sage_flwr.core.checkpoint import (
     CHECKPOINT_FILE,
     FORMAT_VERSION,
@@ -55,6 +56,7 @@ RESUMABLE_KEYS = frozenset(
         "run-name",
         "round-timeout",
         "run-timeout",
+        "track",
     }
 )
 
@@ -109,7 +111,8 @@ def _run(grid: Grid, settings: RunSettings, folder: Path, context: Context) -> N
         rows = list(checkpoint["rows"])
         first_round = int(checkpoint["round"]) + 1
         log(INFO, "resuming from the checkpoint of round %d in %s", first_round - 1, folder)
-    writer = ResultsWriter(folder, resume_rows=rows if checkpoint is not None else None)
+    tracker = open_tracker(settings.track, folder, folder.name)
+    writer = ResultsWriter(folder, resume_rows=rows if checkpoint is not None else None, tracker=tracker)
     watch = NonFiniteWatch(settings.num_server_rounds, rows)
     recorder = RoundRecorder(
         settings.algorithm, setup, ledger, writer, tap, rows, watch=watch, num_rounds=settings.num_server_rounds
@@ -137,18 +140,22 @@ def _run(grid: Grid, settings: RunSettings, folder: Path, context: Context) -> N
     wait_for_nodes(deadlines, settings.min_available_nodes, settings.node_wait_timeout)
     if first_round > settings.num_server_rounds:
         log(INFO, "the checkpoint already holds round %d, the last", settings.num_server_rounds)
-    final_arrays = run_rounds(
-        setup.strategy,
-        deadlines,
-        arrays,
-        first_round=first_round,
-        num_rounds=settings.num_server_rounds,
-        timeout=settings.round_timeout,
-        train_config=ConfigRecord(settings.training.to_config()),  # read by Flower's FedAvg only
-        evaluate_fn=recorder,
-        after_round=after_round,
-        deadlines=deadlines,
-    )
+    try:
+        final_arrays = run_rounds(
+            setup.strategy,
+            deadlines,
+            arrays,
+            first_round=first_round,
+            num_rounds=settings.num_server_rounds,
+            timeout=settings.round_timeout,
+            train_config=ConfigRecord(settings.training.to_config()),  # read by Flower's FedAvg only
+            evaluate_fn=recorder,
+            after_round=after_round,
+            deadlines=deadlines,
+        )
+    finally:
+        if tracker is not None:
+            tracker.close()
     for name, state in setup.final_models(final_arrays).items():
         atomic_save(state, folder / f"{name}.pt")
     log(INFO, "final models and %s saved in %s", ResultsWriter.FILE_NAME, folder)
