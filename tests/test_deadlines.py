@@ -15,6 +15,7 @@ from fsl_sage_flwr.app.config import RunSettings, run_config_reference
 from fsl_sage_flwr.app.deadlines import DeadlineGrid, NoProgressError, RunDeadlineExceeded
 from fsl_sage_flwr.app.results import read_results
 from fsl_sage_flwr.app.server_app import app as server_app
+from fsl_sage_flwr.strategies.setup_drops import SetupDropError
 from simulations.in_process import run_in_process
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -171,14 +172,28 @@ def _config(tmp_path: Path, **overrides: object) -> dict:
 
 
 @pytest.mark.slow
-def test_a_run_with_one_hanging_node_completes_without_it(tmp_path, release):
+def test_a_run_with_one_hanging_node_records_every_round_then_fails_naming_it(tmp_path, release):
     # Prepare: node 2 of 3 never answers
     config = _config(tmp_path)
 
     # Execute
+    with pytest.raises(SetupDropError, match=r"never contributed to the run: node \d+: no reply within the round"):
+        run_in_process(server_app, HangingClientApp({2}, release), config, 3, honour_timeout=True)
+
+    # Assert: every round was recorded, trained by the two nodes that answered, before the run failed
+    rows = read_results(tmp_path / "run" / "results.jsonl")
+    assert [row["round"] for row in rows] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_partial_federation_with_one_hanging_node_completes_without_it(tmp_path, release):
+    # Prepare: node 2 of 3 never answers; the deployment accepts running without it
+    config = _config(tmp_path, **{"allow-partial-federation": True})
+
+    # Execute
     run_in_process(server_app, HangingClientApp({2}, release), config, 3, honour_timeout=True)
 
-    # Assert: every round was recorded, trained by the two nodes that answered
+    # Assert
     rows = read_results(tmp_path / "run" / "results.jsonl")
     assert [row["round"] for row in rows] == [0, 1, 2]
 
