@@ -294,12 +294,16 @@ def stop_superlink(control_port: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: one FSL-SAGE run, checked; prints where results are."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-supernodes", type=int, default=10)
-    parser.add_argument("--cpus-per-client", type=float, default=1.0)
-    parser.add_argument("--output-dir", default="outputs")
-    parser.add_argument("--run-name", default="")
-    parser.add_argument("--run-config", default="", help="extra run-config overrides")
-    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--num-supernodes", type=int, default=10, help="simulated SuperNodes (clients)")
+    parser.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per ClientApp")
+    parser.add_argument("--output-dir", default="outputs", help="results folder (the run config's output-dir)")
+    parser.add_argument("--run-name", default="", help="results subfolder (the run config's run-name)")
+    parser.add_argument(
+        "--run-config",
+        default="",
+        help="extra run-config overrides (the repository's apps run; own code goes on PYTHONPATH)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped and fails")
     args = parser.parse_args(argv)
 
     overrides = parse_run_config(args.run_config)
