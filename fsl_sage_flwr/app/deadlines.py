@@ -6,9 +6,10 @@ import math
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fsl_sage_flwr.transport.grid_wrapper import GridWrapper
 
 
 class RunDeadlineExceeded(RuntimeError):
@@ -19,7 +20,7 @@ class NoProgressError(RuntimeError):
     """Too many rounds in a row in which no node finished its round; the run ends failed."""
 
 
-class DeadlineGrid(Grid):
+class DeadlineGrid(GridWrapper):
     """A Grid that bounds every exchange with the nodes by ``round-timeout`` and by the run's time left.
 
     Each ``send_and_receive`` waits at most ``round_timeout`` seconds, and no
@@ -62,7 +63,7 @@ class DeadlineGrid(Grid):
             raise ValueError(f"run_timeout must be >= 0 seconds (0 = no limit), got {run_timeout}")
         if max_rounds_without_progress < 1:
             raise ValueError(f"max_rounds_without_progress must be >= 1, got {max_rounds_without_progress}")
-        self.inner = grid
+        super().__init__(grid)
         self.round_timeout = float(round_timeout)
         self.run_timeout = float(run_timeout)
         self.max_rounds_without_progress = max_rounds_without_progress
@@ -115,31 +116,7 @@ class DeadlineGrid(Grid):
         self.check_run_deadline()
         return self.inner.get_node_ids()
 
-    def set_run(self, run: Run) -> None:
-        """Delegate to the wrapped grid."""
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """Delegate to the wrapped grid."""
-        return self.inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegate to the wrapped grid."""
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Delegate to the wrapped grid, once the run's deadline is checked."""
         self.check_run_deadline()
         return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegate to the wrapped grid."""
-        return self.inner.pull_messages(message_ids)

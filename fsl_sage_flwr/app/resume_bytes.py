@@ -7,13 +7,13 @@ from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from fsl_sage_flwr.transport.grid_wrapper import GridWrapper
 from fsl_sage_flwr.transport.keys import PARTITION_ID_KEY, WARMUP_KEY
 from fsl_sage_flwr.transport.ledger import ByteLedger, record_nbytes
 
 
-class ResumeAccountingGrid(Grid):
+class ResumeAccountingGrid(GridWrapper):
     """Book a resumed run's re-identification warm-ups on the ledger's resume account.
 
     Flower gives nodes new ids when a federation restarts, so a resumed run asks
@@ -36,7 +36,7 @@ class ResumeAccountingGrid(Grid):
     """
 
     def __init__(self, grid: Grid, ledger: ByteLedger, server_state: Mapping[str, Any]) -> None:
-        self.inner = grid
+        super().__init__(grid)
         self.ledger = ledger
         nodes = server_state.get("identities", {}).get("nodes", [])
         self._known_nodes = {int(row[0]) for row in nodes}
@@ -64,38 +64,6 @@ class ResumeAccountingGrid(Grid):
                 self.ledger.rebook_as_resume(
                     node_id, up=record_nbytes(reply.content), down=record_nbytes(requests[node_id].content)
                 )
-
-    def get_node_ids(self) -> Iterable[int]:
-        """Delegate to the wrapped grid."""
-        return self.inner.get_node_ids()
-
-    def set_run(self, run: Run) -> None:
-        """Delegate to the wrapped grid."""
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """Delegate to the wrapped grid."""
-        return self.inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegate to the wrapped grid."""
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Delegate to the wrapped grid."""
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegate to the wrapped grid."""
-        return self.inner.pull_messages(message_ids)
 
 
 def _flag(content: RecordDict, key: str) -> Any:

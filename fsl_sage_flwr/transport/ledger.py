@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fsl_sage_flwr.transport.grid_wrapper import GridWrapper
 
 
 def record_nbytes(content: RecordDict) -> int:
@@ -112,7 +113,7 @@ class ByteLedger:
         return sum(v for (r, _), v in (*self._up.items(), *self._down.items()) if r <= last)
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(GridWrapper):
     """A Grid that books the array bytes of every message it carries.
 
     Wrapping the transport, rather than each strategy, meters every algorithm
@@ -121,32 +122,8 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid, ledger: ByteLedger | None = None) -> None:
-        self.inner = grid
+        super().__init__(grid)
         self.ledger = ledger if ledger is not None else ByteLedger()
-
-    def set_run(self, run: Run) -> None:
-        """Delegate to the wrapped grid."""
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """Delegate to the wrapped grid."""
-        return self.inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegate to the wrapped grid."""
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """Delegate to the wrapped grid."""
-        return self.inner.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Book and push messages."""
