@@ -31,15 +31,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fsl_sage_flwr.data import dataset_folders, describe_search, find_idx_folder
 from simulations.flwr_run import run_app
-from simulations.paths import PROJECT_DIR, SHARED_DATA
+from simulations.paths import PROJECT_DIR, shared_fashion_mnist
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the floor and the simulation variants; print a table and the ratios."""
     args = _parser().parse_args(argv)
-    data_dir = args.data_dir or _find_data_dir()
+    data_dir = args.data_dir or shared_fashion_mnist()
     work = Path(tempfile.mkdtemp(prefix="cpu-parallel-"))
     medians: dict[str, float] = {"floor": _floor_median(args, data_dir, work)}
     print(f"floor ({args.cores} threads): {medians['floor']:.2f} s per ordinary round", flush=True)
@@ -117,14 +116,6 @@ def _simulation_median(args: argparse.Namespace, data_dir: str, work: Path, acto
     )
     rows = [r for r in outcome.rows if r["round"] >= 1 and not r.get("alignments")]
     return statistics.median(r["round_seconds"] for r in rows)
-
-
-def _find_data_dir() -> str:
-    folder = find_idx_folder("fashion-mnist", SHARED_DATA)
-    if folder is None:
-        searched = describe_search(dataset_folders("fashion-mnist", SHARED_DATA), SHARED_DATA)
-        raise SystemExit(f"Fashion-MNIST not found in {searched}\npass --data-dir")
-    return str(folder)
 
 
 def _parser() -> argparse.ArgumentParser:

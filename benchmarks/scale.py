@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fsl_sage_flwr.data import dataset_folders, describe_search, find_idx_folder
 from simulations.flwr_run import run_app
-from simulations.paths import SHARED_DATA
+from simulations.paths import shared_fashion_mnist
 
 MIB = 1024 * 1024
 
@@ -34,7 +33,7 @@ MIB = 1024 * 1024
 def main(argv: list[str] | None = None) -> int:
     """Run one federation per size; print a table, the round-1 ratios and, with ``--out``, write JSON."""
     args = _parser().parse_args(argv)
-    data_dir = args.data_dir or _find_data_dir()
+    data_dir = args.data_dir or shared_fashion_mnist()
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     figures = [_run_size(args, data_dir, work, nodes) for nodes in args.nodes]
     smallest = figures[0]["round_1_seconds"]
@@ -90,14 +89,6 @@ def _table(figures: list[dict[str, Any]]) -> str:
             f"{f['server_memory_mib']:.1f} | {f['client_store_disk_mib']:.1f} |"
         )
     return "\n".join(lines)
-
-
-def _find_data_dir() -> str:
-    folder = find_idx_folder("fashion-mnist", SHARED_DATA)
-    if folder is None:
-        searched = describe_search(dataset_folders("fashion-mnist", SHARED_DATA), SHARED_DATA)
-        raise SystemExit(f"Fashion-MNIST not found in {searched}\npass --data-dir")
-    return str(folder)
 
 
 def _parser() -> argparse.ArgumentParser:
