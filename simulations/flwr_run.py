@@ -37,6 +37,7 @@ from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter, read_results
 from simulations.flower_cli import flwr_executable, free_port, parse_run_config, run_config_arguments
+from simulations.local_superlink import CONNECTION, start_superlink, write_connection
 from simulations.parent_watch import release_parent_watch, start_parent_watch, write_interrupted
 from simulations.paths import PROJECT_DIR
 from simulations.processes import (
@@ -48,6 +49,7 @@ from simulations.processes import (
     stop_process_group,
     stop_processes,
 )
+from simulations.run_status import RunStatusError, run_status
 from simulations.streaming import StreamTimeout, stream_command
 
 MIB = 1024 * 1024
@@ -85,6 +87,7 @@ def run_app(
     *,
     num_supernodes: int = 10,
     cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
     timeout: float = 3600.0,
     project_dir: Path = PROJECT_DIR,
     install_dependencies: bool = False,
@@ -101,6 +104,9 @@ def run_app(
         Simulated SuperNodes (clients).
     cpus_per_client : float
         Ray CPUs per ClientApp; 1 runs two clients at once on two cores.
+    gpus_per_client : float
+        Ray GPUs per ClientApp, a fraction for several clients per GPU (0.25: four);
+        0 asks for none.
     timeout : float
         Seconds before the run is abandoned.
     project_dir : Path
@@ -126,9 +132,10 @@ def run_app(
         flwr_executable(),
         "run",
         str(project_dir),
+        CONNECTION,
         "--stream",
         "--federation-config",
-        f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+        federation_config(num_supernodes, cpus_per_client, gpus_per_client),
     ]
     command += run_config_arguments(run_config)
     start = time.monotonic()
@@ -137,7 +144,9 @@ def run_app(
     # Should this process be killed outright, the watcher stops the run's processes instead.
     watcher = start_parent_watch(home, env["FLWR_LOCAL_CONTROL_API_PORT"], results_path.parent)
     try:
-        _stream(command, env, timeout, echo, on_line, lines)
+        write_connection(home, env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
+        _start_superlink(home, env, timeout)
+        _stream(command, env, max(timeout - (time.monotonic() - start), 1.0), echo, on_line, lines)
         status, details = _run_status(env)
         keep_home = status != "finished:completed"  # its logs say why
     except RunInterrupted as err:
@@ -166,6 +175,17 @@ def run_app(
     if not rows or rows[-1].get("round") != last or "accuracy" not in rows[-1]:
         raise FlwrRunError(f"{results_path} lacks the accuracy of round {last}")
     return FlwrRunOutcome(status, results_path, rows, wall, log)
+
+
+def federation_config(num_supernodes: int, cpus_per_client: float, gpus_per_client: float) -> str:
+    """Return ``flwr run``'s ``--federation-config`` words for the simulation's size and client resources."""
+    if num_supernodes < 1 or cpus_per_client <= 0 or not 0 <= gpus_per_client <= 1:
+        raise ValueError(
+            f"need num_supernodes >= 1, cpus_per_client > 0 and 0 <= gpus_per_client <= 1, got "
+            f"{num_supernodes}, {cpus_per_client}, {gpus_per_client}"
+        )
+    words = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}"
+    return words + (f" client-resources-num-gpus={gpus_per_client:g}" if gpus_per_client else "")
 
 
 def last_error_line(log: str) -> str:
@@ -207,6 +227,14 @@ def flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
     return env
 
 
+def _start_superlink(home: Path, env: dict[str, str], timeout: float) -> None:
+    """Start the run's SuperLink, waiting for it up to ``timeout`` seconds; fail as a run that did not start."""
+    try:
+        start_superlink(home, env, ready_timeout=timeout)
+    except RuntimeError as err:
+        raise FlwrRunError(f"the run's SuperLink did not start: {err}") from err
+
+
 def _stream(
     command: list[str],
     env: dict[str, str],
@@ -223,21 +251,15 @@ def _stream(
 
 
 def _run_status(env: dict[str, str]) -> tuple[str, str]:
-    """Return the run's status and status details as `flwr ls` reports them.
+    """Return the run's status and status details as `flwr ls` reports them (retried under load).
 
     For a failed run, Flower's details hold the ServerApp's exception text
     (``Simulation failed with exception: ...``).
     """
-    out = subprocess.run(
-        [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
-    )
     try:
-        runs = json.loads(out.stdout)["runs"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise FlwrRunError(f"cannot read `flwr ls`: {out.stdout[-500:]} {out.stderr[-500:]}") from err
-    if len(runs) != 1:
-        raise FlwrRunError(f"expected one run on this SuperLink, found {len(runs)}")
-    return str(runs[0]["status"]), str(runs[0].get("status-details") or "")
+        return run_status(env)
+    except RunStatusError as err:
+        raise FlwrRunError(str(err)) from err
 
 
 def _stop_run(env: dict[str, str], log: str) -> None:
@@ -296,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-supernodes", type=int, default=10, help="simulated SuperNodes (clients)")
     parser.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per ClientApp")
+    parser.add_argument(
+        "--gpus-per-client", type=float, default=0.0, help="Ray GPUs per ClientApp (0.25: four clients share one GPU)"
+    )
     parser.add_argument("--output-dir", default="outputs", help="results folder (the run config's output-dir)")
     parser.add_argument("--run-name", default="", help="results subfolder (the run config's run-name)")
     parser.add_argument(
@@ -322,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides,
             num_supernodes=args.num_supernodes,
             cpus_per_client=args.cpus_per_client,
+            gpus_per_client=args.gpus_per_client,
             timeout=args.timeout,
         )
     except FlwrRunError as err:
