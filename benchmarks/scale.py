@@ -4,12 +4,14 @@ For each federation size, one after the other, the app runs through Flower's
 simulation (``flwr run``) with the same data per node (``--samples-per-node``
 Fashion-MNIST images, IID shares, the ``cnn`` split), ``fraction-train`` set so that
 ``--sampled`` nodes train per round, and the default settings otherwise. It prints,
-per size, the seconds of round 1 (which holds the warm-up of the nodes first
-sampled) and of an ordinary round (the median of rounds 2 on), the peak resident
+per size: the seconds of round 1 (which holds the warm-up of the nodes first
+sampled) and of an ordinary round (the median of rounds 2 on); the peak resident
 memory of the ServerApp's process and of the largest client actor (sampled every
-second, ``VmHWM``), the client store's disk use, the machine's load average when the
-size started and ended, then each size's round 1 over the smallest size's. With
-``--plot`` it draws the round times and memory against the size.
+second, ``VmHWM``); the CPU seconds the ServerApp's process and the client actors
+used, which unlike wall time hardly depend on the machine's load; the client
+store's disk use; the load average when the size started and ended; and each
+size's round 1 and CPU seconds over the smallest size's. With ``--plot`` it draws
+the round times and memory against the size.
 
 Usage (from the repository folder)::
 
@@ -50,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures[-1]), flush=True)
         if args.out:  # after each size: a later, larger size may not finish
             Path(args.out).write_text(json.dumps(figures, indent=2))
-    smallest = figures[0]["round_1_seconds"]
+    smallest = min(figures, key=lambda row: row["nodes"])
     for row in figures:
-        row["round_1_over_smallest"] = row["round_1_seconds"] / smallest
+        row["round_1_over_smallest"] = row["round_1_seconds"] / smallest["round_1_seconds"]
+        row["cpu_over_smallest"] = _cpu(row) / _cpu(smallest) if _cpu(smallest) else None
     print(_table(figures), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
@@ -102,18 +105,24 @@ def _run_size(args: argparse.Namespace, data_dir: str, work: Path, nodes: int) -
     }
 
 
+def _cpu(row: dict[str, Any]) -> float:
+    return float(row["server_app_cpu_seconds"] + row["client_actor_cpu_seconds"])
+
+
 def _table(figures: list[dict[str, Any]]) -> str:
     header = (
         "| nodes | sampled | round 1 (s) | ordinary round (s) | warmed up per round | ServerApp peak RSS MiB | "
-        "client actor peak RSS MiB | client store disk MiB | load before / after |"
+        "client actor peak RSS MiB | CPU s, ServerApp + clients | client store disk MiB | load before / after |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 10]
     for f in figures:
         later = f"{f['later_round_median_seconds']:.1f}" if f["later_round_median_seconds"] is not None else "-"
         lines.append(
             f"| {f['nodes']} | {f['sampled_per_round']} | {f['round_1_seconds']:.1f} "
             f"({f['round_1_over_smallest']:.2f}x) | {later} | {f['nodes_warmed_up']} | "
             f"{f['server_app_peak_rss_mib']:.0f} | {f['client_actor_peak_rss_mib']:.0f} | "
+            f"{f['server_app_cpu_seconds']:.0f} + {f['client_actor_cpu_seconds']:.0f} "
+            f"({f['cpu_over_smallest']:.2f}x) | "
             f"{f['client_store_disk_mib']:.1f} | {f['load_1min_before']:.2f} / {f['load_1min_after']:.2f} |"
         )
     return "\n".join(lines)
@@ -121,7 +130,7 @@ def _table(figures: list[dict[str, Any]]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000], help="federation sizes, smallest first")
+    p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000], help="federation sizes, run in this order")
     p.add_argument("--sampled", type=int, default=50, help="nodes that train per round")
     p.add_argument(
         "--samples-per-node", type=int, default=5, help="Fashion-MNIST training images per node (60,000 in all)"
