@@ -90,7 +90,10 @@ def collect(out: Path, target: float) -> dict[str, dict[str, Any]]:
 
 
 def comparisons(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """The benchmark's ratios: Flower over the floor, stacked over one by one, FSL-SAGE's bytes over CSE-FSL's."""
+    """The benchmark's comparisons: Flower over the floor, stacked over one by one, FSL-SAGE's bytes over CSE-FSL's.
+
+    The first FSL-SAGE run aligning one by one is the reference of each.
+    """
     flower = {n: r for n, r in runs.items() if r["kind"] == "flower"}
     first = next((r for r in flower.values() if r["algorithm"] == "fsl-sage" and not r["align_stacked"]), None)
     stacked = next((r for r in flower.values() if r["align_stacked"]), None)
@@ -100,6 +103,10 @@ def comparisons(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "flower_over_floor_round_seconds": _ratio(first, floor, "ordinary_round_seconds"),
         "stacked_over_one_by_one_align_seconds": _ratio(stacked, first, "align_seconds"),
         "fsl_sage_over_cse_fsl_mib_to_target": _ratio(first, cse, "mib_to_target"),
+        # Same data, partitions and seeds: on one device the two loops should end alike.
+        "flower_minus_floor_final_accuracy": (
+            first["final_accuracy"] - floor["final_accuracy"] if first and floor and floor["final_accuracy"] else None
+        ),
     }
 
 
@@ -136,7 +143,7 @@ def markdown(runs: dict[str, dict[str, Any]], ratios: dict[str, float | None], t
         lines.append(f"| {name} | {share} | " + " | ".join(cells) + " |")
     lines.append("")
     for key, value in ratios.items():
-        lines.append(f"- {key.replace('_', ' ')}: {'-' if value is None else f'{value:.3f}'}")
+        lines.append(f"- {key.replace('_', ' ')}: {'-' if value is None else f'{value:.4f}'}")
     return "\n".join(lines)
 
 
