@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.process_memory import MemorySampler
-from simulations.flwr_run import run_app
+from fsl_sage_flwr.app.results import ResultsWriter, read_results
+from simulations.flwr_run import FlwrRunError, run_app
 from simulations.paths import shared_fashion_mnist
 from simulations.processes import become_subreaper
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(json.dumps(figures, indent=2))
     smallest = min(figures, key=lambda row: row["nodes"])
     for row in figures:
-        row["round_1_over_smallest"] = row["round_1_seconds"] / smallest["round_1_seconds"]
-        row["cpu_over_smallest"] = _cpu(row) / _cpu(smallest) if _cpu(smallest) else None
+        row["round_1_over_smallest"] = _ratio(row["round_1_seconds"], smallest["round_1_seconds"])
+        row["cpu_over_smallest"] = _ratio(_cpu(row), _cpu(smallest))
     print(_table(figures), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
@@ -84,19 +85,27 @@ def _run_size(args: argparse.Namespace, data_dir: str, work: Path, nodes: int) -
     }
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    with MemorySampler() as memory:
-        outcome = run_app(config, num_supernodes=nodes, cpus_per_client=1.0, timeout=args.timeout, echo=False)
-    wall = time.perf_counter() - start
-    rows = [r for r in outcome.rows if r["round"] >= 1]
     store = work / f"nodes-{nodes}"
+    failure = ""
+    with MemorySampler() as memory:
+        try:
+            run_app(config, num_supernodes=nodes, cpus_per_client=1.0, timeout=args.timeout, echo=False)
+        except FlwrRunError as err:  # e.g. the timeout: keep the rounds it finished, go on with the next size
+            failure = str(err).splitlines()[0]
+    wall = time.perf_counter() - start
+    results = store / ResultsWriter.FILE_NAME
+    rows = [r for r in read_results(results) if r["round"] >= 1] if results.exists() else []
     return {
         "nodes": nodes,
         "sampled_per_round": max(int(nodes * config["fraction-train"]), 1),
-        "round_1_seconds": rows[0]["round_seconds"],
+        "failed": failure,
+        "round_1_seconds": rows[0]["round_seconds"] if rows else None,
+        # The same alignment work at every size (each first-sampled node's aux): a gauge of the load.
+        "round_1_align_seconds": rows[0].get("align_seconds", 0.0) if rows else None,
         "later_round_median_seconds": statistics.median(r["round_seconds"] for r in rows[1:]) if rows[1:] else None,
         "nodes_warmed_up": [r.get("nodes_warmed_up", 0) for r in rows],
         "alignments": [r.get("alignments", 0) for r in rows],
-        "server_state_mib": max(r["server_memory_bytes"] for r in rows) / MIB,
+        "server_state_mib": max((r["server_memory_bytes"] for r in rows), default=0) / MIB,
         **memory.figures(),
         "client_store_disk_mib": sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / MIB,
         "wall_seconds": wall,
@@ -109,21 +118,32 @@ def _cpu(row: dict[str, Any]) -> float:
     return float(row["server_app_cpu_seconds"] + row["client_actor_cpu_seconds"])
 
 
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return top / bottom if top and bottom else None
+
+
+def _number(value: float | None, pattern: str, missing: str = "-") -> str:
+    return missing if value is None else pattern.format(value)
+
+
 def _table(figures: list[dict[str, Any]]) -> str:
     header = (
-        "| nodes | sampled | round 1 (s) | ordinary round (s) | warmed up per round | ServerApp peak RSS MiB | "
-        "client actor peak RSS MiB | CPU s, ServerApp + clients | client store disk MiB | load before / after |"
+        "| nodes | sampled | round 1 s (over smallest) | its alignment s | ordinary round s | warmed up per round "
+        "| ServerApp peak RSS MiB | client actor peak RSS MiB | CPU s, ServerApp + clients (over smallest) "
+        "| client store disk MiB | load before / after |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     for f in figures:
-        later = f"{f['later_round_median_seconds']:.1f}" if f["later_round_median_seconds"] is not None else "-"
+        round_1 = _number(f["round_1_seconds"], "{:.1f}") + _number(f["round_1_over_smallest"], " ({:.2f}x)", "")
+        if f["failed"]:
+            round_1 += f" failed: {f['failed']}"
         lines.append(
-            f"| {f['nodes']} | {f['sampled_per_round']} | {f['round_1_seconds']:.1f} "
-            f"({f['round_1_over_smallest']:.2f}x) | {later} | {f['nodes_warmed_up']} | "
-            f"{f['server_app_peak_rss_mib']:.0f} | {f['client_actor_peak_rss_mib']:.0f} | "
-            f"{f['server_app_cpu_seconds']:.0f} + {f['client_actor_cpu_seconds']:.0f} "
-            f"({f['cpu_over_smallest']:.2f}x) | "
-            f"{f['client_store_disk_mib']:.1f} | {f['load_1min_before']:.2f} / {f['load_1min_after']:.2f} |"
+            f"| {f['nodes']} | {f['sampled_per_round']} | {round_1} | {_number(f['round_1_align_seconds'], '{:.1f}')} "
+            f"| {_number(f['later_round_median_seconds'], '{:.1f}')} | {f['nodes_warmed_up']} "
+            f"| {f['server_app_peak_rss_mib']:.0f} | {f['client_actor_peak_rss_mib']:.0f} "
+            f"| {f['server_app_cpu_seconds']:.0f} + {f['client_actor_cpu_seconds']:.0f}"
+            f"{_number(f['cpu_over_smallest'], ' ({:.2f}x)', '')} "
+            f"| {f['client_store_disk_mib']:.1f} | {f['load_1min_before']:.2f} / {f['load_1min_after']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ def plot_scale(figures: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")  # files only, no window
     import matplotlib.pyplot as plt
 
-    rows = sorted(figures, key=lambda row: row["nodes"])
+    rows = sorted((row for row in figures if row["round_1_seconds"] is not None), key=lambda row: row["nodes"])
     nodes = [row["nodes"] for row in rows]
     fig, (times, memory) = plt.subplots(1, 2, figsize=(10, 4))
     times.plot(nodes, [row["round_1_seconds"] for row in rows], "o-", label="round 1, wall s")
