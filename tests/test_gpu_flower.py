@@ -89,6 +89,7 @@ def test_part1_on_cpus_runs_the_floor_and_both_alignment_modes_through_flwr_run(
         "DEVICE": "cpu",
         "GPUS": "0",
         "CPUS_PER_CLIENT": "1",
+        "BUDGET": "1200",  # the default 570 s is for the GPU; a loaded CPU machine needs more
         "RUN_CONFIG": "dataset='digits' model='cnn' min-available-nodes=2 train-subset=200 align-interval=2 "
         "align-epochs=2 batch-size=16",
     }
