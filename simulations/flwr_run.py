@@ -2,7 +2,9 @@
 
 ``flwr run . --stream`` exits 0 even when the run failed, and leaves its local
 SuperLink running. This wrapper gives each call its own Flower home folder and
-ports, waits for the run to end, checks that it finished ``completed`` and that
+ports, starts the SuperLink itself and names it by address in that home (see
+:mod:`simulations.local_superlink`: Flower's own start-up of it fails on a loaded
+machine), waits for the run to end, checks that it finished ``completed`` and that
 its results file holds the last round, stops the SuperLink, and exits non-zero
 otherwise. On SIGINT or SIGTERM it stops the run (``flwr stop``), ends every
 process it started (SuperLink, SuperExec, simulation, Ray), removes its Flower
