@@ -2,9 +2,7 @@
 
 ``flwr run . --stream`` exits 0 even when the run failed, and leaves its local
 SuperLink running. This wrapper gives each call its own Flower home folder and
-ports, starts the SuperLink itself and names it by address in that home (see
-:mod:`simulations.local_superlink`: Flower's own start-up of it fails on a loaded
-machine), waits for the run to end, checks that it finished ``completed`` and that
+ports, waits for the run to end, checks that it finished ``completed`` and that
 its results file holds the last round, stops the SuperLink, and exits non-zero
 otherwise. On SIGINT or SIGTERM it stops the run (``flwr stop``), ends every
 process it started (SuperLink, SuperExec, simulation, Ray), removes its Flower
@@ -39,7 +37,7 @@ from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter, read_results
 from simulations.flower_cli import flwr_executable, free_port, parse_run_config, run_config_arguments
-from simulations.local_superlink import CONNECTION, start_superlink, write_connection
+from simulations.local_superlink import SuperLinkStartError, start_local_superlink
 from simulations.parent_watch import release_parent_watch, start_parent_watch, write_interrupted
 from simulations.paths import PROJECT_DIR
 from simulations.processes import (
@@ -51,7 +49,6 @@ from simulations.processes import (
     stop_process_group,
     stop_processes,
 )
-from simulations.run_status import RunStatusError, run_status
 from simulations.streaming import StreamTimeout, stream_command
 
 MIB = 1024 * 1024
@@ -134,7 +131,6 @@ def run_app(
         flwr_executable(),
         "run",
         str(project_dir),
-        CONNECTION,
         "--stream",
         "--federation-config",
         federation_config(num_supernodes, cpus_per_client, gpus_per_client),
@@ -146,9 +142,8 @@ def run_app(
     # Should this process be killed outright, the watcher stops the run's processes instead.
     watcher = start_parent_watch(home, env["FLWR_LOCAL_CONTROL_API_PORT"], results_path.parent)
     try:
-        write_connection(home, env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
-        _start_superlink(home, env, timeout)
-        _stream(command, env, max(timeout - (time.monotonic() - start), 1.0), echo, on_line, lines)
+        _start_superlink(home, env)
+        _stream(command, env, timeout, echo, on_line, lines)
         status, details = _run_status(env)
         keep_home = status != "finished:completed"  # its logs say why
     except RunInterrupted as err:
@@ -229,12 +224,12 @@ def flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
     return env
 
 
-def _start_superlink(home: Path, env: dict[str, str], timeout: float) -> None:
-    """Start the run's SuperLink, waiting for it up to ``timeout`` seconds; fail as a run that did not start."""
+def _start_superlink(home: Path, env: dict[str, str]) -> None:
+    """Start the run's simulation SuperLink and wait for it; `flwr run` then finds it by address."""
     try:
-        start_superlink(home, env, ready_timeout=timeout)
-    except RuntimeError as err:
-        raise FlwrRunError(f"the run's SuperLink did not start: {err}") from err
+        start_local_superlink(home, env, env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"], env["FLWR_LOCAL_CONTROL_API_PORT"])
+    except SuperLinkStartError as err:
+        raise FlwrRunError(f"cannot start the local SuperLink: {err}") from err
 
 
 def _stream(
@@ -253,15 +248,32 @@ def _stream(
 
 
 def _run_status(env: dict[str, str]) -> tuple[str, str]:
-    """Return the run's status and status details as `flwr ls` reports them (retried under load).
+    """Return the run's status and status details as `flwr ls` reports them.
 
     For a failed run, Flower's details hold the ServerApp's exception text
     (``Simulation failed with exception: ...``).
     """
-    try:
-        return run_status(env)
-    except RunStatusError as err:
-        raise FlwrRunError(str(err)) from err
+    runs = _list_runs(env)
+    if len(runs) != 1:
+        raise FlwrRunError(f"expected one run on this SuperLink, found {len(runs)}")
+    return str(runs[0]["status"]), str(runs[0].get("status-details") or "")
+
+
+def _list_runs(env: dict[str, str], tries: int = 3) -> list[dict[str, Any]]:
+    """Return `flwr ls`'s runs; a busy machine can make one call fail, so it is tried again."""
+    detail = ""
+    for attempt in range(1, tries + 1):
+        try:
+            out = subprocess.run(
+                [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
+            )
+            detail = f"{out.stdout[-500:]} {out.stderr[-500:]}"
+            return list(json.loads(out.stdout)["runs"])
+        except (json.JSONDecodeError, KeyError, subprocess.TimeoutExpired) as err:
+            detail = detail or str(err)
+        if attempt < tries:
+            time.sleep(5.0 * attempt)
+    raise FlwrRunError(f"cannot read `flwr ls` ({tries} tries): {detail}")
 
 
 def _stop_run(env: dict[str, str], log: str) -> None:

@@ -26,7 +26,7 @@ def _fake_run(monkeypatch, log: str, status: str, details: str) -> None:
         lines.append(log)
 
     monkeypatch.setattr(flwr_run, "_stream", stream)
-    monkeypatch.setattr(flwr_run, "_start_superlink", lambda home, env, timeout: None)
+    monkeypatch.setattr(flwr_run, "_start_superlink", lambda home, env: None)
     monkeypatch.setattr(flwr_run, "_run_status", lambda env: (status, details))
     monkeypatch.setattr(flwr_run, "stop_superlink", lambda port: None)
     monkeypatch.setattr(flwr_run, "stop_processes", lambda find, grace: set())
@@ -79,7 +79,7 @@ def test_a_silent_flwr_run_is_stopped_at_the_timeout_and_the_run_folder_says_so(
     fake.write_text("#!/bin/sh\nexec sleep 30\n")
     fake.chmod(0o755)
     monkeypatch.setattr(flwr_run, "flwr_executable", lambda: str(fake))
-    monkeypatch.setattr(flwr_run, "_start_superlink", lambda home, env, timeout: None)
+    monkeypatch.setattr(flwr_run, "_start_superlink", lambda home, env: None)
 
     # Execute / Assert
     with pytest.raises(FlwrRunError, match="exceeded --timeout 1 s"):
