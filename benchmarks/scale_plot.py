@@ -31,13 +31,24 @@ def plot_scale(figures: list[dict[str, Any]], path: Path) -> None:
     ordinary = [(row["nodes"], row["later_round_median_seconds"]) for row in rows if row["later_round_median_seconds"]]
     if ordinary:
         times.plot(*zip(*ordinary), "s-", label="later round, wall s")
-    cpu = [row["server_app_cpu_seconds"] + row["client_actor_cpu_seconds"] for row in rows]
-    times.plot(nodes, cpu, "^--", label="whole run, CPU s")
+    cpu = [
+        (row["nodes"], (row.get("server_app_cpu_seconds") or 0) + (row.get("client_actor_cpu_seconds") or 0))
+        for row in rows
+    ]
+    cpu = [(n, seconds) for n, seconds in cpu if seconds]
+    if cpu:
+        times.plot(*zip(*cpu), "^--", label="whole run, CPU s")
+    times.plot(nodes, [row["round_1_align_seconds"] for row in rows], "x:", label="round 1's alignment, wall s")
     for row in rows:
         times.annotate(f"load {row['load_1min_before']:.1f}", (row["nodes"], row["round_1_seconds"]), fontsize=7)
-    memory.plot(nodes, [row["server_app_peak_rss_mib"] for row in rows], "o-", label="ServerApp process")
-    memory.plot(nodes, [row["client_actor_peak_rss_mib"] for row in rows], "s-", label="largest client actor")
-    memory.plot(nodes, [row["client_store_disk_mib"] for row in rows], "^--", label="client store on disk")
+    for key, style, label in (
+        ("server_app_peak_rss_mib", "o-", "ServerApp process"),
+        ("client_actor_peak_rss_mib", "s-", "largest client actor"),
+        ("client_store_disk_mib", "^--", "client store on disk"),
+    ):
+        measured = [(row["nodes"], row[key]) for row in rows if row.get(key) is not None]
+        if measured:
+            memory.plot(*zip(*measured), style, label=label)
     for axis, label in ((times, "seconds"), (memory, "MiB")):
         axis.set_xscale("log")
         axis.set_xlabel("simulated SuperNodes (50 sampled per round)")
