@@ -102,6 +102,7 @@ def test_part1_on_cpus_runs_the_floor_and_both_alignment_modes_through_flwr_run(
     summary = json.loads((tmp_path / "gpu" / "summary.json").read_text())
     runs = summary["runs"]
     assert set(runs) == {"floor", "fsl-sage-gpu0", "fsl-sage-gpu0-stacked"}, runs
+    assert not [run for run in runs.values() if run["kind"] == "failed"], runs
     assert all(run["rounds"] == 3 and run["ordinary_round_seconds"] > 0 for run in runs.values())
     assert runs["fsl-sage-gpu0"]["alignments"] == runs["fsl-sage-gpu0-stacked"]["alignments"] > 0
     assert summary["flower_over_floor_round_seconds"] > 0
