@@ -76,6 +76,7 @@ def test_bytes_to_target_compare_fsl_sage_with_cse_fsl():
 
 
 @pytest.mark.e2e
+@pytest.mark.benchmark  # three flwr runs and the floor loop: minutes; pytest -m benchmark
 def test_part1_on_cpus_runs_the_floor_and_both_alignment_modes_through_flwr_run(tmp_path):
     # Prepare: 2 digits clients, 3 rounds (1: warm-up, 2: alignment, 3: ordinary), no GPU
     env = {
