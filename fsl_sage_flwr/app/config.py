@@ -104,7 +104,7 @@ class RunSettings:
         UpdateLimits().factor,
         "refuse a reply whose client-model update norm exceeds this many times the round's median; 0 = off",
     )
-    aggregation: str = setting("aggregation", "mean", "client-model average: mean, trimmed-mean or median")
+    aggregation: str = setting("aggregation", "mean", "client-model average: mean, trimmed-mean, median or krum")
     client_threads: int = setting("client-threads", 1, "torch threads per client")
     device: str = setting("device", "auto", "where models train: auto, cpu, cuda or cuda:N")
     round_timeout: float = setting(
