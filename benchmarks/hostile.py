@@ -162,7 +162,8 @@ def run_table(args: argparse.Namespace, report: Callable[[dict], None] = print) 
     rows = []
     for algorithm in args.algorithms:
         for attack in attacks_for(algorithm, args.attacks):
-            for defended in (True, False) if not args.defended_only else (True,):
+            # With no attack nothing is dropped, and the undefended run is the same run.
+            for defended in (True, False) if not args.defended_only and attack != "none" else (True,):
                 row = run_one(algorithm, attack, defended, args.aggregation, args)
                 rows.append(row)
                 report(row)
