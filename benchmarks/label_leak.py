@@ -49,7 +49,7 @@ def labelled_share(num_samples: int, batch_size: int, upload_interval: int, roun
         for step, first in enumerate(range(0, num_samples, batch_size)):
             if step % upload_interval == 0:
                 seen[order[first : first + batch_size]] = True
-    return float(seen.float().mean())
+    return float(seen.double().mean())
 
 
 def server_model_accuracy(setting: LeakSetting) -> float:
