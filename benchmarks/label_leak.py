@@ -80,6 +80,7 @@ def run_label_leak(args: argparse.Namespace) -> dict:
     """Build the setting and measure every leak; return the figures."""
     start = time.perf_counter()
     setting = build_setting(args)
+    client_samples = args.client_samples or len(setting.train_y) // args.clients
     classes = int(setting.train_y.max()) + 1
     majority = float(np.bincount(setting.public_y.numpy(), minlength=classes).max() / len(setting.public_y))
     return {
@@ -87,11 +88,12 @@ def run_label_leak(args: argparse.Namespace) -> dict:
         "samples": len(setting.victim_y),
         "uploaded_label_share": 1.0,  # the protocol sends y with every uploaded z
         "labelled_share_of_client_samples": labelled_share(
-            args.client_samples, args.batch_size, args.upload_interval, args.rounds, args.seed
+            client_samples, args.batch_size, args.upload_interval, args.rounds, args.seed
         ),
         "server_model_accuracy": server_model_accuracy(setting),
         "probe_accuracy": probe_accuracy(setting, args.probe_epochs, args.seed),
         "majority_guess": majority,
+        "client_samples": client_samples,
         "seconds": time.perf_counter() - start,
     }
 
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_setting_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--probe-epochs", type=int, default=20)
     p.add_argument("--upload-interval", type=int, default=5)
-    p.add_argument("--client-samples", type=int, default=600, help="a client's samples, for the labelled share")
+    p.add_argument("--client-samples", type=int, default=0, help="a client's samples (0: train subset / clients)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="", help="write the figures as JSON here")
     return p
@@ -116,7 +118,7 @@ def main() -> None:
     print(f"labels received with the uploads: {figures['uploaded_label_share']:.1%} of uploaded samples")
     print(
         f"labels received after {args.rounds} rounds: {figures['labelled_share_of_client_samples']:.1%} "
-        f"of a client's {args.client_samples} samples (q = {args.upload_interval})"
+        f"of a client's {figures['client_samples']} samples (q = {args.upload_interval})"
     )
     print(f"from activations alone, server model: {figures['server_model_accuracy']:.1%}")
     print(f"from activations alone, linear probe on public data: {figures['probe_accuracy']:.1%}")
