@@ -156,10 +156,10 @@ def run_inversion(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     p = add_setting_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--steps", type=int, default=300, help="optimisation steps per uploaded batch")
+    p.add_argument("--steps", type=int, default=150, help="optimisation steps per uploaded batch")
     p.add_argument("--lr", type=float, default=0.05, help="Adam step of the optimisation attack")
     p.add_argument("--tv", type=float, default=0.05, help="weight of the total-variation prior")
-    p.add_argument("--decoder-epochs", type=int, default=20)
+    p.add_argument("--decoder-epochs", type=int, default=10)
     p.add_argument("--classifier-epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="", help="write the figures as JSON here")

@@ -174,12 +174,12 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--data-dir", default="", help="default: the shared Fashion-MNIST folder")
     parser.add_argument("--train-subset", type=int, default=3000)
     parser.add_argument("--model", default="cnn")
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--align-epochs", type=int, default=2)
-    parser.add_argument("--victims", type=int, default=128, help="uploaded samples attacked")
-    parser.add_argument("--public", type=int, default=2000, help="public samples (from the test split)")
+    parser.add_argument("--align-epochs", type=int, default=1)
+    parser.add_argument("--victims", type=int, default=64, help="uploaded samples attacked")
+    parser.add_argument("--public", type=int, default=1000, help="public samples (from the test split)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
