@@ -171,9 +171,9 @@ class RoundRecorder:
             self._timed_rounds.append(row["round_seconds"])
         log(
             INFO,
-            "round %d: test accuracy %.4f, loss %.4f, %.2f MiB sent so far%s",
+            "round %d: test %sloss %.4f, %.2f MiB sent so far%s",
             server_round,
-            row["accuracy"],
+            "".join(f"{key} {value:.4f}, " for key, value in metrics.items() if key != "loss"),
             row["loss"],
             row["cumulative_bytes"] / MIB,
             self._eta(server_round),
@@ -197,7 +197,8 @@ class RoundRecorder:
         return {
             "algorithm": self.algorithm,
             "round": server_round,
-            "accuracy": metrics["accuracy"],
+            # The split's metric (accuracy for classes; none, or e.g. perplexity, otherwise), then the loss.
+            **{key: value for key, value in metrics.items() if key != "loss"},
             "loss": metrics["loss"],
             "bytes_up": up,
             "bytes_down": down,
@@ -208,6 +209,8 @@ class RoundRecorder:
             "client_peak_memory_bytes": int(self.tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
             "server_memory_bytes": self.setup.server_memory_bytes(),
             **self.setup.round_details(),
+            # An upper bound: a round whose replies were all refused released nothing.
+            **({"model_dp_epsilon": privacy.epsilon(server_round)} if (privacy := self.setup.model_privacy) else {}),
             # Only a resumed run's first round may have some (see ResumeAccountingGrid).
             **({"resume_bytes": resumed} if (resumed := self.ledger.resume_bytes(server_round)) else {}),
         }

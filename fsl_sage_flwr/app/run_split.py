@@ -43,7 +43,7 @@ class RunSplit:
     @property
     def testset(self) -> ArrayDataset | None:
         """The spec's test set, as arrays."""
-        return None if self.spec.testset is None else as_dataset(self.spec.testset)
+        return None if self.spec.testset is None else as_dataset(self.spec.testset, self.spec.objective.labels)
 
 
 def server_split(settings: RunSettings, context: Context | None = None) -> RunSplit:

@@ -171,7 +171,7 @@ class SplitFed(SplitServer):
             content.metric_records[METRICS_KEY]["message-pairs"] = session.message_pairs
         # Everything that can fail runs before the server state changes.
         metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
-        arrays = self.average_shared([reply for reply, _ in accepted])
+        arrays = self.average_shared([reply for reply, _ in accepted], server_round)
         self.update_guard.accept(screening)
         if self.mode == "ms":
             self._average_server_copies(sessions)
@@ -296,7 +296,7 @@ class SplitFed(SplitServer):
             upload = parse_smashed(
                 content.array_records[SMASHED_KEY],
                 cut_shape=self.cut_shape,
-                num_classes=self.num_classes,
+                labels=self.objective.labels,
                 max_samples=self.batch_size,
                 max_batch=self.batch_size,
             )
@@ -344,7 +344,7 @@ class SplitFed(SplitServer):
         z = z.clone().requires_grad_(True)
         try:
             with autocast(self.device, self.training.autocast):
-                server_step(model, optimizer, z, y)
+                server_step(model, optimizer, z, y, self.objective.loss)
         except UnsafeStepError as err:
             self._leave(session, f"server step skipped: {err}")
             return
