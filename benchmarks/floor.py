@@ -60,8 +60,14 @@ def main() -> None:
         print(f"figures written to {args.out}")
 
 
-def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: torch.device) -> dict:
-    """Run warm-up and ``args.rounds`` FSL-SAGE rounds; return per-round figures."""
+def run_floor(
+    args: argparse.Namespace, data, parts: list[np.ndarray], device: torch.device, models: dict | None = None
+) -> dict:
+    """Run warm-up and ``args.rounds`` FSL-SAGE rounds; return per-round figures.
+
+    When ``models`` is given, the trained ``"client"`` (the global client model),
+    ``"server"`` and ``"auxes"`` (one per partition) are put into it.
+    """
     torch.manual_seed(derive_seed(args.seed, "server-init"))
     split = build_split_model(
         args.model, num_classes=data.num_classes, input_shape=data.input_shape, aux_variant=args.aux_variant
@@ -152,6 +158,8 @@ def run_floor(args: argparse.Namespace, data, parts: list[np.ndarray], device: t
             f"{row['images_per_second']:.0f} images/s",
             flush=True,
         )
+    if models is not None:
+        models.update(client=client_model, server=server, auxes=auxes)
     ordinary = [r["seconds"] for r in rows[1:] if not r["align_seconds"]]
     summary = {
         "device": str(device),

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from hostile_arrays import hostile_model_arrays
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from fsl_sage_flwr.core.models import build_split_model
 from fsl_sage_flwr.strategies.guarded_fedavg import GuardedFedAvg
 from fsl_sage_flwr.transport.arrays import to_array
 from fsl_sage_flwr.transport.update_guard import UpdateLimits
@@ -81,4 +88,46 @@ def test_with_the_guard_off_the_median_keeps_one_huge_coordinate_out_of_the_aver
 def test_an_unknown_aggregation_is_refused_by_name():
     # Execute / Assert
     with pytest.raises(ValueError, match="'aggregation' must be one of"):
-        GuardedFedAvg(aggregation="krum")
+        GuardedFedAvg(aggregation="geometric-median")
+
+
+def _model_round(strategy: FedAvg, sent: dict[str, np.ndarray], hostile: dict[str, np.ndarray] | None):
+    grid = ScriptedGrid(NODES, respond=lambda m: m)
+    list(strategy.configure_train(1, _arrays(sent), ConfigRecord(), grid))
+    # Honest nodes move every array by a small share of its norm, each its own share.
+    honest = [{k: v * np.float32(1 + 0.001 * (i + 1)) for k, v in sent.items()} for i in range(3)]
+    replies = [reply_from(n, _content(arrays, 100)) for n, arrays in zip(NODES, honest)]
+    if hostile is not None:
+        replies.append(reply_from(NODES[3], _content(hostile, 100)))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return arrays
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "krum"])
+def test_generated_hostile_model_arrays_never_reach_flowers_average(aggregation):
+    # Prepare: the cnn client model's arrays (BatchNorm and conv arrays of equal shapes), honest and hostile replies
+    torch.manual_seed(0)
+    state = build_split_model("cnn", num_classes=10, input_shape=(1, 8, 8)).client.state_dict()
+    sent = {k: v.numpy() for k, v in state.items() if v.is_floating_point()}
+    honest_only = _model_round(FedAvg(min_available_nodes=3, min_train_nodes=3), sent, None)
+    figures: Counter = Counter()
+
+    @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data):
+        hostile = data.draw(hostile_model_arrays({k: v * np.float32(1.004) for k, v in sent.items()}, sent, figures))
+        guarded = GuardedFedAvg(min_available_nodes=len(NODES), min_train_nodes=len(NODES) - 1, aggregation=aggregation)
+        # Execute
+        averaged = _model_round(guarded, sent, hostile)
+        # Assert: the average over the three honest replies alone (the mean: Flower's, bit for bit)
+        for name in sent:
+            if aggregation == "mean":
+                np.testing.assert_array_equal(averaged[name].numpy(), honest_only[name].numpy())
+            else:
+                assert any(
+                    np.array_equal(averaged[name].numpy(), v * np.float32(1 + 0.001 * i))
+                    for i, v in ((i, sent[name]) for i in (1, 2, 3))
+                )
+
+    check()
+    print(f"\nFedAvg ({aggregation}): {sum(figures.values())} hostile models tried and kept out ({dict(figures)})")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from hostile_arrays import hostile_model_arrays
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -327,43 +328,6 @@ def test_malformed_train_replies_are_dropped_and_change_nothing(name, build, dro
 
 # ------------------------------------------------------------ client-model arrays
 
-MODEL_ATTACKS = ["huge", "scaled", "sign-flipped", "swapped"]
-
-
-@st.composite
-def hostile_model_arrays(draw, honest: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Finite, well-shaped client-model arrays that would pull the average far off ``sent``."""
-    kind = draw(st.sampled_from(MODEL_ATTACKS))
-    FIGURES[f"kind model-{kind}"] += 1
-    floats = sorted(k for k, v in honest.items() if v.dtype.kind == "f")
-    arrays = dict(honest)
-    if kind == "huge":
-        name = draw(st.sampled_from(floats))
-        broken = arrays[name].copy()
-        broken.flat[draw(st.integers(0, broken.size - 1))] = draw(st.sampled_from([1e30, -1e30, 3e38, -3e38]))
-        arrays[name] = broken
-    elif kind == "scaled":
-        arrays.update({k: arrays[k] * np.float32(draw(st.sampled_from([100.0, -100.0]))) for k in floats})
-    elif kind == "sign-flipped":
-        boost = np.float32(draw(st.sampled_from([20.0, 100.0, 1000.0])))
-        arrays.update({k: sent[k] - boost * (arrays[k] - sent[k]) for k in floats})
-    else:
-        # A swap of two nearly equal arrays moves the model less than an honest
-        # update does; the bound is for swaps that move it (over a fifth of its norm).
-        pairs = [
-            (a, b)
-            for i, a in enumerate(floats)
-            for b in floats[i + 1 :]
-            if sent[a].shape == sent[b].shape and np.linalg.norm(sent[a] - sent[b]) > 0.2 * _global_norm(sent)
-        ]
-        a, b = draw(st.sampled_from(pairs))
-        arrays[a], arrays[b] = arrays[b], arrays[a]
-    return arrays
-
-
-def _global_norm(arrays: dict[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in arrays.values() if v.dtype.kind == "f")))
-
 
 @pytest.mark.parametrize("name,build", [("fsl-sage", _fsl_sage_base), ("cse-fsl", _cse_fsl_base)])
 def test_hostile_client_model_arrays_never_reach_the_average(name, build, drops):
@@ -376,7 +340,8 @@ def test_hostile_client_model_arrays_never_reach_the_average(name, build, drops)
         # Prepare: node 101's good reply and node 202's with hostile client-model arrays, in a drawn order
         strategy = copy.deepcopy(base)
         honest = _reply(strategy.shared_model, 202, 2)
-        hostile = TrainReply(**{**honest.__dict__, "shared": data.draw(hostile_model_arrays(honest.shared, sent))})
+        shared = data.draw(hostile_model_arrays(honest.shared, sent, FIGURES))
+        hostile = TrainReply(**{**honest.__dict__, "shared": shared})
         replies = [(101, fit_reply_content(_reply(strategy.shared_model, 101, 2))), (202, fit_reply_content(hostile))]
         if data.draw(st.booleans()):
             replies.reverse()
@@ -548,7 +513,7 @@ def test_hostile_client_models_in_splitfed_closing_replies_never_reach_the_avera
     honest = _weights(split.client, _honest_factor(OWNERS[202]))
 
     @generated(20)
-    @given(arrays=hostile_model_arrays(honest, sent))
+    @given(arrays=hostile_model_arrays(honest, sent, FIGURES))
     def check(arrays):
         # Prepare: node 202 closes its round with hostile client-model arrays
         content = step_content(split, 202, 2, 2)

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ArrayRecord
 
 from fsl_sage_flwr.strategies.averaging import weighted_average
-from fsl_sage_flwr.strategies.robust_average import aggregate, coordinate_median, coordinate_trimmed_mean
+from fsl_sage_flwr.strategies.robust_average import aggregate, coordinate_median, coordinate_trimmed_mean, krum_index
 from fsl_sage_flwr.transport.arrays import ArraySpec, to_array
 from fsl_sage_flwr.transport.update_guard import UpdateGuard, UpdateLimits
 
@@ -179,4 +179,43 @@ def test_aggregate_keeps_dtypes_rounds_counters_and_refuses_unknown_methods():
     assert median["n"].numpy().tolist() == [4]  # 3.5 rounded to even
     np.testing.assert_array_equal(mean["w"].numpy(), weighted_average(states, spec)["w"].numpy())
     with pytest.raises(ValueError, match="aggregation must be one of"):
-        aggregate(states, spec, "krum")
+        aggregate(states, spec, "geometric-median")
+
+
+def test_krum_selects_a_reply_from_the_honest_cluster_and_keeps_it_whole():
+    # Prepare: five honest replies near each other, one far away (scaled by 100), in the middle
+    spec = {"w": ArraySpec((2,), "float32"), "n": ArraySpec((1,), "int64")}
+    values = [[1.0, 1.0], [1.1, 0.9], [0.9, 1.2], [1.05, 1.0], [100.0, 100.0], [0.95, 0.95]]
+    states = [(_record(w=np.array(v, np.float32), n=np.array([i], np.int64)), 10) for i, v in enumerate(values)]
+    # Execute
+    chosen = krum_index([{"w": np.array(v, np.float32)} for v in values])
+    krum = aggregate(states, spec, "krum")
+    # Assert: the most central honest reply, arrays and counters taken as they were
+    assert chosen == 3
+    np.testing.assert_array_equal(krum["w"].numpy(), np.array(values[3], np.float32))
+    assert krum["n"].numpy().tolist() == [3]
+
+
+def test_a_swap_within_the_whole_update_bound_is_refused_by_its_arrays_median():
+    # Prepare: a large array that dominates the whole norm, and two small arrays of equal shape
+    rng = np.random.default_rng(0)
+    sent = {
+        "big": rng.normal(size=(20, 20)).astype(np.float32),
+        "g": np.ones(4, np.float32),
+        "h": np.zeros(4, np.float32),
+    }
+
+    def honest(seed: int) -> dict[str, np.ndarray]:
+        noise = np.random.default_rng(seed)
+        return {k: (v + 0.05 * noise.normal(size=v.shape)).astype(np.float32) for k, v in sent.items()}
+
+    swapped = honest(9)
+    swapped["g"], swapped["h"] = swapped["h"], swapped["g"]
+    replies = [honest(1), honest(2), swapped, honest(3)]
+    guard = UpdateGuard(UpdateLimits())
+    # Execute
+    screening = guard.screen(sent, replies)
+    # Assert: the whole update stays within 10 x the median norm; the swapped arrays do not
+    assert screening.norms[2] <= 10 * sorted(screening.norms)[1]
+    assert screening.kept == [0, 1, 3]
+    assert "the round's median move of that array" in screening.reasons[2]

@@ -105,7 +105,7 @@ class RunSettings:
         UpdateLimits().factor,
         "refuse a reply whose client-model update norm exceeds this many times the round's median; 0 = off",
     )
-    aggregation: str = setting("aggregation", "mean", "client-model average: mean, trimmed-mean or median")
+    aggregation: str = setting("aggregation", "mean", "client-model average: mean, trimmed-mean, median or krum")
     model_dp_noise_multiplier: float = setting(
         "model-dp-noise-multiplier", 0.0, "client-level DP of the client-model average: noise over clip norm; 0 = off"
     )

@@ -70,7 +70,7 @@ class SplitServer(FedAvg):
         in ``[0, max_examples)`` (every partition holds a sample).
     upload_limits : UploadLimits, optional
         Bounds on uploaded activations (default ``UploadLimits()``: a cap of
-        1e6, and 100 times the running scale of accepted uploads).
+        1e6, and 5 times the running scale of accepted uploads).
     update_limits : UpdateLimits, optional
         Bounds on each reply's client-model update (default ``UpdateLimits()``:
         10 times the round's median update norm; see

@@ -32,6 +32,13 @@ class UpdateLimits:
     ``min_round_replies`` replies it is the smaller of that and the median of
     the last ``window`` accepted rounds' references.
 
+    Each array is also measured on its own: its update may not exceed
+    ``factor`` times the lower median of that array's update norms in the
+    round (scaled down with the whole reference when the running one stands
+    in; never taken below that array's share of ``min_norm``). A swap of two
+    arrays of equal shape moves each of them far more than any honest reply
+    moves it, while the whole update can stay within bounds.
+
     Attributes
     ----------
     factor : float
@@ -142,6 +149,7 @@ class UpdateGuard:
             return Screening(norms, 0.0, (None,) * len(replies))
         reference, source = self._reference(norms)
         bound = self.limits.factor * max(reference, self.limits.min_norm)
+        array_references = self._array_references(per_array, names, base, reference, norms)
         reasons = []
         for norm, arrays in zip(norms, per_array):
             reason = None
@@ -150,7 +158,9 @@ class UpdateGuard:
                     f"client-model update norm {norm:.3g} exceeds {self.limits.factor:g} x {source} "
                     f"{max(reference, self.limits.min_norm):.3g}"
                 )
-            reasons.append(reason or self._array_reason(arrays, base))
+            reasons.append(
+                reason or self._array_reason(arrays, base) or self._array_median_reason(arrays, array_references)
+            )
         return Screening(norms, reference, tuple(reasons))
 
     def accept(self, screening: Screening) -> None:
@@ -208,6 +218,37 @@ class UpdateGuard:
         if len(norms) < self.limits.min_round_replies and running is not None and running < reference:
             return running, "the running median"
         return reference, "the round's median"
+
+    def _array_references(
+        self,
+        per_array: Sequence[Mapping[str, float]],
+        names: Sequence[str],
+        base: Mapping[str, np.ndarray],
+        reference: float,
+        norms: Sequence[float],
+    ) -> dict[str, float]:
+        # Each array's lower median over the round, shrunk as the whole reference
+        # was when the running median stood in for a round of few replies.
+        finite = [n for n in norms if math.isfinite(n)]
+        round_median = statistics.median_low(finite) if finite else 0.0
+        shrink = min(1.0, reference / round_median) if round_median > 0 else 1.0
+        total = sum(base[name].size for name in names) or 1
+        references = {}
+        for name in names:
+            values = [arrays[name] for arrays in per_array if math.isfinite(arrays[name])]
+            median = statistics.median_low(values) if values else 0.0
+            floor = self.limits.min_norm * math.sqrt(base[name].size / total)
+            references[name] = max(median * shrink, floor)
+        return references
+
+    def _array_median_reason(self, arrays: Mapping[str, float], references: Mapping[str, float]) -> str | None:
+        for name, norm in arrays.items():
+            if not norm <= self.limits.factor * references[name]:
+                return (
+                    f"client-model array '{name}' moves by {norm:.3g}, beyond {self.limits.factor:g} x "
+                    f"the round's median move of that array {references[name]:.3g}"
+                )
+        return None
 
     def _array_reason(self, arrays: Mapping[str, float], base: Mapping[str, np.ndarray]) -> str | None:
         for name, norm in arrays.items():
