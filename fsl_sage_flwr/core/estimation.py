@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -184,8 +184,12 @@ def server_step(
     optimizer: torch.optim.Optimizer,
     z: torch.Tensor,
     y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """Run one optimizer step of the server-side model on uploaded ``(z, y)``.
+
+    ``loss_fn(logits, y)`` is the batch-mean loss, cross-entropy unless given
+    (label privacy's forward-corrected loss, :mod:`fsl_sage_flwr.core.label_privacy`).
 
     The step is taken only when the loss, every parameter gradient (and, when
     ``z`` requires a gradient, ``z.grad``) and the BatchNorm statistics moved by
@@ -207,7 +211,7 @@ def server_step(
     optimizer.zero_grad(set_to_none=True)
     saved = {name: buf.detach().clone() for name, buf in server.named_buffers()}
     try:
-        loss = F.cross_entropy(server(z), y)
+        loss = (loss_fn or F.cross_entropy)(server(z), y)
         if not torch.isfinite(loss):
             raise UnsafeStepError(f"loss is {float(loss)}")
         loss.backward()

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-#: The kinds of setup fault: a model part's shapes, the labels, the node's identity.
-SETUP_KINDS = ("shapes", "labels", "identity")
+#: The kinds of setup fault: a model part's shapes, the labels, the node's identity, its privacy floor.
+SETUP_KINDS = ("shapes", "labels", "identity", "privacy")
 
 
 class SetupError(ValueError):
