@@ -61,7 +61,7 @@ class UploadTrainingServer(SplitServer):
         self.privacy = privacy or UploadPrivacy()
         self.label_loss = (
             ForwardCorrectedLoss(self.privacy.label_epsilon, self.bounds.num_classes)
-            if self.privacy.label_epsilon > 0
+            if self.privacy.label_epsilon > 0 and self.privacy.label_correction == "forward"
             else None
         )
         self.releases = UploadReleases()

@@ -21,11 +21,14 @@ from fsl_sage_flwr.core.settings import (
     record_from_config,
     require,
     require_at_least,
+    require_choice,
     require_non_negative,
     setting,
 )
 from fsl_sage_flwr.transport.local_training import LocalTraining
 
+#: The server's losses on randomized labels.
+LABEL_CORRECTIONS = ("forward", "none")
 # A node's FSL-SAGE warm-up uploads one batch before its first round; every plan counts it.
 _WARM_UP_RELEASES = 1
 
@@ -58,6 +61,9 @@ class UploadPrivacy:
         Rounds the plan covers (the app fills in ``num-server-rounds`` for 0).
     label_epsilon : float
         Randomized-response epsilon of uploaded labels; 0 uploads true labels.
+    label_correction : str
+        The server's loss on randomized labels: ``forward`` (corrected for the
+        known flip probability) or ``none`` (plain cross-entropy, for comparison).
     """
 
     dp_clip: float = setting("dp-clip", 0.0, "C: per-sample L2 bound of uploaded activations; 0 = no DP noise")
@@ -72,12 +78,16 @@ class UploadPrivacy:
     label_epsilon: float = setting(
         "label-epsilon", 0.0, "randomized response on uploaded labels with this epsilon; 0 = true labels"
     )
+    label_correction: str = setting(
+        "label-correction", "forward", "server loss on randomized labels: forward (corrected) or none (plain)"
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
         require_non_negative(self, "dp_clip", "dp_noise_multiplier", "dp_epsilon", "label_epsilon")
         require_at_least(self, 0, "dp_rounds")
         require(0 < self.dp_delta < 1, self, "dp_delta", "in (0, 1)")
+        require_choice(self, "label_correction", LABEL_CORRECTIONS)
         if self.dp_clip == 0:
             for name in ("dp_noise_multiplier", "dp_epsilon"):
                 require(getattr(self, name) == 0, self, name, "0 while 'dp-clip' is 0 (differential privacy off)")
