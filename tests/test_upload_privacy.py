@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from opacus.accountants.utils import get_noise_multiplier
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.clients import FSLSageClient
 from fsl_sage_flwr.core.activation_noise import clip_and_noise
-from fsl_sage_flwr.core.dp_accounting import noise_multiplier_for
+from fsl_sage_flwr.core.dp_accounting import noise_multiplier_for, opacus_module
 from fsl_sage_flwr.core.models import build_split_model
+from fsl_sage_flwr.extras import MissingExtraError
 from fsl_sage_flwr.plugin import as_dataset
 from fsl_sage_flwr.strategies.upload_releases import UploadReleases
 from fsl_sage_flwr.transport.local_training import LocalTraining
@@ -66,6 +68,14 @@ def test_a_target_epsilon_gives_each_node_opacus_noise_for_its_own_plan(monkeypa
     accountant.history = [(sigma, 0.1, 16)]
     assert privacy.epsilon(80, TRAINING, 16) == pytest.approx(accountant.get_epsilon(delta=1e-5), rel=1e-9)
     assert 4.0 - 0.05 <= privacy.epsilon(80, TRAINING, 16) <= 4.0 + 0.01
+
+
+def test_dp_without_opacus_names_the_extra_that_installs_it(monkeypatch):
+    # Prepare: opacus's accountants cannot be imported
+    monkeypatch.setitem(sys.modules, "opacus.accountants", None)
+    # Execute / Assert
+    with pytest.raises(MissingExtraError, match=r'dp-clip.*pip install "fsl-sage-flwr\[privacy\]"'):
+        opacus_module("accountants")
 
 
 def test_each_sample_is_clipped_to_c_and_the_noise_has_scale_sigma_c():

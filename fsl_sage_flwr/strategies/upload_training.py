@@ -12,6 +12,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fsl_sage_flwr.core.devices import autocast
+from fsl_sage_flwr.core.dp_accounting import opacus_module
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
 from fsl_sage_flwr.core.label_privacy import ForwardCorrectedLoss
 from fsl_sage_flwr.core.server_order import SERVER_ORDERS, server_step_order
@@ -59,6 +60,8 @@ class UploadTrainingServer(SplitServer):
     def __init__(self, *, server_order: str = "partition", privacy: UploadPrivacy | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.privacy = privacy or UploadPrivacy()
+        if self.privacy.dp_on:
+            opacus_module("accountants")  # fail before the first message when the extra is missing
         self.label_loss = (
             ForwardCorrectedLoss(self.privacy.label_epsilon, self.bounds.num_classes)
             if self.privacy.label_epsilon > 0 and self.privacy.label_correction == "forward"
