@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fsl_sage_flwr.clients import CSEFSLClient, FedAvgClient, FSLSageClient, SplitFedClient
+from fsl_sage_flwr.clients.privacy_floor import PrivacyFloor
 from fsl_sage_flwr.core.alignment import AlignmentSettings
 from fsl_sage_flwr.core.models import SplitModel, build_full_model
 from fsl_sage_flwr.data import ArrayDataset
@@ -140,6 +141,7 @@ def split_client(
     partition_id: int,
     state: RecordDict,
     device: torch.device | str = "cpu",
+    privacy_floor: PrivacyFloor | None = None,
 ) -> SplitClient:
     """Build ``algorithm``'s node client on ``split``'s parts (see :data:`CLIENT_PARTS`).
 
@@ -160,8 +162,17 @@ def split_client(
         The node's ``Context.state``, kept between rounds.
     device : torch.device or str
         Where the node trains.
+    privacy_floor : PrivacyFloor, optional
+        The node's own floor on upload privacy (FSL-SAGE and CSE-FSL clients
+        enforce it per request). A SplitFed node, whose activations travel
+        without noise, refuses any floor with a SetupError (privacy).
     """
-    return CLIENT_CLASSES[check_algorithm(algorithm)](split, trainset, partition_id, state, device)
+    client_class = CLIENT_CLASSES[check_algorithm(algorithm)]
+    if client_class in (FSLSageClient, CSEFSLClient):
+        return client_class(split, trainset, partition_id, state, device, privacy_floor=privacy_floor)
+    if client_class is SplitFedClient and privacy_floor is not None:
+        privacy_floor.refuse_unsupported(algorithm)
+    return client_class(split, trainset, partition_id, state, device)
 
 
 def node_parts(algorithm: str, split: SplitModel) -> SplitModel:

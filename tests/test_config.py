@@ -44,7 +44,9 @@ def test_the_reference_documents_every_run_config_key_once_with_its_default():
     assert [entry.key for entry in reference] == list(defaults)
     for entry in reference:
         assert entry.default == defaults[entry.key], entry.key
-        assert entry.help and entry.owner in ("RunSettings", "LocalTraining", "AlignmentSettings"), entry.key
+        assert entry.help and entry.owner in ("RunSettings", "LocalTraining", "AlignmentSettings", "UploadPrivacy"), (
+            entry.key
+        )
 
 
 @pytest.mark.parametrize(

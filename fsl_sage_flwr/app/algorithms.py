@@ -142,10 +142,11 @@ def _fsl_sage_server(
         max_cached_clients=settings.max_cached_clients,
         server_order=settings.server_order,
         fidelity_samples=settings.fidelity_samples,
+        privacy=settings.privacy,
         **_split_kwargs(settings, run_split, tap),
     )
     setup = _split_setup(strategy, client, server)
-    setup.round_details = strategy.pop_alignment_summary
+    setup.round_details = lambda: {**strategy.pop_alignment_summary(), **strategy.privacy_summary()}
     return setup
 
 
@@ -157,9 +158,15 @@ def _cse_fsl_server(
     ledger: ByteLedger | None = None,
 ) -> ServerSetup:
     strategy, client, server = _strategy(
-        settings, run_split, server_order=settings.server_order, **_split_kwargs(settings, run_split, tap)
+        settings,
+        run_split,
+        server_order=settings.server_order,
+        privacy=settings.privacy,
+        **_split_kwargs(settings, run_split, tap),
     )
-    return _split_setup(strategy, client, server)
+    setup = _split_setup(strategy, client, server)
+    setup.round_details = strategy.privacy_summary
+    return setup
 
 
 def _splitfed_server(

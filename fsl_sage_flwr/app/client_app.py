@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.app.run_split import node_split, node_trainset
 from fsl_sage_flwr.client_replies import split_step_reply, train_reply
+from fsl_sage_flwr.clients.privacy_floor import PrivacyFloor
 from fsl_sage_flwr.clients.setup_checks import check_node_data, node_partition_id
 from fsl_sage_flwr.core.devices import resolve_device
 from fsl_sage_flwr.split_algorithms import split_client
@@ -50,4 +51,7 @@ def build_client(context: Context) -> tuple[Any, RunSettings]:
     # Checked on every load of the node's data, before training: a wrong setup fails in one line.
     check_node_data(split, trainset, num_classes)
     device = resolve_device(settings.device)
-    return split_client(settings.algorithm, split, trainset, partition_id, context.state, device), settings
+    # The node's own floor on upload privacy: the server's request cannot lower it.
+    floor = PrivacyFloor.from_node_config(context.node_config)
+    client = split_client(settings.algorithm, split, trainset, partition_id, context.state, device, privacy_floor=floor)
+    return client, settings

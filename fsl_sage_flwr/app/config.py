@@ -34,6 +34,7 @@ from fsl_sage_flwr.strategies.model_privacy import ModelPrivacy
 from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.update_guard import UpdateLimits
+from fsl_sage_flwr.transport.upload_privacy import UploadPrivacy
 
 #: A "module:function" reference to user code.
 REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -156,6 +157,8 @@ class RunSettings:
     """What clients train with (batch size, epochs, q, Adam, seed, upload encoding, autocast)."""
     alignment: AlignmentSettings = field(default_factory=AlignmentSettings)
     """FSL-SAGE's alignment settings."""
+    privacy: UploadPrivacy = field(default_factory=UploadPrivacy)
+    """FSL-SAGE/CSE-FSL: DP noise on uploaded activations, randomized response on uploaded labels."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -205,6 +208,10 @@ class RunSettings:
                 name,
                 "empty or 'module:function', e.g. 'my_app.task:make_spec'",
             )
+        if self.privacy.enabled and self.algorithm not in ("fsl-sage", "cse-fsl"):
+            raise ValueError(
+                f"run config 'dp-clip' and 'label-epsilon' apply to fsl-sage and cse-fsl uploads, not {self.algorithm}"
+            )
         if self.alignment.threshold > 0 and self.fidelity_samples == 0:
             raise ValueError(
                 "run config 'align-threshold' needs the fidelity measurement it acts on: set 'fidelity-samples' > 0"
@@ -236,16 +243,24 @@ class RunSettings:
                 raise ValueError(f"run config lacks '{key}' ({f.metadata['help']})")
             values[key] = _coerce(key, run_config[key], f.type)
         own = {f.name: values[key_of(f)] for f in _own_fields()}
+        if values["dp-rounds"] == 0:  # the plan covers the whole run
+            values["dp-rounds"] = values["num-server-rounds"]
         return cls(
             **own,
             training=record_from_config(LocalTraining, values, origin="run config"),
             alignment=record_from_config(AlignmentSettings, values, origin="run config"),
+            privacy=record_from_config(UploadPrivacy, values, origin="run config"),
         )
 
     def to_config(self) -> dict[str, Any]:
         """Return the settings as a flat run-config mapping (kebab-case keys)."""
         own = {key_of(f): getattr(self, f.name) for f in _own_fields()}
-        return {**own, **record_config(self.training), **record_config(self.alignment)}
+        return {
+            **own,
+            **record_config(self.training),
+            **record_config(self.alignment),
+            **record_config(self.privacy),
+        }
 
     def check_data(self, num_train: int, num_classes: int) -> None:
         """Check the settings against the loaded training split, before any message.
@@ -300,6 +315,7 @@ def _all_fields() -> list[tuple[dataclasses.Field, type]]:
         (RunSettings, _own_fields()),
         (LocalTraining, dataclasses.fields(LocalTraining)),
         (AlignmentSettings, dataclasses.fields(AlignmentSettings)),
+        (UploadPrivacy, dataclasses.fields(UploadPrivacy)),
     ):
         for f in owner_fields:
             if key_of(f) not in seen:

@@ -73,9 +73,13 @@ class FSLSageClient(LocalTrainingClient):
         """
         load_named(self.split.client, request.shared)
         seed = derive_seed(request.training.seed, 0, self.partition_id, "warmup")
-        xb, yb = next(minibatches(self.x, self.y, request.training.batch_size, torch.Generator().manual_seed(seed)))
+        private = self.private_uploads(request)
+        generator = torch.Generator().manual_seed(seed)
+        xb, yb = next(minibatches(self.x, private.batch_labels, request.training.batch_size, generator))
         with torch.no_grad(), preserved_buffers(self.split.client):
             self.split.client.train()
             z = self.split.client(xb)
-        smashed = pack_uploads([(z, yb)], self.split.cut_shape, request.training.upload_dtype, self.split.labels)
+        smashed = pack_uploads(
+            private.release([(z, yb)], 0), self.split.cut_shape, request.training.upload_dtype, self.split.labels
+        )
         return TrainReply(partition_id=self.partition_id, num_examples=len(self.y), smashed=smashed)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from flwr.client import NumPyClient
 from torch import nn
 
@@ -17,16 +17,23 @@ from fsl_sage_flwr.clients.common import (
     save_optimizer_state,
     state_to_numpy,
 )
+from fsl_sage_flwr.clients.privacy_floor import PrivacyFloor
+from fsl_sage_flwr.clients.private_uploads import PrivateUploads
 from fsl_sage_flwr.core.devices import autocast
+from fsl_sage_flwr.core.dp_accounting import releases_per_round
+from fsl_sage_flwr.core.estimation import preserved_buffers
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.core.training import derive_seed, make_adam, run_local_epochs
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.transport.replies import TrainReply
 from fsl_sage_flwr.transport.requests import TrainRequest, decode_request
+from fsl_sage_flwr.transport.upload_privacy import UploadPrivacy
 from fsl_sage_flwr.transport.uploads import pack_uploads
 
 OPTIMIZER_STATE_KEY = "client-optimizer"
+# Uploads made in this run, counted in Context.state against the node's privacy floor.
+RELEASES_STATE_KEY = "upload-privacy"
 
 
 class LocalTrainingClient(NumPyClient):
@@ -51,6 +58,9 @@ class LocalTrainingClient(NumPyClient):
         Flower's per-node ``Context.state``.
     device : torch.device or str
         Where the client trains (see ``fsl_sage_flwr.core.devices``).
+    privacy_floor : PrivacyFloor, optional
+        The weakest upload privacy this node trains with (its node config);
+        a request asking for less is refused. None: no floor.
     """
 
     uploads_smashed = True
@@ -62,6 +72,7 @@ class LocalTrainingClient(NumPyClient):
         partition_id: int,
         state: RecordDict,
         device: torch.device | str = "cpu",
+        privacy_floor: PrivacyFloor | None = None,
     ) -> None:
         if len(trainset) < 2:
             raise ValueError(f"partition {partition_id} holds {len(trainset)} samples; training needs at least 2")
@@ -70,6 +81,7 @@ class LocalTrainingClient(NumPyClient):
         self.x, self.y = dataset_tensors(trainset, self.device)
         self.partition_id = int(partition_id)
         self.state = state
+        self.privacy_floor = privacy_floor or PrivacyFloor()
 
     @property
     def shared_model(self) -> nn.Module:
@@ -114,8 +126,45 @@ class LocalTrainingClient(NumPyClient):
         request = decode_request(
             parameters, config, shared_keys=list(self.shared_model.state_dict()), aux_keys=self.aux_keys
         )
+        if self.uploads_smashed:
+            self.check_privacy_floor(request)
         reply = self.warm_up(request) if request.warmup else self.train(request)
+        if self.uploads_smashed and reply.smashed is not None:
+            self._count_releases(len(reply.smashed[-1]))
         return reply.to_fit_result()
+
+    def check_privacy_floor(self, request: TrainRequest) -> None:
+        """Raise SetupError (privacy) when the request asks for weaker upload privacy than this node's floor."""
+        training = request.training
+        n = len(self.y)
+        this_round = (
+            1
+            if request.warmup
+            else releases_per_round(n, training.batch_size, training.local_epochs, training.upload_interval)
+        )
+        self.privacy_floor.check(request.privacy, training, n, this_round, self._releases_so_far())
+
+    def private_uploads(self, request: TrainRequest) -> PrivateUploads:
+        """The request's privacy applied to this node's uploads (none for a client that uploads nothing)."""
+        privacy = request.privacy if self.uploads_smashed else UploadPrivacy()
+        num_classes = self._num_classes() if privacy.label_epsilon > 0 else 0
+        return PrivateUploads(privacy, request.training, self.partition_id, self.y, num_classes)
+
+    def _num_classes(self) -> int:
+        # K is the auxiliary head's output width: the client holds no other count of the classes.
+        with torch.no_grad(), preserved_buffers(self.split.aux):
+            was_training = self.split.aux.training
+            self.split.aux.eval()
+            logits = self.split.aux(torch.zeros((1, *self.split.cut_shape), device=self.device))
+            self.split.aux.train(was_training)
+        return int(logits.shape[-1])
+
+    def _releases_so_far(self) -> int:
+        record = self.state.get(RELEASES_STATE_KEY)
+        return int(record["releases"]) if record is not None else 0
+
+    def _count_releases(self, releases: int) -> None:
+        self.state[RELEASES_STATE_KEY] = ConfigRecord({"releases": self._releases_so_far() + releases})
 
     def train(self, request: TrainRequest) -> TrainReply:
         """Run the local epochs of one round with the request's settings."""
@@ -129,15 +178,16 @@ class LocalTrainingClient(NumPyClient):
         if training.keep_optimizer_state:
             load_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
         meter = PeakMemoryMeter(self.held_models)
+        private = self.private_uploads(request)
 
         def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, training.autocast):
-                return self.step(optimizer, xb, yb, meter)
+                return self.step(optimizer, xb, private.true_labels(yb), meter)
 
         uploads, steps = run_local_epochs(
             step,
             self.x,
-            self.y,
+            private.batch_labels,
             epochs=training.local_epochs,
             batch_size=training.batch_size,
             generator=generator,
@@ -146,7 +196,9 @@ class LocalTrainingClient(NumPyClient):
         if training.keep_optimizer_state:
             save_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
         smashed = (
-            pack_uploads(uploads, self.split.cut_shape, training.upload_dtype, self.split.labels)
+            pack_uploads(
+                private.release(uploads, server_round), self.split.cut_shape, training.upload_dtype, self.split.labels
+            )
             if self.uploads_smashed
             else None
         )

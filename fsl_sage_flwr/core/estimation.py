@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -194,6 +194,9 @@ def server_step(
     loss_fn: SplitLoss = CROSS_ENTROPY,
 ) -> float:
     """Run one optimizer step of the server-side model on uploaded ``(z, y)`` under ``loss_fn``.
+
+    ``loss_fn(logits, y)`` is the batch-mean loss, cross-entropy unless given
+    (label privacy's forward-corrected loss, :mod:`fsl_sage_flwr.core.label_privacy`).
 
     The step is taken only when the loss, every parameter gradient (and, when
     ``z`` requires a gradient, ``z.grad``) and the BatchNorm statistics moved by

@@ -12,8 +12,8 @@ from torch import nn
 
 from fsl_sage_flwr.core.losses import CROSS_ENTROPY, LabelSpec, Objective
 
-#: The kinds of setup fault: a model part's shapes, the labels, the node's identity.
-SETUP_KINDS = ("shapes", "labels", "identity")
+#: The kinds of setup fault: a model part's shapes, the labels, the node's identity, its privacy floor.
+SETUP_KINDS = ("shapes", "labels", "identity", "privacy")
 
 
 class SetupError(ValueError):

@@ -26,7 +26,6 @@ from fsl_sage_flwr.strategies.aux_alignment import AuxAligner, log_alignment_set
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.replies import ParsedReply
-from fsl_sage_flwr.transport.requests import request_content
 
 
 class FSLSage(UploadTrainingServer):
@@ -151,7 +150,7 @@ class FSLSage(UploadTrainingServer):
 
     def warm_up_request(self, arrays: ArrayRecord) -> RecordDict:
         """The content of a warm-up request: the client model and the ``warmup`` flag."""
-        return request_content(arrays, server_round=0, training=self.training, warmup=True)
+        return self.request_for(arrays, server_round=0, warmup=True)
 
     def accept_warm_up(self, replies: Iterable[tuple[int, RecordDict]]) -> None:
         """Register the nodes of valid warm-up replies: train on, buffer and align their batch.
@@ -209,9 +208,7 @@ class FSLSage(UploadTrainingServer):
             if slot.aux_pending:
                 aux = ArrayRecord(slot.state.aux.state_dict())
                 self._aux_in_flight.add(node_id)
-            requests.append(
-                (node_id, request_content(arrays, server_round=server_round, training=self.training, aux=aux))
-            )
+            requests.append((node_id, self.request_for(arrays, server_round=server_round, aux=aux)))
         return requests
 
     def parse_reply(self, node_id: int, content: RecordDict, *, expect_model: bool) -> ParsedReply:

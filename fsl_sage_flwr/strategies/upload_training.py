@@ -12,15 +12,19 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fsl_sage_flwr.core.devices import autocast
+from fsl_sage_flwr.core.dp_accounting import opacus_module
 from fsl_sage_flwr.core.estimation import UnsafeStepError, server_step
+from fsl_sage_flwr.core.label_privacy import ForwardCorrectedLoss
 from fsl_sage_flwr.core.server_order import SERVER_ORDERS, server_step_order
 from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY
 from fsl_sage_flwr.strategies.split_server import SplitServer
+from fsl_sage_flwr.strategies.upload_releases import UploadReleases
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 from fsl_sage_flwr.transport.keys import METRICS_KEY
 from fsl_sage_flwr.transport.log_text import client_text
 from fsl_sage_flwr.transport.replies import ParsedReply, parse_train_reply
 from fsl_sage_flwr.transport.requests import request_content
+from fsl_sage_flwr.transport.upload_privacy import UploadPrivacy
 
 
 class UploadTrainingServer(SplitServer):
@@ -45,12 +49,25 @@ class UploadTrainingServer(SplitServer):
         How the server model steps through a round's uploads, one of
         :data:`~fsl_sage_flwr.core.server_order.SERVER_ORDERS` (see
         :func:`~fsl_sage_flwr.core.server_order.server_step_order`).
+    privacy : UploadPrivacy, optional
+        How clients privatise their uploads (sent with every request); with
+        label privacy the server model trains on the forward-corrected loss
+        (:class:`~fsl_sage_flwr.core.label_privacy.ForwardCorrectedLoss`).
     **kwargs
         As for :class:`~fsl_sage_flwr.strategies.split_server.SplitServer`.
     """
 
-    def __init__(self, *, server_order: str = "partition", **kwargs: Any) -> None:
+    def __init__(self, *, server_order: str = "partition", privacy: UploadPrivacy | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.privacy = privacy or UploadPrivacy()
+        if self.privacy.dp_on:
+            opacus_module("accountants")  # fail before the first message when the extra is missing
+        self.label_loss = (
+            ForwardCorrectedLoss(self.privacy.label_epsilon, self.bounds.num_classes)
+            if self.privacy.label_epsilon > 0 and self.privacy.label_correction == "forward"
+            else None
+        )
+        self.releases = UploadReleases()
         if server_order not in SERVER_ORDERS:
             raise ValueError(f"server_order must be one of {list(SERVER_ORDERS)}, got {server_order!r}")
         self.server_order = server_order
@@ -75,7 +92,28 @@ class UploadTrainingServer(SplitServer):
 
     def train_request(self, node_id: int, server_round: int, arrays: ArrayRecord) -> RecordDict:
         """The content of one node's train request (see ``fsl_sage_flwr.transport.requests``)."""
-        return request_content(arrays, server_round=server_round, training=self.training)
+        return self.request_for(arrays, server_round=server_round)
+
+    def request_for(self, arrays: ArrayRecord, **kwargs: Any) -> RecordDict:
+        """A train request with the run's training and privacy settings (``kwargs`` as for ``request_content``)."""
+        return request_content(arrays, training=self.training, privacy=self.privacy, **kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The server's state (see ``SplitServer.state_dict``), with the upload count when DP is on."""
+        state = super().state_dict()
+        if self.privacy.dp_on:
+            state["upload_releases"] = self.releases.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        if "upload_releases" in state:
+            self.releases.load_state_dict(state["upload_releases"])
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """Each partition's DP epsilon so far, for the results row (empty without DP)."""
+        return self.releases.summary(self.privacy, self.training)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -191,6 +229,7 @@ class UploadTrainingServer(SplitServer):
         """
         for reply in replies:
             self.activation_scale.accept(reply.upload.batches)
+            self.releases.record(reply.partition_id, reply.num_examples, len(reply.upload.batches))
         steps = [(reply, index) for reply in replies for index in range(len(reply.upload.batches))]
         order = server_step_order(len(steps), self.server_order, self.training.seed, server_round)
         steps = [steps[i] for i in order]
@@ -202,7 +241,7 @@ class UploadTrainingServer(SplitServer):
             z, y = z.to(self.device), y.to(self.device)
             try:
                 with autocast(self.device, self.training.autocast):
-                    server_step(self.server_model, self.server_optimizer, z, y, self.objective.loss)
+                    server_step(self.server_model, self.server_optimizer, z, y, self.label_loss or self.objective.loss)
             except UnsafeStepError as err:
                 log(
                     WARNING,

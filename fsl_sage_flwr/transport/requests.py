@@ -12,14 +12,15 @@ Request, server to client (message type ``train``):
   auxiliary model's (FSL-SAGE only; the server aligned it since it last sent it).
 - ``"fitins.config"`` (ConfigRecord): ``server-round``, ``warmup`` (FSL-SAGE's
   exchange before round 1: reply with one batch of activations, train nothing),
-  ``aux-included`` and the :class:`~fsl_sage_flwr.transport.local_training.LocalTraining`
-  settings the client must obey.
+  ``aux-included``, the :class:`~fsl_sage_flwr.transport.local_training.LocalTraining`
+  settings the client must obey and, when any is on, the
+  :class:`~fsl_sage_flwr.transport.upload_privacy.UploadPrivacy` settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from fsl_sage_flwr.transport.keys import (
     WARMUP_KEY,
 )
 from fsl_sage_flwr.transport.local_training import LocalTraining
+from fsl_sage_flwr.transport.upload_privacy import UploadPrivacy
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class TrainRequest:
     warmup: bool
     shared: dict[str, np.ndarray]
     aux: dict[str, np.ndarray] | None
+    privacy: UploadPrivacy = field(default_factory=UploadPrivacy)
 
 
 def request_content(
@@ -54,6 +57,7 @@ def request_content(
     training: LocalTraining,
     aux: ArrayRecord | None = None,
     warmup: bool = False,
+    privacy: UploadPrivacy | None = None,
 ) -> RecordDict:
     """Build a train request in Flower's ``fit`` layout (see the module docstring)."""
     arrays = {name: shared[name] for name in shared.keys()}
@@ -61,6 +65,7 @@ def request_content(
         arrays.update({AUX_PREFIX + name: aux[name] for name in aux.keys()})
     config = {
         **training.to_config(),
+        **(privacy.to_config() if privacy is not None else {}),
         SERVER_ROUND_KEY: server_round,
         WARMUP_KEY: warmup,
         AUX_INCLUDED_KEY: aux is not None,
@@ -93,4 +98,5 @@ def decode_request(
         warmup=bool(config.get(WARMUP_KEY, False)),
         shared=shared,
         aux=aux,
+        privacy=UploadPrivacy.from_config(config),
     )
