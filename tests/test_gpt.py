@@ -75,6 +75,21 @@ def test_client_then_server_computes_the_whole_model(client_blocks):
     torch.testing.assert_close(split_logits, whole_logits, rtol=1e-5, atol=1e-5)
 
 
+def test_the_aux_input_gradient_can_be_differentiated_as_alignment_does():
+    # Prepare
+    torch.manual_seed(0)
+    aux = GPTSplit(TINY).build_aux()
+    hidden = torch.randn(2, *TINY.cut_shape, requires_grad=True)
+
+    # Execute: the gradient of a loss of the aux's input gradient reaches the aux's weights
+    (input_gradient,) = torch.autograd.grad(aux(hidden).logsumexp(-1).sum(), hidden, create_graph=True)
+    input_gradient.square().sum().backward()
+
+    # Assert
+    assert aux.blocks[0].attn.c_attn.weight.grad is not None
+    assert torch.isfinite(aux.blocks[0].attn.c_attn.weight.grad).all()
+
+
 def test_the_parts_hold_copies_not_the_models_weights():
     # Prepare
     model = build_gpt2(TINY)

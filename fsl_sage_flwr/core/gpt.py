@@ -14,6 +14,7 @@ from torch import nn
 from fsl_sage_flwr.extras import import_extra
 
 __all__ = [
+    "ATTENTION",
     "GPTAux",
     "GPTClient",
     "GPTServer",
@@ -97,6 +98,7 @@ class GPTSplitConfig:
             # GPT-2's special token 50256 does not exist in a small vocabulary.
             bos_token_id=self.vocab_size - 1,
             eos_token_id=self.vocab_size - 1,
+            attn_implementation=ATTENTION,
         )
 
     @classmethod
@@ -112,6 +114,11 @@ class GPTSplitConfig:
             aux_blocks=aux_blocks,
             dropout=float(hf_config.resid_pdrop),
         )
+
+
+#: Attention written out in matmuls and softmax: FSL-SAGE's alignment differentiates the aux's
+#: input gradient (second derivatives), which the fused attention kernels on CPU cannot.
+ATTENTION = "eager"
 
 
 def _transformers() -> Any:
@@ -158,14 +165,24 @@ def load_gpt2(local_dir: str | Path) -> nn.Module:
     hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     if hf_config.model_type != "gpt2":
         raise ValueError(f"the checkpoint in {folder} is a {hf_config.model_type!r} model, not 'gpt2'")
-    model = transformers.GPT2LMHeadModel.from_pretrained(folder, local_files_only=True)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, attn_implementation=ATTENTION)
     return model.train()
 
 
+def _causal_mask(hidden: torch.Tensor) -> torch.Tensor:
+    """Additive mask ``(1, 1, T, T)``: position ``t`` attends to positions ``<= t`` only."""
+    length = hidden.shape[-2]
+    blocked = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
+    mask = torch.zeros(length, length, dtype=hidden.dtype, device=hidden.device)
+    return mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
+
+
 def _run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor) -> torch.Tensor:
-    # Called without a mask, GPT-2's attention is causal. Older transformers return a tuple.
+    # Blocks called one by one get no mask from a GPT2Model, and eager attention is
+    # causal only with one. Older transformers return a tuple.
+    mask = _causal_mask(hidden)
     for block in blocks:
-        out = block(hidden)
+        out = block(hidden, attention_mask=mask)
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
 
