@@ -25,6 +25,13 @@ _PUBLIC = {
     "ArrayDataset": "fsl_sage_flwr.data",
     "SetupError": "fsl_sage_flwr.core.setup_checks",
     "SetupDropError": "fsl_sage_flwr.strategies.setup_drops",
+    "SplitLoss": "fsl_sage_flwr.core.losses",
+    "Metric": "fsl_sage_flwr.core.losses",
+    "LabelSpec": "fsl_sage_flwr.core.losses",
+    "CROSS_ENTROPY": "fsl_sage_flwr.core.losses",
+    "ACCURACY": "fsl_sage_flwr.core.losses",
+    "token_cross_entropy": "fsl_sage_flwr.core.losses",
+    "perplexity": "fsl_sage_flwr.core.losses",
 }
 
 __all__ = sorted(_PUBLIC)

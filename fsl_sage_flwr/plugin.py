@@ -16,10 +16,12 @@ from torch import nn
 
 from fsl_sage_flwr.client_replies import numpy_client_reply, register_client, register_split_client
 from fsl_sage_flwr.clients.setup_checks import check_node_data, node_partition_id
+from fsl_sage_flwr.core.losses import LossFn, Metric, Objective, SplitLoss, split_objective
 from fsl_sage_flwr.core.models import SplitModel
 from fsl_sage_flwr.core.setup_checks import SetupError, check_input_shape, check_split_shapes
 from fsl_sage_flwr.core.training import derive_seed
 from fsl_sage_flwr.data import ArrayDataset
+from fsl_sage_flwr.data.user_data import DataLike, as_dataset
 from fsl_sage_flwr.split_algorithms import SplitClient, check_algorithm, node_parts, split_client, split_strategy
 from fsl_sage_flwr.strategies.fsl_sage import AlignmentSettings, FSLSage
 from fsl_sage_flwr.strategies.legacy import FSLSageLegacy
@@ -27,43 +29,8 @@ from fsl_sage_flwr.transport.local_training import LocalTraining
 
 __all__ = ["DataLike", "SplitSpec", "as_dataset", "numpy_client_reply", "register_client"]
 
-#: Data a user hands over: ``(inputs, labels)`` as numpy arrays or tensors, a torch
-#: ``Dataset`` of ``(input, label)`` pairs, or an :class:`ArrayDataset`.
-DataLike = ArrayDataset | tuple[Any, Any] | torch.utils.data.Dataset
 #: A model, or a function building a fresh one.
 ModelSource = nn.Module | Callable[[], nn.Module]
-
-
-def as_dataset(data: DataLike) -> ArrayDataset:
-    """Turn user data into an :class:`ArrayDataset` (float32 inputs, int64 labels).
-
-    Raises
-    ------
-    ValueError
-        When labels are not one integer per sample, or inputs are not numeric.
-    """
-    if isinstance(data, ArrayDataset):
-        return data
-    if isinstance(data, tuple) and len(data) == 2:
-        inputs, labels = data
-    elif isinstance(data, torch.utils.data.Dataset):
-        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-        if not pairs:
-            raise ValueError("the dataset is empty")
-        inputs = np.stack([_to_numpy(x) for x, _ in pairs])
-        labels = np.asarray([int(_to_numpy(y)) for _, y in pairs])
-    else:
-        raise ValueError(f"data must be (inputs, labels) or a torch Dataset, got {type(data).__name__}")
-    inputs, labels = _to_numpy(inputs), _to_numpy(labels)
-    if inputs.dtype.kind not in "fiub" or labels.dtype.kind not in "iu":
-        raise ValueError(f"inputs must be numeric and labels integers, got {inputs.dtype} and {labels.dtype}")
-    return ArrayDataset(np.ascontiguousarray(inputs, dtype=np.float32), labels.astype(np.int64))
-
-
-def _to_numpy(values: Any) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 @dataclass
@@ -87,8 +54,9 @@ class SplitSpec:
         client's estimate of the server's cut-layer gradient.
     cut_shape : tuple[int, ...]
         Shape of one sample's cut-layer activation (no batch dimension).
-    num_classes : int
-        Number of classes; labels lie in ``[0, num_classes)``.
+    num_classes : int or None
+        Number of classes: integer labels lie in ``[0, num_classes)``. ``None``
+        for float labels.
     testset : DataLike, optional
         Held-out data the server evaluates on after every round.
     input_shape : tuple[int, ...], optional
@@ -96,6 +64,22 @@ class SplitSpec:
         when not given. With it, the split checks itself when made: a 2-sample
         batch runs client -> server and client -> aux, and a part that cannot
         take its input is named with the shapes involved (ValueError).
+    loss : SplitLoss or Callable, optional
+        The server's loss, ``loss(outputs, labels) -> scalar`` batch mean (a
+        :class:`~fsl_sage_flwr.core.losses.SplitLoss` may add its summed form);
+        the auxiliary models map the cut to what it takes, and the clients'
+        gradient estimates and the alignment use it too. Default: cross-entropy
+        over classes (``(N, num_classes)`` logits).
+    label_shape : tuple[int, ...]
+        One sample's label shape: ``()`` (a class, the default), ``(T,)`` per
+        token, ``(K,)`` multi-label or regression targets.
+    label_dtype : str
+        ``"int64"`` (class indices, bounded by ``num_classes``) or ``"float32"``
+        (finite values).
+    metric : Metric, optional
+        Reported after every round next to ``loss``; default accuracy for one
+        class label per sample, none otherwise (see ``fsl_sage_flwr.core.losses``:
+        ``ACCURACY``, ``perplexity``).
 
     Examples
     --------
@@ -108,22 +92,29 @@ class SplitSpec:
     server_model: ModelSource
     aux_model: Callable[[], nn.Module]
     cut_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int | None
     testset: DataLike | None = None
     input_shape: tuple[int, ...] | None = None
+    loss: SplitLoss | LossFn | None = None
+    label_shape: tuple[int, ...] = ()
+    label_dtype: str = "int64"
+    metric: Metric | None = None
     _testset: ArrayDataset | None = field(init=False, repr=False, default=None)
+    objective: Objective = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.cut_shape = tuple(int(d) for d in self.cut_shape)
         if not self.cut_shape or min(self.cut_shape) < 1:
             raise ValueError(f"cut_shape must be positive sizes, got {self.cut_shape}")
-        if int(self.num_classes) < 2:
+        if self.num_classes is not None and int(self.num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        self.label_shape = tuple(int(d) for d in self.label_shape)
+        self.objective = split_objective(self.num_classes, self.loss, self.label_shape, self.label_dtype, self.metric)
         if isinstance(self.aux_model, nn.Module) or not callable(self.aux_model):
             raise ValueError(
                 "aux_model must be a function returning a fresh nn.Module (the server keeps one per client)"
             )
-        self._testset = as_dataset(self.testset) if self.testset is not None else None
+        self._testset = self._checked_testset()
         if self.input_shape is not None:
             self.input_shape = tuple(int(d) for d in self.input_shape)
             if not self.input_shape or min(self.input_shape) < 1:
@@ -142,6 +133,7 @@ class SplitSpec:
             server=_fresh(self.server_model, "server_model"),
             aux=_fresh(self.aux_model, "aux_model"),
             cut_shape=self.cut_shape,
+            objective=self.objective,
         )
 
     def check(self, sample_inputs: np.ndarray) -> None:
@@ -150,7 +142,9 @@ class SplitSpec:
             split = self.build()
         heads = (("server_model", split.server), ("aux_model", split.aux))
         sample_shape = np.asarray(sample_inputs).shape[1:]
-        _as_value_error(check_split_shapes, split.client, heads, sample_shape, self.cut_shape, self.num_classes)
+        _as_value_error(
+            check_split_shapes, split.client, heads, sample_shape, self.cut_shape, self.num_classes, self.objective
+        )
 
     def strategy(
         self,
@@ -238,11 +232,11 @@ class SplitSpec:
         SetupError
             (a ValueError) In one line naming the cause, which the node's error
             reply carries to the server: no partition id, labels outside
-            ``[0, num_classes)``, or inputs the client model cannot take.
+            ``[0, num_classes)`` (or not finite), or inputs the client model cannot take.
         """
         if partition_id is None:
             partition_id = node_partition_id(context.node_config)
-        data = as_dataset(trainset)
+        data = as_dataset(trainset, self.objective.labels)
         split = node_parts(algorithm, self.build())
         check_node_data(split, data, self.num_classes, self.input_shape)
         return split_client(algorithm, split, data, partition_id, context.state, device)
@@ -263,6 +257,16 @@ class SplitSpec:
         """
         check_algorithm(algorithm)
         register_split_client(app, lambda context: self.client(trainset_fn(context), context, algorithm=algorithm))
+
+    def _checked_testset(self) -> ArrayDataset | None:
+        """The testset as an ArrayDataset whose labels fit the split (ValueError otherwise)."""
+        if self.testset is None:
+            return None
+        data = as_dataset(self.testset, self.objective.labels)
+        problem = self.objective.labels.problem(data.labels)
+        if problem is not None:
+            raise ValueError(f"testset: {problem}")
+        return data
 
 
 def _as_value_error(check: Callable[..., None], *args: Any) -> None:

@@ -61,7 +61,7 @@ def split_strategy(
     algorithm: str,
     split: SplitModel,
     *,
-    num_classes: int,
+    num_classes: int | None,
     training: LocalTraining,
     testset: ArrayDataset | None = None,
     alignment: AlignmentSettings | None = None,
@@ -80,8 +80,8 @@ def split_strategy(
         One of :data:`ALGORITHM_NAMES`.
     split : SplitModel
         The freshly built client, server and aux parts; the strategy trains them.
-    num_classes : int
-        Number of classes.
+    num_classes : int or None
+        Number of classes; ``None`` for float labels (``split.objective`` says what labels are).
     training : LocalTraining
         What every node trains with.
     testset : ArrayDataset, optional
@@ -106,7 +106,9 @@ def split_strategy(
     """
     check_algorithm(algorithm)
     if algorithm == "fedavg":
-        return JoinedFedAvg(full_model=build_full_model(split), training=training, testset=testset, **kwargs)
+        return JoinedFedAvg(
+            full_model=build_full_model(split), training=training, testset=testset, objective=split.objective, **kwargs
+        )
     parts = {
         "client_model": split.client,
         "server_model": split.server,
@@ -114,6 +116,7 @@ def split_strategy(
         "num_classes": num_classes,
         "training": training,
         "testset": testset,
+        "objective": split.objective,
         **kwargs,
     }
     if algorithm == "fsl-sage":
@@ -169,4 +172,5 @@ def node_parts(algorithm: str, split: SplitModel) -> SplitModel:
         server=split.server if "server" in parts else None,
         aux=split.aux if "aux" in parts else None,
         cut_shape=split.cut_shape,
+        objective=split.objective,
     )

@@ -171,9 +171,9 @@ class RoundRecorder:
             self._timed_rounds.append(row["round_seconds"])
         log(
             INFO,
-            "round %d: test accuracy %.4f, loss %.4f, %.2f MiB sent so far%s",
+            "round %d: test %sloss %.4f, %.2f MiB sent so far%s",
             server_round,
-            row["accuracy"],
+            "".join(f"{key} {value:.4f}, " for key, value in metrics.items() if key != "loss"),
             row["loss"],
             row["cumulative_bytes"] / MIB,
             self._eta(server_round),
@@ -197,7 +197,8 @@ class RoundRecorder:
         return {
             "algorithm": self.algorithm,
             "round": server_round,
-            "accuracy": metrics["accuracy"],
+            # The split's metric (accuracy for classes; none, or e.g. perplexity, otherwise), then the loss.
+            **{key: value for key, value in metrics.items() if key != "loss"},
             "loss": metrics["loss"],
             "bytes_up": up,
             "bytes_down": down,

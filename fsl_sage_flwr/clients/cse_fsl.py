@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fsl_sage_flwr.clients.local_training import LocalTrainingClient
-from fsl_sage_flwr.core.estimation import cross_entropy_step
+from fsl_sage_flwr.core.estimation import supervised_step
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 
 
@@ -31,5 +31,5 @@ class CSEFSLClient(LocalTrainingClient):
     def step(
         self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, meter: PeakMemoryMeter
     ) -> torch.Tensor:
-        """Cross-entropy of the auxiliary head on the client model's output."""
-        return cross_entropy_step(self.split.client, self.split.aux, optimizer, x, y, meter)
+        """The split's loss (cross-entropy by default) of the auxiliary head on the client model's output."""
+        return supervised_step(self.split.client, self.split.aux, optimizer, x, y, meter, self.split.loss)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fsl_sage_flwr.clients.local_training import LocalTrainingClient
-from fsl_sage_flwr.core.estimation import cross_entropy_step
+from fsl_sage_flwr.core.estimation import supervised_step
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 from fsl_sage_flwr.core.models import build_full_model
 
@@ -31,5 +31,5 @@ class FedAvgClient(LocalTrainingClient):
     def step(
         self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, meter: PeakMemoryMeter
     ) -> torch.Tensor:
-        """Cross-entropy of the full model."""
-        return cross_entropy_step(self.shared_model, None, optimizer, x, y, meter)
+        """The split's loss (cross-entropy by default) of the full model."""
+        return supervised_step(self.shared_model, None, optimizer, x, y, meter, self.split.loss)

@@ -52,7 +52,7 @@ class FSLSageClient(LocalTrainingClient):
         self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, meter: PeakMemoryMeter
     ) -> torch.Tensor:
         """Backpropagate the auxiliary model's cut-layer gradient estimate."""
-        return client_step(self.split.client, self.split.aux, optimizer, x, y, meter)
+        return client_step(self.split.client, self.split.aux, optimizer, x, y, meter, self.split.loss)
 
     def load_request(self, request: TrainRequest) -> None:
         """Load the client model, and the aux when sent (else the one kept in state)."""
@@ -77,5 +77,5 @@ class FSLSageClient(LocalTrainingClient):
         with torch.no_grad(), preserved_buffers(self.split.client):
             self.split.client.train()
             z = self.split.client(xb)
-        smashed = pack_uploads([(z, yb)], self.split.cut_shape, request.training.upload_dtype)
+        smashed = pack_uploads([(z, yb)], self.split.cut_shape, request.training.upload_dtype, self.split.labels)
         return TrainReply(partition_id=self.partition_id, num_examples=len(self.y), smashed=smashed)

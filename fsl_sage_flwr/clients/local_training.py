@@ -145,7 +145,11 @@ class LocalTrainingClient(NumPyClient):
         )
         if training.keep_optimizer_state:
             save_optimizer_state(optimizer, self.state, OPTIMIZER_STATE_KEY)
-        smashed = pack_uploads(uploads, self.split.cut_shape, training.upload_dtype) if self.uploads_smashed else None
+        smashed = (
+            pack_uploads(uploads, self.split.cut_shape, training.upload_dtype, self.split.labels)
+            if self.uploads_smashed
+            else None
+        )
         return TrainReply(
             partition_id=self.partition_id,
             num_examples=len(self.y),

@@ -40,7 +40,7 @@ def check_node_data(
     """Raise SetupError, in one line naming the cause, unless this node's data fits the split.
 
     Run once per load of the node's data, before any training: labels must lie
-    in ``[0, num_classes)``; inputs must have ``input_shape`` per sample (when
+    in ``[0, num_classes)`` (or fit ``split.objective``'s label spec); inputs must have ``input_shape`` per sample (when
     given) and the client model must take two of them and return ``cut_shape``.
 
     Parameters
@@ -54,7 +54,7 @@ def check_node_data(
     input_shape : tuple[int, ...], optional
         One sample's expected shape; without it, the client model decides.
     """
-    check_labels(trainset.labels, num_classes)
+    check_labels(trainset.labels, split.labels if split.labels is not None else num_classes)
     if input_shape is not None:
         check_input_shape(trainset.images.shape[1:], input_shape)
     check_client_output(split.client, torch.from_numpy(trainset.images[:2]), split.cut_shape)

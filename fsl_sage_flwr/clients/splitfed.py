@@ -106,7 +106,7 @@ class SplitFedClient:
             self.split.client.train()
             z = self.split.client(xb)  # BatchNorm statistics move here, once per batch
         self._save(optimizer, meter.peak_bytes)
-        return None, list(pack_uploads([(z, yb)], self.split.cut_shape)), metrics
+        return None, list(pack_uploads([(z, yb)], self.split.cut_shape, labels=self.split.labels)), metrics
 
     def _batches(self, training: LocalTraining, server_round: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         seed = derive_seed(training.seed, server_round, self.partition_id, "batches")

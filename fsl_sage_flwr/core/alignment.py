@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl_sage_flwr.core.estimation import input_gradient, preserved_buffers
+from fsl_sage_flwr.core.losses import CROSS_ENTROPY, SplitLoss
 from fsl_sage_flwr.core.settings import (
     check_types,
     require,
@@ -80,8 +81,10 @@ class AlignmentReport:
     seconds: float = 0.0
 
 
-def server_cut_gradients(server: nn.Module, z: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Return the alignment targets ``G = d/dZ sum_n NLL(s(Z_n), Y_n)``.
+def server_cut_gradients(
+    server: nn.Module, z: torch.Tensor, y: torch.Tensor, batch_size: int, loss: SplitLoss = CROSS_ENTROPY
+) -> torch.Tensor:
+    """Return the alignment targets ``G = d/dZ sum_n L(s(Z_n), Y_n)`` (``L``: the split's loss).
 
     Per-sample (sum-reduced) gradients, computed in train mode like the server's
     own training passes, in chunks of ``batch_size`` (the alignment minibatch).
@@ -92,7 +95,7 @@ def server_cut_gradients(server: nn.Module, z: torch.Tensor, y: torch.Tensor, ba
     with preserved_buffers(server):
         server.train()
         for chunk in chunks(z.shape[0], batch_size):
-            targets.append(input_gradient(server, z[chunk], y[chunk], reduction="sum"))
+            targets.append(input_gradient(server, z[chunk], y[chunk], reduction="sum", loss=loss))
     return torch.cat(targets).detach()
 
 
@@ -108,10 +111,12 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def gradient_matching_loss(aux: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Return ``sum (d/dz sum_n NLL(a(z_n), y_n) - target)^2`` with a live graph."""
+def gradient_matching_loss(
+    aux: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor, loss: SplitLoss = CROSS_ENTROPY
+) -> torch.Tensor:
+    """Return ``sum (d/dz sum_n L(a(z_n), y_n) - target)^2`` with a live graph."""
     z = z.detach().requires_grad_(True)
-    estimate = input_gradient(aux, z, y, reduction="sum", create_graph=True)
+    estimate = input_gradient(aux, z, y, reduction="sum", create_graph=True, loss=loss)
     return (estimate - target).pow(2).sum()
 
 
@@ -127,6 +132,7 @@ def align_auxiliary(
     generator: torch.Generator | None = None,
     patience: int = 0,
     min_improvement: float = 0.01,
+    loss_fn: SplitLoss = CROSS_ENTROPY,
 ) -> AlignmentReport:
     """Align one client's auxiliary model to the server model on its buffer.
 
@@ -157,6 +163,8 @@ def align_auxiliary(
         far. 0 runs all ``epochs``, as the paper does.
     min_improvement : float
         The relative gain an epoch must make to count as one.
+    loss_fn : SplitLoss
+        The split's loss, whose input gradients are matched (cross-entropy by default).
 
     Returns
     -------
@@ -165,8 +173,8 @@ def align_auxiliary(
         the epochs run and the seconds taken.
     """
     started = time.perf_counter()
-    target = server_cut_gradients(server, z, y, batch_size)
-    before = _evaluate_match(aux, z, y, target, batch_size)
+    target = server_cut_gradients(server, z, y, batch_size, loss_fn)
+    before = _evaluate_match(aux, z, y, target, batch_size, loss_fn)
     aux.train()
     stop = _EarlyStop(patience, min_improvement)
     epochs_run = 0
@@ -176,14 +184,14 @@ def align_auxiliary(
         for chunk in chunks(z.shape[0], batch_size):
             idx = order[chunk]
             optimizer.zero_grad(set_to_none=True)
-            loss = gradient_matching_loss(aux, z[idx], y[idx], target[idx])
+            loss = gradient_matching_loss(aux, z[idx], y[idx], target[idx], loss_fn)
             loss.backward()
             optimizer.step()
             epoch_loss += loss.detach()
         epochs_run += 1
         if stop.after_epoch(epoch_loss):
             break
-    after = _evaluate_match(aux, z, y, target, batch_size)
+    after = _evaluate_match(aux, z, y, target, batch_size, loss_fn)
     return AlignmentReport(
         before[0], after[0], before[1], after[1], int(z.shape[0]), epochs_run, time.perf_counter() - started
     )
@@ -195,12 +203,16 @@ def _evaluate_match(
     y: torch.Tensor,
     target: torch.Tensor,
     batch_size: int,
+    loss: SplitLoss,
 ) -> tuple[float, float]:
     """Matching loss and mean cosine similarity, without touching aux's state."""
     with preserved_buffers(aux):
         aux.train()
         estimate = torch.cat(
-            [input_gradient(aux, z[chunk], y[chunk], reduction="sum") for chunk in chunks(z.shape[0], batch_size)]
+            [
+                input_gradient(aux, z[chunk], y[chunk], reduction="sum", loss=loss)
+                for chunk in chunks(z.shape[0], batch_size)
+            ]
         )
     loss = float((estimate - target).pow(2).sum())
     cosine = F.cosine_similarity(estimate.flatten(1), target.flatten(1), dim=1, eps=1e-12)
@@ -218,6 +230,7 @@ def align_auxiliaries_stacked(
     generators: list[torch.Generator | None],
     patience: int = 0,
     min_improvement: float = 0.01,
+    loss_fn: SplitLoss = CROSS_ENTROPY,
 ) -> list[AlignmentReport]:
     """Align several clients' auxiliary models at once, one vmapped pass per step.
 
@@ -238,7 +251,7 @@ def align_auxiliaries_stacked(
         The current server-side model (not modified).
     buffers : list of (torch.Tensor, torch.Tensor)
         Each client's buffered activations and labels.
-    epochs, batch_size, patience, min_improvement
+    epochs, batch_size, patience, min_improvement, loss_fn
         As in :func:`align_auxiliary`.
     generators : list of torch.Generator or None
         Each client's minibatch-order generator.
@@ -265,23 +278,24 @@ def align_auxiliaries_stacked(
             generators=[generators[i] for i in members],
             patience=patience,
             min_improvement=min_improvement,
+            loss_fn=loss_fn,
         )
         for i, report in zip(members, group_reports):
             reports[i] = report
     return [r for r in reports if r is not None]
 
 
-def _stacked_matching_step(template: nn.Module):
+def _stacked_matching_step(template: nn.Module, loss: SplitLoss):
     """``vmap``-ed ``(params, buffers, z, y, target) -> (grads, loss)`` of the matching loss."""
 
     def matching_loss(params, buffers, z, y, target):
         # BatchNorm updates its running statistics in place: they must be an input
         # of every transformed function, never a captured tensor.
-        def summed_nll(z_in, buffers_in):
-            logits = torch.func.functional_call(template, (params, buffers_in), (z_in,))
-            return F.cross_entropy(logits, y, reduction="sum")
+        def summed_loss(z_in, buffers_in):
+            outputs = torch.func.functional_call(template, (params, buffers_in), (z_in,))
+            return loss(outputs, y, reduction="sum")
 
-        estimate = torch.func.grad(summed_nll)(z, buffers)
+        estimate = torch.func.grad(summed_loss)(z, buffers)
         loss = (estimate - target).pow(2).sum()
         return loss, loss.detach()
 
@@ -299,17 +313,18 @@ def _align_group(
     generators: list[torch.Generator | None],
     patience: int,
     min_improvement: float,
+    loss_fn: SplitLoss,
 ) -> list[AlignmentReport]:
     """Stacked alignment of clients whose buffers have one length."""
     started = time.perf_counter()
     n = int(buffers[0][0].shape[0])
     device = buffers[0][0].device
-    targets = [server_cut_gradients(server, z, y, batch_size) for z, y in buffers]
-    before = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
+    targets = [server_cut_gradients(server, z, y, batch_size, loss_fn) for z, y in buffers]
+    before = [_evaluate_match(a, z, y, t, batch_size, loss_fn) for a, (z, y), t in zip(auxes, buffers, targets)]
     # A stateless copy that only lends its structure to functional_call.
     template = copy.deepcopy(auxes[0]).to("meta")
     template.train()
-    step = _stacked_matching_step(template)
+    step = _stacked_matching_step(template, loss_fn)
     for aux in auxes:
         aux.train()
     stops = [_EarlyStop(patience, min_improvement) for _ in auxes]
@@ -344,7 +359,7 @@ def _align_group(
             if not stops[i].after_epoch(epoch_loss[k]):
                 still_active.append(i)
         active = still_active
-    after = [_evaluate_match(a, z, y, t, batch_size) for a, (z, y), t in zip(auxes, buffers, targets)]
+    after = [_evaluate_match(a, z, y, t, batch_size, loss_fn) for a, (z, y), t in zip(auxes, buffers, targets)]
     seconds = (time.perf_counter() - started) / len(auxes)
     return [AlignmentReport(b[0], a[0], b[1], a[1], n, e, seconds) for b, a, e in zip(before, after, epochs_run)]
 

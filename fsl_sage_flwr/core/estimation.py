@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fsl_sage_flwr.core.losses import CROSS_ENTROPY, SplitLoss
 from fsl_sage_flwr.core.memory import PeakMemoryMeter
 
 
@@ -36,8 +36,9 @@ def input_gradient(
     *,
     reduction: str = "mean",
     create_graph: bool = False,
+    loss: SplitLoss = CROSS_ENTROPY,
 ) -> torch.Tensor:
-    """Return ``d/dz L(head(z), y)`` for the cross-entropy (NLL of log-softmax).
+    """Return ``d/dz L(head(z), y)`` for the split's loss ``L`` (cross-entropy by default).
 
     Parameters
     ----------
@@ -52,6 +53,8 @@ def input_gradient(
         gradients, independent of the batch size, used for alignment targets).
     create_graph : bool
         Keep the graph for a second backward pass (alignment's double backprop).
+    loss : SplitLoss
+        The split's loss.
 
     Returns
     -------
@@ -62,12 +65,14 @@ def input_gradient(
         z = z.detach()
     if not z.requires_grad:
         z = z.requires_grad_(True)
-    loss = F.cross_entropy(head(z), y, reduction=reduction)
-    (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
+    value = loss(head(z), y, reduction=reduction)
+    (grad,) = torch.autograd.grad(value, z, create_graph=create_graph)
     return grad
 
 
-def estimate_cut_gradient(aux: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def estimate_cut_gradient(
+    aux: nn.Module, z: torch.Tensor, y: torch.Tensor, loss: SplitLoss = CROSS_ENTROPY
+) -> torch.Tensor:
     """Estimate the server's cut-layer gradient with the auxiliary model.
 
     Implements ``g_hat(z) = d/dz L(a(z; x_a), y)`` with the batch-mean loss (Nair
@@ -80,7 +85,7 @@ def estimate_cut_gradient(aux: nn.Module, z: torch.Tensor, y: torch.Tensor) -> t
     try:
         with preserved_buffers(aux):
             aux.train()
-            return input_gradient(aux, z, y, reduction="mean")
+            return input_gradient(aux, z, y, reduction="mean", loss=loss)
     finally:
         for p, flag in zip(aux.parameters(), requires):
             p.requires_grad_(flag)
@@ -93,6 +98,7 @@ def client_step(
     x: torch.Tensor,
     y: torch.Tensor,
     meter: PeakMemoryMeter | None = None,
+    loss: SplitLoss = CROSS_ENTROPY,
 ) -> torch.Tensor:
     """Run one FSL-SAGE client step and return the detached activations ``z``.
 
@@ -104,19 +110,20 @@ def client_step(
     optimizer.zero_grad(set_to_none=True)
     with meter.recording() if meter else nullcontext():
         z = client(x)
-        grad = estimate_cut_gradient(aux, z, y)
+        grad = estimate_cut_gradient(aux, z, y, loss)
     return _finish_step(z, grad, optimizer, meter)
 
 
-def cross_entropy_step(
+def supervised_step(
     model: nn.Module,
     head: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     meter: PeakMemoryMeter | None = None,
+    loss: SplitLoss = CROSS_ENTROPY,
 ) -> torch.Tensor:
-    """One supervised step of ``head(model(x))`` on cross-entropy; return ``model(x)``.
+    """One supervised step of ``head(model(x))`` on the split's loss; return ``model(x)``.
 
     With a head this is the CSE-FSL client step (client model plus its local
     auxiliary classifier, Mu and Shen); without one, ``model`` is a full model
@@ -128,8 +135,8 @@ def cross_entropy_step(
     optimizer.zero_grad(set_to_none=True)
     with meter.recording() if meter else nullcontext():
         z = model(x)
-        loss = F.cross_entropy(head(z) if head is not None else z, y)
-    return _finish_step(z, loss, optimizer, meter)
+        value = loss(head(z) if head is not None else z, y)
+    return _finish_step(z, value, optimizer, meter)
 
 
 def apply_cut_gradient(
@@ -184,8 +191,9 @@ def server_step(
     optimizer: torch.optim.Optimizer,
     z: torch.Tensor,
     y: torch.Tensor,
+    loss_fn: SplitLoss = CROSS_ENTROPY,
 ) -> float:
-    """Run one optimizer step of the server-side model on uploaded ``(z, y)``.
+    """Run one optimizer step of the server-side model on uploaded ``(z, y)`` under ``loss_fn``.
 
     The step is taken only when the loss, every parameter gradient (and, when
     ``z`` requires a gradient, ``z.grad``) and the BatchNorm statistics moved by
@@ -207,7 +215,9 @@ def server_step(
     optimizer.zero_grad(set_to_none=True)
     saved = {name: buf.detach().clone() for name, buf in server.named_buffers()}
     try:
-        loss = F.cross_entropy(server(z), y)
+        loss = loss_fn(server(z), y)
+        if loss.dim() != 0:
+            raise UnsafeStepError(f"loss has shape {tuple(loss.shape)}, expected a scalar")
         if not torch.isfinite(loss):
             raise UnsafeStepError(f"loss is {float(loss)}")
         loss.backward()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl_sage_flwr.core.estimation import input_gradient, preserved_buffers
+from fsl_sage_flwr.core.losses import CROSS_ENTROPY, SplitLoss
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,14 @@ class Fidelity:
     num_samples: int
 
 
-def gradient_fidelity(aux: nn.Module, server: nn.Module, z: torch.Tensor, y: torch.Tensor) -> Fidelity:
+def gradient_fidelity(
+    aux: nn.Module, server: nn.Module, z: torch.Tensor, y: torch.Tensor, loss: SplitLoss = CROSS_ENTROPY
+) -> Fidelity:
     """Compare the aux's estimate ``d/dz L(aux(z), y)`` with the true ``d/dz L(server(z), y)``.
 
     The quantity FSL-SAGE's alignment drives up (Nair et al., ICML 2025, Sec. 4):
     the client trains on the aux's estimate in place of the server's gradient.
-    Both gradients use the batch-mean cross-entropy in train mode, like the
+    Both gradients use the batch-mean loss in train mode, like the
     client's and the server's own passes; neither model's weights, gradients or
     BatchNorm statistics change.
 
@@ -47,6 +50,8 @@ def gradient_fidelity(aux: nn.Module, server: nn.Module, z: torch.Tensor, y: tor
         Cut-layer activations, at least two samples (BatchNorm in train mode).
     y : torch.Tensor
         Labels.
+    loss : SplitLoss
+        The split's loss (cross-entropy by default).
 
     Returns
     -------
@@ -55,21 +60,21 @@ def gradient_fidelity(aux: nn.Module, server: nn.Module, z: torch.Tensor, y: tor
     """
     if z.shape[0] < 2:
         raise ValueError(f"gradient fidelity needs at least 2 samples, got {z.shape[0]}")
-    estimate = _train_mode_gradient(aux, z, y)
-    truth = _train_mode_gradient(server, z, y)
+    estimate = _train_mode_gradient(aux, z, y, loss)
+    truth = _train_mode_gradient(server, z, y, loss)
     cosine = F.cosine_similarity(estimate.flatten(1), truth.flatten(1), dim=1, eps=1e-12).mean()
     # The floor keeps a vanishing true gradient from dividing by zero.
     relative_error = (estimate - truth).norm() / truth.norm().clamp_min(1e-12)
     return Fidelity(float(cosine), float(relative_error), int(z.shape[0]))
 
 
-def _train_mode_gradient(head: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _train_mode_gradient(head: nn.Module, z: torch.Tensor, y: torch.Tensor, loss: SplitLoss) -> torch.Tensor:
     """``d/dz`` of the batch-mean loss in train mode; restores the mode, buffers and grads."""
     was_training = head.training
     with preserved_buffers(head):
         head.train()
         try:
             # autograd.grad w.r.t. z only: the parameters' .grad stay untouched.
-            return input_gradient(head, z, y).detach()
+            return input_gradient(head, z, y, loss=loss).detach()
         finally:
             head.train(was_training)

@@ -8,6 +8,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from fsl_sage_flwr.core.losses import CROSS_ENTROPY, LabelSpec, Objective, SplitLoss
 from fsl_sage_flwr.core.resnet18 import ResNet18Split
 from fsl_sage_flwr.core.small_cnn import SmallSplitCNN
 from fsl_sage_flwr.core.split_architecture import InputShape, SplitArchitecture
@@ -42,6 +43,9 @@ class SplitModel:
         gradient.
     cut_shape : tuple of int
         Shape of one sample's ``z`` (no batch dimension), e.g. ``(128, 4, 4)``.
+    objective : Objective, optional
+        The loss, labels and metric the parts train on; ``None``: cross-entropy
+        over classes, one integer label per sample.
 
     ``server`` or ``aux`` is ``None`` where a build left it out (a client needs
     no server part).
@@ -51,6 +55,17 @@ class SplitModel:
     server: nn.Module | None
     aux: nn.Module | None
     cut_shape: tuple[int, ...]
+    objective: Objective | None = None
+
+    @property
+    def loss(self) -> SplitLoss:
+        """The loss of the heads' outputs (the objective's, else cross-entropy)."""
+        return self.objective.loss if self.objective is not None else CROSS_ENTROPY
+
+    @property
+    def labels(self) -> LabelSpec | None:
+        """One sample's label as the objective declares it; ``None``: one int64 class."""
+        return self.objective.labels if self.objective is not None else None
 
     def to(self, device: torch.device) -> "SplitModel":
         """Move every part this split holds to ``device``; return the split."""

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsl_sage_flwr.core.losses import CROSS_ENTROPY, LabelSpec, Objective
+
 #: The kinds of setup fault: a model part's shapes, the labels, the node's identity.
 SETUP_KINDS = ("shapes", "labels", "identity")
 
@@ -36,9 +38,16 @@ class SetupError(ValueError):
         self.detail = detail
 
 
-def check_labels(labels: np.ndarray, num_classes: int) -> None:
-    """Raise SetupError unless every label lies in ``[0, num_classes)``; name the first value outside."""
+def check_labels(labels: np.ndarray, num_classes: int | LabelSpec) -> None:
+    """Raise SetupError unless the labels fit: one class in ``[0, num_classes)`` each, or the split's label spec."""
     labels = np.asarray(labels)
+    if isinstance(num_classes, LabelSpec):
+        problem = num_classes.problem(labels)
+        if problem is None:
+            return
+        if num_classes.num_classes is None or not problem.startswith("labels outside"):
+            raise SetupError("labels", problem)
+        num_classes = num_classes.num_classes  # a class out of range is named as below
     if labels.size == 0:
         return
     low, high = int(labels.min()), int(labels.max())
@@ -68,9 +77,14 @@ def check_split_shapes(
     heads: Sequence[tuple[str, nn.Module]],
     input_shape: Sequence[int],
     cut_shape: Sequence[int],
-    num_classes: int,
+    num_classes: int | None,
+    objective: Objective | None = None,
 ) -> None:
     """Run a 2-sample batch through ``client``, then its output through each head; raise SetupError on a misfit.
+
+    Under cross-entropy over classes each head must return ``(2, num_classes)``
+    logits; under another loss, the loss of each head's output against two
+    zero labels of the objective's shape must be a finite scalar.
 
     Parameters
     ----------
@@ -80,17 +94,40 @@ def check_split_shapes(
         The named models taking the cut-layer activations (``"server_model"``, ``"aux_model"``).
     input_shape, cut_shape : Sequence[int]
         One sample's input and cut-layer shapes, no batch axis.
-    num_classes : int
-        The number of logits every head returns per sample.
+    num_classes : int or None
+        The number of logits every head returns per sample, under cross-entropy.
+    objective : Objective, optional
+        The split's loss and labels; ``None``: cross-entropy over ``num_classes``.
     """
     z = check_client_output(client, torch.zeros((2, *input_shape)), cut_shape)
     for name, head in heads:
         with _evaluating(head), torch.no_grad():
             logits = _run_part(name, head, z.to(_device_of(head)), f"the client_model's output {tuple(z.shape)}")
-        if tuple(logits.shape) != (z.shape[0], num_classes):
+        if objective is not None and not _class_logits(objective):
+            _check_loss_takes(name, logits, objective)
+        elif tuple(logits.shape) != (z.shape[0], num_classes):
             raise SetupError(
                 "shapes", f"{name} outputs {tuple(logits.shape[1:])} per sample, expected ({num_classes},)"
             )
+
+
+def _class_logits(objective: Objective) -> bool:
+    """Whether the heads return class logits: cross-entropy against one int64 class per sample."""
+    labels = objective.labels
+    return objective.loss is CROSS_ENTROPY and labels.shape == () and labels.dtype == "int64"
+
+
+def _check_loss_takes(name: str, outputs: torch.Tensor, objective: Objective) -> None:
+    """Raise SetupError unless the objective's loss of ``outputs`` against zero labels is a finite scalar."""
+    labels = torch.zeros((outputs.shape[0], *objective.labels.shape), dtype=getattr(torch, objective.labels.dtype))
+    where = f"{name} outputs {tuple(outputs.shape[1:])} per sample, labels are {objective.labels.shape}"
+    try:
+        value = objective.loss(outputs, labels.to(outputs.device))
+    except (RuntimeError, ValueError, IndexError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SetupError("shapes", f"the loss cannot take them ({where}): {first_line}") from err
+    if not isinstance(value, torch.Tensor) or value.dim() != 0 or not torch.isfinite(value):
+        raise SetupError("shapes", f"the loss must return a finite scalar tensor ({where}), got {value!r}")
 
 
 def check_client_output(client: nn.Module, inputs: torch.Tensor, cut_shape: Sequence[int]) -> torch.Tensor:

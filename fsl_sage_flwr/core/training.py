@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from fsl_sage_flwr.core.losses import ACCURACY, CROSS_ENTROPY, evaluate_model
 
 # Re-exported: the training code and its callers have always imported it from here.
 from fsl_sage_flwr.core.seeds import derive_seed as derive_seed
@@ -68,17 +69,9 @@ def make_adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.
     return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-@torch.no_grad()
 def evaluate_classifier(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
 ) -> tuple[float, float]:
     """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` in eval mode."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, x.shape[0], batch_size):
-        logits = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
-    n = max(int(x.shape[0]), 1)
-    return loss_sum / n, correct / n
+    metrics = evaluate_model(model, x, y, CROSS_ENTROPY, ACCURACY, batch_size)
+    return metrics["loss"], metrics["accuracy"]

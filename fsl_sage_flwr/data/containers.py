@@ -18,7 +18,8 @@ class ArrayDataset:
         built-in datasets (normalised with the training split's per-channel mean
         and standard deviation), or any per-sample shape, e.g. ``(N, features)``.
     labels : np.ndarray
-        ``int64`` array of shape ``(N,)``.
+        ``(N, *label_shape)``: ``int64`` classes ``(N,)`` for the built-in
+        datasets; a split may declare other shapes and float32 targets.
     """
 
     images: np.ndarray
@@ -27,8 +28,8 @@ class ArrayDataset:
     def __post_init__(self) -> None:
         if self.images.ndim < 2:
             raise ValueError(f"inputs must be (N, ...) with one row per sample, got shape {self.images.shape}")
-        if self.labels.ndim != 1 or len(self.labels) != len(self.images):
-            raise ValueError(f"labels must be (N,) with N = {len(self.images)}, got shape {self.labels.shape}")
+        if self.labels.ndim < 1 or len(self.labels) != len(self.images):
+            raise ValueError(f"labels must be (N, ...) with N = {len(self.images)}, got shape {self.labels.shape}")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fsl_sage_flwr.core.devices import autocast
-from fsl_sage_flwr.core.estimation import apply_cut_gradient, client_step, cross_entropy_step, server_step
+from fsl_sage_flwr.core.estimation import apply_cut_gradient, client_step, server_step, supervised_step
 from fsl_sage_flwr.core.memory import PeakMemoryMeter, optimizer_nbytes, state_nbytes
 from fsl_sage_flwr.core.models import SplitModel, build_full_model
 from fsl_sage_flwr.core.training import make_adam
@@ -89,11 +89,11 @@ def client_memory(
 
     def cse_fsl(optimizer: Optimizer, xb: Tensor, yb: Tensor, meter: PeakMemoryMeter) -> Tensor:
         (both,) = meter.modules
-        return cross_entropy_step(both["client"], both["aux"], optimizer, xb, yb, meter)
+        return supervised_step(both["client"], both["aux"], optimizer, xb, yb, meter)
 
     def fedavg(optimizer: Optimizer, xb: Tensor, yb: Tensor, meter: PeakMemoryMeter) -> Tensor:
         (model,) = meter.modules
-        return cross_entropy_step(model, None, optimizer, xb, yb, meter)
+        return supervised_step(model, None, optimizer, xb, yb, meter)
 
     with torch.no_grad():
         cut_gradient = torch.randn_like(client(x)) / x.shape[0]

@@ -19,6 +19,7 @@ from fsl_sage_flwr.core.alignment import (
 from fsl_sage_flwr.core.alignment_schedule import AlignmentPlan
 from fsl_sage_flwr.core.checkpoint import ClientStore
 from fsl_sage_flwr.core.client_slots import ClientSlot
+from fsl_sage_flwr.core.losses import CROSS_ENTROPY, SplitLoss
 from fsl_sage_flwr.core.training import derive_seed
 
 
@@ -36,11 +37,14 @@ class AuxAligner:
         Where the clients' aux models, optimizers and buffers live.
     device : torch.device
         Where the server model is, and the buffers are moved for alignment.
+    loss : SplitLoss
+        The split's loss, whose input gradients are matched.
     """
 
-    def __init__(self, store: ClientStore, device: torch.device) -> None:
+    def __init__(self, store: ClientStore, device: torch.device, loss: SplitLoss = CROSS_ENTROPY) -> None:
         self.store = store
         self.device = device
+        self.loss = loss
         self._reports: list[AlignmentReport] = []
 
     def align(
@@ -119,6 +123,7 @@ class AuxAligner:
             generator=_minibatch_order(slot, settings, server_round),
             patience=settings.patience,
             min_improvement=settings.min_improvement,
+            loss_fn=self.loss,
         )
         self._record(slot, report)
 
@@ -139,6 +144,7 @@ class AuxAligner:
             generators=[_minibatch_order(slot, settings, server_round) for slot in slots],
             patience=settings.patience,
             min_improvement=settings.min_improvement,
+            loss_fn=self.loss,
         )
         for slot, report in zip(slots, reports):
             self._record(slot, report)

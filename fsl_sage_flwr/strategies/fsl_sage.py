@@ -96,7 +96,7 @@ class FSLSage(UploadTrainingServer):
         self.warm_up_mode = warm_up
         self._round_sample: tuple[int, list[int]] | None = None  # (round, sampled node ids)
         self._warmed_up = 0  # nodes warmed up since the last summary
-        self._aligner = AuxAligner(self._store, self.device)
+        self._aligner = AuxAligner(self._store, self.device, self.objective.loss)
         self.fidelity_samples = fidelity_samples
         self._fidelity_log = FidelityLog()
         self._round_cosines: dict[int, float] = {}  # this round's fidelity, by partition id
@@ -260,7 +260,7 @@ class FSLSage(UploadTrainingServer):
             return None
         z, y = (t.to(self.device) for t in sample)
         slot = self._slots[reply.node_id]
-        fidelity = gradient_fidelity(slot.state.aux, self.server_model, z, y)
+        fidelity = gradient_fidelity(slot.state.aux, self.server_model, z, y, self.objective.loss)
         self._fidelity_log.record(slot.partition_id, fidelity)
         self._round_cosines[slot.partition_id] = fidelity.cosine
         return fidelity

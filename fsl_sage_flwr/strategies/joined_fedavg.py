@@ -10,8 +10,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from torch import nn
 
+from fsl_sage_flwr.core.losses import ACCURACY, CROSS_ENTROPY, Objective, evaluate_model
 from fsl_sage_flwr.core.memory import state_nbytes
-from fsl_sage_flwr.core.training import evaluate_classifier
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.checked_fedavg import CheckedFedAvg
 from fsl_sage_flwr.transport.local_training import LocalTraining
@@ -36,6 +36,8 @@ class JoinedFedAvg(CheckedFedAvg):
         What every node trains with; sent as the train config.
     testset : ArrayDataset, optional
         Held-out data :meth:`evaluate_global` scores the averaged model on.
+    objective : Objective, optional
+        The loss and metric it is scored with; ``None``: cross-entropy and accuracy.
     device : torch.device or str
         Where the evaluation runs.
     fraction_train, min_train_nodes, min_available_nodes, train_metrics_aggr_fn
@@ -52,6 +54,7 @@ class JoinedFedAvg(CheckedFedAvg):
         full_model: nn.Module,
         training: LocalTraining | None = None,
         testset: ArrayDataset | None = None,
+        objective: Objective | None = None,
         device: torch.device | str = "cpu",
         fraction_train: float = 1.0,
         min_train_nodes: int = 2,
@@ -76,6 +79,7 @@ class JoinedFedAvg(CheckedFedAvg):
         self.full_model = full_model.to(self.device)
         self.training = training or LocalTraining()
         self.testset = testset
+        self.objective = objective
         self._test_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def start(
@@ -111,8 +115,8 @@ class JoinedFedAvg(CheckedFedAvg):
         if self._test_tensors is None:
             x, y = torch.from_numpy(self.testset.images), torch.from_numpy(self.testset.labels)
             self._test_tensors = (x.to(self.device), y.to(self.device))
-        loss, accuracy = evaluate_classifier(self.full_model, *self._test_tensors)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        loss, metric = (self.objective.loss, self.objective.metric) if self.objective else (CROSS_ENTROPY, ACCURACY)
+        return MetricRecord(evaluate_model(self.full_model, *self._test_tensors, loss, metric))
 
     def server_memory_bytes(self) -> int:
         """Bytes of the joined model the server keeps."""

@@ -102,11 +102,11 @@ class FSLSageLegacy(Strategy):
         return None, {}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
-        """Server model on top of the client model, on the test set: ``(loss, {"accuracy": ...})``."""
+        """Server model on top of the client model, on the test set: ``(loss, {<metric>: ...})`` (e.g. accuracy)."""
         metrics = self.core.evaluate_global(server_round, self._to_arrays(parameters))
         if metrics is None:
             return None
-        return float(metrics["loss"]), {"accuracy": float(metrics["accuracy"])}
+        return float(metrics["loss"]), {key: float(value) for key, value in metrics.items() if key != "loss"}
 
     def _warm_up(self, arrays: ArrayRecord, proxies: dict[int, ClientProxy], server_round: int) -> None:
         new = self.core.nodes_to_warm_up(server_round, set(proxies))

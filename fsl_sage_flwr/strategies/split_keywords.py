@@ -9,7 +9,7 @@ from fsl_sage_flwr.core.settings import require_argument
 
 def check_split_keywords(
     *,
-    num_classes: int,
+    num_classes: int | None,
     max_examples: int,
     max_rounds_without_replies: int,
     node_wait_timeout: float,
@@ -18,7 +18,8 @@ def check_split_keywords(
     min_available_nodes: int,
 ) -> None:
     """Refuse a bad constructor keyword when the strategy is built, not rounds later."""
-    require_argument(num_classes >= 2, "num_classes", num_classes, ">= 2")
+    # None: float labels, which no class count bounds (the objective checks the pair).
+    require_argument(num_classes is None or num_classes >= 2, "num_classes", num_classes, ">= 2")
     require_argument(max_examples >= 1, "max_examples", max_examples, ">= 1")
     require_argument(max_rounds_without_replies >= 1, "max_rounds_without_replies", max_rounds_without_replies, ">= 1")
     require_argument(

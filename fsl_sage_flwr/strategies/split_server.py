@@ -13,9 +13,10 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import nn
 
+from fsl_sage_flwr.core.losses import Objective, classification, evaluate_model
 from fsl_sage_flwr.core.memory import optimizer_nbytes, state_nbytes
 from fsl_sage_flwr.core.settings import require_argument
-from fsl_sage_flwr.core.training import evaluate_classifier, make_adam
+from fsl_sage_flwr.core.training import make_adam
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY
 from fsl_sage_flwr.strategies.node_wait import wait_for_nodes
@@ -56,8 +57,8 @@ class SplitServer(FedAvg):
         The single server-side model, trained in place.
     cut_shape : tuple[int, ...]
         Shape of one sample's cut-layer activation.
-    num_classes : int
-        Number of classes.
+    num_classes : int or None
+        Number of classes (bounds integer labels); ``None`` with float labels.
     training : LocalTraining
         The settings every client trains with; sent in each train config and
         used to bound replies. The server model uses its ``lr`` and ``weight_decay``.
@@ -101,9 +102,10 @@ class SplitServer(FedAvg):
         client_model: nn.Module,
         server_model: nn.Module,
         cut_shape: tuple[int, ...],
-        num_classes: int,
+        num_classes: int | None,
         training: LocalTraining,
         testset: ArrayDataset | None = None,
+        objective: Objective | None = None,
         max_examples: int = 1_000_000,
         upload_limits: UploadLimits | None = None,
         update_limits: UpdateLimits | None = None,
@@ -146,13 +148,20 @@ class SplitServer(FedAvg):
         self.client_model = client_model.to(self.device)
         self.server_model = server_model.to(self.device)
         self.cut_shape = tuple(cut_shape)
-        self.num_classes = num_classes
+        self.objective = objective if objective is not None else classification(num_classes)
+        require_argument(
+            num_classes in (None, self.objective.num_classes),
+            "num_classes",
+            num_classes,
+            f"the objective's ({self.objective.num_classes})",
+        )
+        self.num_classes = self.objective.num_classes
         self.training = training
         self.testset = testset
         self._test_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         self.server_optimizer = make_adam(server_model, training.lr, training.weight_decay)
         self.shared_spec = state_dict_spec(shared_model.state_dict())
-        self.bounds = ReplyBounds(self.cut_shape, num_classes, training, max_examples)
+        self.bounds = ReplyBounds(self.cut_shape, self.num_classes, training, max_examples, self.objective.labels)
         self.activation_scale = ActivationScale(upload_limits or UploadLimits())
         self.identities = IdentityRegistry(max_partitions=max_examples)
         self.update_guard = UpdateGuard(update_limits or UpdateLimits())
@@ -220,7 +229,8 @@ class SplitServer(FedAvg):
         super().summary()
         training = self.training
         log(INFO, "\t├──> Split learning:")
-        log(INFO, "\t│\t├──Cut-layer shape: %s | classes: %d", self.cut_shape, self.num_classes)
+        labels = self.objective.labels
+        log(INFO, "\t│\t├──Cut-layer shape: %s | labels: %s %s", self.cut_shape, labels.shape, labels.dtype)
         log(
             INFO,
             "\t│\t├──Local training: batch %d | epochs %d | upload every %d steps as %s",
@@ -287,8 +297,8 @@ class SplitServer(FedAvg):
         if self._test_tensors is None:
             x, y = torch.from_numpy(self.testset.images), torch.from_numpy(self.testset.labels)
             self._test_tensors = (x.to(self.device), y.to(self.device))
-        loss, accuracy = evaluate_classifier(nn.Sequential(self.client_model, self.server_model), *self._test_tensors)
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        model = nn.Sequential(self.client_model, self.server_model)
+        return MetricRecord(evaluate_model(model, *self._test_tensors, self.objective.loss, self.objective.metric))
 
     def server_memory_bytes(self) -> int:
         """Bytes of the tensors the server keeps: model, optimizer state."""

@@ -296,7 +296,7 @@ class SplitFed(SplitServer):
             upload = parse_smashed(
                 content.array_records[SMASHED_KEY],
                 cut_shape=self.cut_shape,
-                num_classes=self.num_classes,
+                labels=self.objective.labels,
                 max_samples=self.batch_size,
                 max_batch=self.batch_size,
             )
@@ -344,7 +344,7 @@ class SplitFed(SplitServer):
         z = z.clone().requires_grad_(True)
         try:
             with autocast(self.device, self.training.autocast):
-                server_step(model, optimizer, z, y)
+                server_step(model, optimizer, z, y, self.objective.loss)
         except UnsafeStepError as err:
             self._leave(session, f"server step skipped: {err}")
             return

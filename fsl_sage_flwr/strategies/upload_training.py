@@ -202,7 +202,7 @@ class UploadTrainingServer(SplitServer):
             z, y = z.to(self.device), y.to(self.device)
             try:
                 with autocast(self.device, self.training.autocast):
-                    server_step(self.server_model, self.server_optimizer, z, y)
+                    server_step(self.server_model, self.server_optimizer, z, y, self.objective.loss)
             except UnsafeStepError as err:
                 log(
                     WARNING,

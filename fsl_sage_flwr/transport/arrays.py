@@ -71,6 +71,22 @@ def _check_array_header(name: str, shape: tuple[int, ...], dtype: str, expected:
         raise MalformedReplyError(f"array '{name}' has dtype {dtype}, expected {expected.dtype}")
 
 
+def read_npy_header(name: str, array: Array) -> tuple[tuple[int, ...], str]:
+    """The shape and dtype a ``.npy`` payload's header declares, read without its body."""
+    if not isinstance(array, Array) or array.stype != "numpy.ndarray":
+        raise MalformedReplyError(
+            f"array '{name}' is not a numpy array ({getattr(array, 'stype', type(array).__name__)})"
+        )
+    try:
+        stream = io.BytesIO(array.data[:_NPY_HEADER_BYTES])
+        version = np.lib.format.read_magic(stream)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(stream)
+    except Exception as err:  # any decoding failure is the sender's fault
+        raise MalformedReplyError(f"array '{name}' does not decode: {type(err).__name__}") from err
+    return tuple(int(d) for d in shape), str(dtype)
+
+
 def read_npy(
     name: str, array: Array, expected: ArraySpec | None, *, max_bytes: int | None = None, dtype: str | None = None
 ) -> np.ndarray:

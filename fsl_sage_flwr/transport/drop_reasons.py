@@ -15,7 +15,7 @@ _CLIENT_SETUP = re.compile(r"setup error \((" + "|".join(SETUP_KINDS) + r")\): "
 # ``replies``, ``uploads``, ``guard`` and the strategies word them so).
 _SERVER_SETUP = (
     (re.compile(r"array 'z' has shape "), "shapes"),
-    (re.compile(r"labels outside \[0, "), "labels"),
+    (re.compile(r"labels (outside \[0, |have shape |hold NaN)"), "labels"),
     (
         re.compile(r"partition-id -?\d+ (outside \[0, |belongs to node |differs from this node's |is claimed by )"),
         "identity",

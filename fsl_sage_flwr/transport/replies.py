@@ -7,7 +7,8 @@ Reply, client to server (what Flower makes of a ``NumPyClient.fit`` result):
   ``z`` ``(n, *cut_shape)``, the activations kept every q-th step, in the
   ``upload-dtype`` encoding (float32 by default; for ``int8`` its float32
   per-channel scale follows, see ``fsl_sage_flwr.transport.compression``), ``y``
-  int64 ``(n,)``, their labels, and ``batch-sizes`` int64 ``(k,)``, how ``n``
+  ``(n, *label_shape)`` in the split's label dtype (int64 ``(n,)`` class indices
+  by default), their labels, and ``batch-sizes`` int64 ``(k,)``, how ``n``
   splits into the k uploaded batches, in upload order.
 - ``"fitres.num_examples"`` (MetricRecord): the local training samples, the
   FedAvg weight.
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
+from fsl_sage_flwr.core.losses import LabelSpec
 from fsl_sage_flwr.transport.arrays import ArraySpec, read_npy, to_array
 from fsl_sage_flwr.transport.compression import decode_activations, upload_encoding
 from fsl_sage_flwr.transport.errors import MalformedReplyError, strict_int
@@ -43,7 +45,7 @@ from fsl_sage_flwr.transport.keys import (
 )
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.log_text import client_text
-from fsl_sage_flwr.transport.uploads import SmashedUpload, split_upload
+from fsl_sage_flwr.transport.uploads import SmashedUpload, read_labels, split_upload
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,15 @@ class ReplyBounds:
     """What the server accepts in a reply: shapes, classes and sizes."""
 
     cut_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int | None
     training: LocalTraining
     max_examples: int
+    labels: LabelSpec | None = None
+
+    @property
+    def label_spec(self) -> LabelSpec:
+        """What one uploaded label must be: ``labels``, else one class in ``[0, num_classes)``."""
+        return self.labels if self.labels is not None else LabelSpec((), "int64", self.num_classes)
 
 
 _REPLY_METRICS = {PARTITION_ID_KEY, LOCAL_STEPS_KEY, PEAK_MEMORY_KEY}
@@ -193,8 +201,8 @@ def _parse_upload(arrays: list[Array], bounds: ReplyBounds, max_samples: int) ->
         if not np.all(np.isfinite(scale)) or np.any(scale < 0):
             raise MalformedReplyError("array 'z-scale' must hold finite scales >= 0")
     z = decode_activations(z, scale, encoding.name)
-    y = read_npy("y", y_arr, ArraySpec((n,), "int64"))
+    y = read_labels(y_arr, n, bounds.label_spec)
     sizes = read_npy("batch-sizes", sizes_arr, None, max_bytes=8 * (n // 2))
     if sizes.ndim != 1 or sizes.dtype != np.int64:
         raise MalformedReplyError(f"array 'batch-sizes' must be an int64 vector, got {sizes.dtype} {sizes.shape}")
-    return split_upload(z, y, sizes, num_classes=bounds.num_classes, max_batch=bounds.training.batch_size)
+    return split_upload(z, y, sizes, labels=bounds.label_spec, max_batch=bounds.training.batch_size)

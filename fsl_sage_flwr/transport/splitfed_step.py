@@ -16,18 +16,19 @@ import math
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
+from fsl_sage_flwr.core.losses import LabelSpec
 from fsl_sage_flwr.transport.arrays import ArraySpec, load_array, to_array
 from fsl_sage_flwr.transport.errors import MalformedReplyError, strict_int
 from fsl_sage_flwr.transport.keys import METRICS_KEY
 from fsl_sage_flwr.transport.log_text import client_text
-from fsl_sage_flwr.transport.uploads import SmashedUpload, split_upload
+from fsl_sage_flwr.transport.uploads import SmashedUpload, read_labels, split_upload
 
 
 def parse_smashed(
     record: ArrayRecord,
     *,
     cut_shape: tuple[int, ...],
-    num_classes: int,
+    labels: LabelSpec,
     max_samples: int,
     max_batch: int | None = None,
 ) -> SmashedUpload:
@@ -39,8 +40,8 @@ def parse_smashed(
         The reply's ``"smashed"`` record.
     cut_shape : tuple[int, ...]
         Shape of one sample's cut-layer activation.
-    num_classes : int
-        Labels must lie in ``[0, num_classes)``.
+    labels : LabelSpec
+        What one sample's label must be (shape, dtype, class range or finite).
     max_samples : int
         Upper bound on uploaded samples (what the client's data, B, E and q allow).
     max_batch : int, optional
@@ -67,9 +68,9 @@ def parse_smashed(
     if not 0 <= num_batches <= max(n // 2, 0):
         raise MalformedReplyError("smashed 'batch-sizes' must be a vector of at most n / 2 sizes")
     z = load_array("z", z_arr, ArraySpec((n, *cut_shape), "float32"))
-    y = load_array("y", record["y"], ArraySpec((n,), "int64"))
+    y = read_labels(record["y"], n, labels)
     sizes = load_array("batch-sizes", record["batch-sizes"], ArraySpec((num_batches,), "int64"))
-    return split_upload(z, y, sizes, num_classes=num_classes, max_batch=max_batch if max_batch is not None else n)
+    return split_upload(z, y, sizes, labels=labels, max_batch=max_batch if max_batch is not None else n)
 
 
 def smashed_arrays_record(z: np.ndarray, y: np.ndarray, batch_sizes: np.ndarray) -> ArrayRecord:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from flwr.app import Array
 
+from fsl_sage_flwr.core.losses import LabelSpec
+from fsl_sage_flwr.transport.arrays import ArraySpec, read_npy, read_npy_header
 from fsl_sage_flwr.transport.compression import encode_activations
 from fsl_sage_flwr.transport.errors import MalformedReplyError
 
@@ -23,20 +26,43 @@ def pack_uploads(
     uploads: Sequence[tuple[torch.Tensor, torch.Tensor]],
     cut_shape: tuple[int, ...],
     upload_dtype: str = "float32",
+    labels: LabelSpec | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Concatenate kept ``(z, y)`` batches into ``z`` encoded (and its scale), ``y``, batch sizes."""
+    """Concatenate kept ``(z, y)`` batches into ``z`` encoded (and its scale), ``y``, batch sizes.
+
+    ``y`` goes in ``labels``' dtype (int64 class indices without a spec).
+    """
+    dtype = labels.dtype if labels is not None else "int64"
     if uploads:
         z = torch.cat([zb for zb, _ in uploads])
-        y = torch.cat([yb for _, yb in uploads]).detach().cpu().numpy().astype(np.int64)
+        y = torch.cat([yb for _, yb in uploads]).detach().cpu().numpy().astype(dtype)
     else:
         z = torch.zeros((0, *cut_shape))
-        y = np.zeros((0,), dtype=np.int64)
+        y = np.zeros((0, *(labels.shape if labels is not None else ())), dtype=dtype)
     sizes = np.asarray([int(yb.shape[0]) for _, yb in uploads], dtype=np.int64)
     return (*encode_activations(z, upload_dtype), y, sizes)
 
 
-def split_upload(z: np.ndarray, y: np.ndarray, sizes: np.ndarray, *, num_classes: int, max_batch: int) -> SmashedUpload:
-    """Check decoded ``z``, ``y`` and batch sizes and split them into batches."""
+def read_labels(array: Array, n: int, labels: LabelSpec) -> np.ndarray:
+    """Decode an upload's ``y``: ``n`` labels of ``labels``' shape and dtype, else MalformedReplyError.
+
+    The shape and dtype its ``.npy`` header declares are checked first, so a
+    misfit is named as the labels' (a setup fault, see ``drop_reasons``) before
+    the body is read.
+    """
+    declared = read_npy_header("y", array)
+    if declared[0][:1] != (n,) or declared[0][1:] != labels.shape or declared[1] != labels.dtype:
+        raise MalformedReplyError(
+            f"labels have shape {declared[0][1:]} and dtype {declared[1]} per sample, "
+            f"expected {labels.shape} {labels.dtype} for {n} samples"
+        )
+    return read_npy("y", array, ArraySpec((n, *labels.shape), labels.dtype))
+
+
+def split_upload(
+    z: np.ndarray, y: np.ndarray, sizes: np.ndarray, *, labels: LabelSpec, max_batch: int
+) -> SmashedUpload:
+    """Check decoded ``z``, ``y`` (against ``labels``) and batch sizes and split them into batches."""
     n = len(y)
     if len(sizes) > n // 2:
         raise MalformedReplyError("smashed 'batch-sizes' must be a vector of at most n / 2 sizes")
@@ -47,8 +73,9 @@ def split_upload(z: np.ndarray, y: np.ndarray, sizes: np.ndarray, *, num_classes
         )
     if not np.all(np.isfinite(z)):
         raise MalformedReplyError("smashed 'z' holds NaN or inf")
-    if n and (y.min() < 0 or y.max() >= num_classes):
-        raise MalformedReplyError(f"labels outside [0, {num_classes})")
+    problem = labels.problem(y)
+    if problem is not None:
+        raise MalformedReplyError(problem)
     if n == 0:
         return SmashedUpload([])  # np.split would make one empty batch of it
     bounds = np.cumsum(sizes)[:-1]
