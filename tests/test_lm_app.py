@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from fsl_sage_flwr.app.config import RunSettings
-from fsl_sage_flwr.lm_specs import APP_GPT, app_gpt_spec, bible_partition, bible_testset, bible_train_size
+from fsl_sage_flwr.core.gpt import GPTSplitConfig
+from fsl_sage_flwr.core.gpt_lora import LoRASettings
+from fsl_sage_flwr.lm_specs import APP_GPT, app_gpt_spec, bible_partition, bible_testset, bible_train_size, gpt_spec
 from simulations.testing import app_config
 
 pytest.importorskip("transformers")
@@ -57,6 +59,20 @@ def test_the_app_spec_maps_byte_windows_to_next_byte_logits():
     assert testset.images.shape == testset.labels.shape == (8, APP_GPT.context_length)
     assert tuple(logits.shape) == (2, APP_GPT.context_length, APP_GPT.vocab_size)
     assert len(split.aux.blocks) == 0 and spec.objective.labels.shape == (APP_GPT.context_length,)
+
+
+def test_with_lora_the_client_model_the_server_sends_is_the_adapters():
+    # Prepare
+    config = GPTSplitConfig(vocab_size=32, context_length=8, width=16, depth=2, heads=2)
+    spec = gpt_spec(config, lora=LoRASettings(rank=2))
+
+    # Execute
+    arrays = spec.strategy().initial_arrays()
+
+    # Assert: 2 adapters (A and B) on the one client block's c_attn, nothing else
+    adapter = "blocks.0.attn.c_attn.lora_{}.default.weight"
+    assert sorted(arrays) == [adapter.format("A"), adapter.format("B")]
+    assert [arrays[key].shape for key in sorted(arrays)] == [(2, 16), (48, 2)]
 
 
 def test_nodes_share_the_training_windows_by_whole_books():
