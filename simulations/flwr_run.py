@@ -37,6 +37,7 @@ from typing import Any
 
 from fsl_sage_flwr.app.results import ResultsWriter, read_results
 from simulations.flower_cli import flwr_executable, free_port, parse_run_config, run_config_arguments
+from simulations.local_superlink import SuperLinkStartError, start_local_superlink
 from simulations.parent_watch import release_parent_watch, start_parent_watch, write_interrupted
 from simulations.paths import PROJECT_DIR
 from simulations.processes import (
@@ -137,6 +138,7 @@ def run_app(
     # Should this process be killed outright, the watcher stops the run's processes instead.
     watcher = start_parent_watch(home, env["FLWR_LOCAL_CONTROL_API_PORT"], results_path.parent)
     try:
+        _start_superlink(home, env)
         _stream(command, env, timeout, echo, on_line, lines)
         status, details = _run_status(env)
         keep_home = status != "finished:completed"  # its logs say why
@@ -207,6 +209,14 @@ def flower_env(home: Path, install_dependencies: bool) -> dict[str, str]:
     return env
 
 
+def _start_superlink(home: Path, env: dict[str, str]) -> None:
+    """Start the run's simulation SuperLink and wait for it; `flwr run` then finds it by address."""
+    try:
+        start_local_superlink(home, env, env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"], env["FLWR_LOCAL_CONTROL_API_PORT"])
+    except SuperLinkStartError as err:
+        raise FlwrRunError(f"cannot start the local SuperLink: {err}") from err
+
+
 def _stream(
     command: list[str],
     env: dict[str, str],
@@ -228,16 +238,27 @@ def _run_status(env: dict[str, str]) -> tuple[str, str]:
     For a failed run, Flower's details hold the ServerApp's exception text
     (``Simulation failed with exception: ...``).
     """
-    out = subprocess.run(
-        [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
-    )
-    try:
-        runs = json.loads(out.stdout)["runs"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise FlwrRunError(f"cannot read `flwr ls`: {out.stdout[-500:]} {out.stderr[-500:]}") from err
+    runs = _list_runs(env)
     if len(runs) != 1:
         raise FlwrRunError(f"expected one run on this SuperLink, found {len(runs)}")
     return str(runs[0]["status"]), str(runs[0].get("status-details") or "")
+
+
+def _list_runs(env: dict[str, str], tries: int = 3) -> list[dict[str, Any]]:
+    """Return `flwr ls`'s runs; a busy machine can make one call fail, so it is tried again."""
+    detail = ""
+    for attempt in range(1, tries + 1):
+        try:
+            out = subprocess.run(
+                [flwr_executable(), "ls", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
+            )
+            detail = f"{out.stdout[-500:]} {out.stderr[-500:]}"
+            return list(json.loads(out.stdout)["runs"])
+        except (json.JSONDecodeError, KeyError, subprocess.TimeoutExpired) as err:
+            detail = detail or str(err)
+        if attempt < tries:
+            time.sleep(5.0 * attempt)
+    raise FlwrRunError(f"cannot read `flwr ls` ({tries} tries): {detail}")
 
 
 def _stop_run(env: dict[str, str], log: str) -> None:

@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # a ResNet-18 step per precision on the CPU: over two minutes here
 def test_gpu_throughput_quick_run_writes_every_figure(tmp_path):
     # Execute
     out = tmp_path / "figures.json"
@@ -25,7 +28,7 @@ def test_gpu_throughput_quick_run_writes_every_figure(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     # Assert
     assert done.returncode == 0, done.stderr[-2000:]
