@@ -116,3 +116,15 @@ def test_two_rounds_of_fsl_sage_on_the_bible_lower_the_perplexity(tmp_path):
     assert all(math.isfinite(row["perplexity"]) for row in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["perplexity"] == pytest.approx(math.exp(rows[-1]["loss"]), rel=1e-6)
+
+
+def test_the_runner_summarises_a_language_model_by_loss_and_perplexity():
+    # Prepare
+    from simulations.flwr_run import _test_figures
+
+    # Execute
+    language_model = _test_figures({"loss": 3.28069, "perplexity": 26.5941})
+    classifier = _test_figures({"loss": 0.3, "accuracy": 0.91234})
+
+    # Assert
+    assert (language_model, classifier) == ("loss 3.2807, perplexity 26.59", "accuracy 0.9123")
