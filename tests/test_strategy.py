@@ -139,9 +139,9 @@ def _recorded_server_order(monkeypatch, server_order: str) -> tuple[list[float],
     warm_up_two_nodes(strategy, split)
     seen: list[float] = []
 
-    def recording_step(model, optimizer, z, y):
+    def recording_step(model, optimizer, z, y, loss_fn):
         seen.append(float(z.flatten()[0]))
-        return server_step(model, optimizer, z, y)
+        return server_step(model, optimizer, z, y, loss_fn)
 
     weights = constant_weights(split, 1.0)
     with monkeypatch.context() as patch:

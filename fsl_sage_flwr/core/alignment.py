@@ -285,7 +285,7 @@ def align_auxiliaries_stacked(
     return [r for r in reports if r is not None]
 
 
-def _stacked_matching_step(template: nn.Module, loss: SplitLoss):
+def _stacked_matching_step(template: nn.Module, loss_fn: SplitLoss):
     """``vmap``-ed ``(params, buffers, z, y, target) -> (grads, loss)`` of the matching loss."""
 
     def matching_loss(params, buffers, z, y, target):
@@ -293,7 +293,7 @@ def _stacked_matching_step(template: nn.Module, loss: SplitLoss):
         # of every transformed function, never a captured tensor.
         def summed_loss(z_in, buffers_in):
             outputs = torch.func.functional_call(template, (params, buffers_in), (z_in,))
-            return loss(outputs, y, reduction="sum")
+            return loss_fn(outputs, y, reduction="sum")
 
         estimate = torch.func.grad(summed_loss)(z, buffers)
         loss = (estimate - target).pow(2).sum()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -122,8 +123,11 @@ def _check_loss_takes(name: str, outputs: torch.Tensor, objective: Objective) ->
     labels = torch.zeros((outputs.shape[0], *objective.labels.shape), dtype=getattr(torch, objective.labels.dtype))
     where = f"{name} outputs {tuple(outputs.shape[1:])} per sample, labels are {objective.labels.shape}"
     try:
-        value = objective.loss(outputs, labels.to(outputs.device))
-    except (RuntimeError, ValueError, IndexError) as err:
+        with warnings.catch_warnings():
+            # torch warns, and goes on, when a loss broadcasts outputs and labels of other shapes.
+            warnings.simplefilter("error", UserWarning)
+            value = objective.loss(outputs, labels.to(outputs.device))
+    except (RuntimeError, ValueError, IndexError, UserWarning) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SetupError("shapes", f"the loss cannot take them ({where}): {first_line}") from err
     if not isinstance(value, torch.Tensor) or value.dim() != 0 or not torch.isfinite(value):
