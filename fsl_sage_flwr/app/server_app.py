@@ -88,6 +88,7 @@ def _run(grid: Grid, settings: RunSettings, folder: Path, context: Context) -> N
     tap = TrainMetricsTap()
     ledger = ByteLedger()
     setup = algorithm.build_server(settings, run_split, tap, state_dir=folder / CLIENT_STATE_DIR, ledger=ledger)
+    setup.model_privacy = settings.model_privacy
     # Layers around Flower's grid, outside in: deadlines, resume accounting, byte metering.
     metered: Grid = MeteredGrid(grid, ledger)
     if checkpoint is not None:  # nodes back with new ids are asked who they are: not the algorithm's bytes

@@ -13,6 +13,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fsl_sage_flwr.strategies.model_privacy import ModelPrivacy
 from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS, aggregate
 from fsl_sage_flwr.transport.arrays import ArraySpec
 from fsl_sage_flwr.transport.log_text import client_text
@@ -33,16 +34,26 @@ class GuardedFedAvg(FedAvg):
     aggregation : str
         ``"mean"``, ``"trimmed-mean"`` or ``"median"`` (see
         :func:`~fsl_sage_flwr.strategies.robust_average.aggregate`).
+    model_privacy : ModelPrivacy, optional
+        Client-level differential privacy of the average (replaces ``aggregation``).
     **kwargs
         As in Flower's FedAvg.
     """
 
-    def __init__(self, *, update_limits: UpdateLimits | None = None, aggregation: str = "mean", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        update_limits: UpdateLimits | None = None,
+        aggregation: str = "mean",
+        model_privacy: ModelPrivacy | None = None,
+        **kwargs: Any,
+    ) -> None:
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"'aggregation' must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
         super().__init__(**kwargs)
         self.update_guard = UpdateGuard(update_limits or UpdateLimits())
         self.aggregation = aggregation
+        self.model_privacy = model_privacy
         self._sent: ArrayRecord | None = None
 
     def configure_train(
@@ -78,11 +89,14 @@ class GuardedFedAvg(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, [m for m in replies if m.has_error()] + kept)
         if arrays is not None:
             self.update_guard.accept(screening)
-            if self.aggregation != "mean":
+            if self.aggregation != "mean" or self.model_privacy is not None:
                 spec = {name: ArraySpec(tuple(v.shape), str(v.dtype)) for name, v in sent.items()}
                 weight_key = self.weighted_by_key
                 states = [(_record(m), int(next(iter(m.content.metric_records.values()))[weight_key])) for m in kept]
-                arrays = aggregate(states, spec, self.aggregation)
+                if self.model_privacy is not None:
+                    arrays = self.model_privacy.average(self._sent, states, spec, server_round)
+                else:
+                    arrays = aggregate(states, spec, self.aggregation)
         return arrays, metrics
 
     def state_dict(self) -> dict[str, Any]:

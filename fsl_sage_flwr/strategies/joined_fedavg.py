@@ -14,6 +14,7 @@ from fsl_sage_flwr.core.losses import ACCURACY, CROSS_ENTROPY, Objective, evalua
 from fsl_sage_flwr.core.memory import state_nbytes
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.checked_fedavg import CheckedFedAvg
+from fsl_sage_flwr.strategies.model_privacy import ModelPrivacy
 from fsl_sage_flwr.transport.local_training import LocalTraining
 from fsl_sage_flwr.transport.update_guard import UpdateLimits
 
@@ -44,8 +45,9 @@ class JoinedFedAvg(CheckedFedAvg):
         As Flower's FedAvg; federated evaluation stays off (no node evaluates).
     allow_partial_federation : bool
         Run on without nodes dropped for their setup (see ``CheckedFedAvg``).
-    update_limits, aggregation
-        Bounds on each reply's update and the average (see ``GuardedFedAvg``).
+    update_limits, aggregation, model_privacy
+        Bounds on each reply's update, the average and its differential privacy
+        (see ``GuardedFedAvg``).
     """
 
     def __init__(
@@ -63,11 +65,13 @@ class JoinedFedAvg(CheckedFedAvg):
         allow_partial_federation: bool = False,
         update_limits: UpdateLimits | None = None,
         aggregation: str = "mean",
+        model_privacy: ModelPrivacy | None = None,
     ) -> None:
         super().__init__(
             allow_partial_federation=allow_partial_federation,
             update_limits=update_limits,
             aggregation=aggregation,
+            model_privacy=model_privacy,
             fraction_train=fraction_train,
             fraction_evaluate=0.0,
             min_train_nodes=min_train_nodes,

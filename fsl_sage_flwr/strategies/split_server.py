@@ -19,6 +19,7 @@ from fsl_sage_flwr.core.settings import require_argument
 from fsl_sage_flwr.core.training import make_adam
 from fsl_sage_flwr.data import ArrayDataset
 from fsl_sage_flwr.strategies.averaging import WEIGHT_KEY
+from fsl_sage_flwr.strategies.model_privacy import ModelPrivacy
 from fsl_sage_flwr.strategies.node_wait import wait_for_nodes
 from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS, aggregate
 from fsl_sage_flwr.strategies.setup_drops import DropRecord
@@ -78,6 +79,9 @@ class SplitServer(FedAvg):
         How client-side arrays are averaged: ``"mean"`` (weighted by sample
         counts), ``"trimmed-mean"`` or ``"median"`` (see
         :func:`~fsl_sage_flwr.strategies.robust_average.aggregate`).
+    model_privacy : ModelPrivacy, optional
+        Client-level differential privacy of that average (clipped updates, equal
+        weights, Gaussian noise; replaces ``aggregation``); off by default.
     max_rounds_without_replies : int
         Stop the run with an error after this many consecutive rounds in which
         no reply was accepted (it names the first reasons replies were dropped).
@@ -110,6 +114,7 @@ class SplitServer(FedAvg):
         upload_limits: UploadLimits | None = None,
         update_limits: UpdateLimits | None = None,
         aggregation: str = "mean",
+        model_privacy: ModelPrivacy | None = None,
         max_rounds_without_replies: int = 3,
         node_wait_timeout: float = 600.0,
         allow_partial_federation: bool = False,
@@ -166,6 +171,7 @@ class SplitServer(FedAvg):
         self.identities = IdentityRegistry(max_partitions=max_examples)
         self.update_guard = UpdateGuard(update_limits or UpdateLimits())
         self.aggregation = aggregation
+        self.model_privacy = model_privacy
         self._sent_arrays: ArrayRecord | None = None  # the global arrays of this round's requests
         self.max_rounds_without_replies = max_rounds_without_replies
         self.node_wait_timeout = node_wait_timeout
@@ -363,9 +369,13 @@ class SplitServer(FedAvg):
         identity = self.identities.get(node_id)
         return f" (partition {identity.partition_id})" if identity else ""
 
-    def average_shared(self, accepted: list[ParsedReply]) -> ArrayRecord:
-        """The accepted replies' arrays averaged as ``aggregation`` says (by default weighted by sample counts)."""
-        return aggregate([(r.arrays, r.num_examples) for r in accepted], self.shared_spec, self.aggregation)
+    def average_shared(self, accepted: list[ParsedReply], server_round: int) -> ArrayRecord:
+        """The accepted replies' arrays averaged as ``aggregation`` or ``model_privacy`` says."""
+        states = [(r.arrays, r.num_examples) for r in accepted]
+        if self.model_privacy is not None:
+            sent = self._sent_arrays or ArrayRecord(self.shared_model.state_dict())
+            return self.model_privacy.average(sent, states, self.shared_spec, server_round)
+        return aggregate(states, self.shared_spec, self.aggregation)
 
     def remember_sent(self, arrays: ArrayRecord) -> ArrayRecord:
         """Keep (and return) the global arrays sent this round: updates are measured from them."""

@@ -171,7 +171,7 @@ class SplitFed(SplitServer):
             content.metric_records[METRICS_KEY]["message-pairs"] = session.message_pairs
         # Everything that can fail runs before the server state changes.
         metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
-        arrays = self.average_shared([reply for reply, _ in accepted])
+        arrays = self.average_shared([reply for reply, _ in accepted], server_round)
         self.update_guard.accept(screening)
         if self.mode == "ms":
             self._average_server_copies(sessions)

@@ -128,7 +128,7 @@ class UploadTrainingServer(SplitServer):
             [RecordDict({METRICS_KEY: MetricRecord({**r.metrics, WEIGHT_KEY: r.num_examples})}) for r in accepted],
             WEIGHT_KEY,
         )
-        arrays = self.average_shared(accepted)
+        arrays = self.average_shared(accepted, server_round)
         self.update_guard.accept(screening)
         for reply in accepted:
             self.identities.register(reply.node_id, reply.partition_id, reply.num_examples)
