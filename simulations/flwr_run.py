@@ -169,8 +169,9 @@ def run_app(
         raise FlwrRunError(f"run ended '{status}': {cause}\nFlower logs are in {home / 'local-superlink'}")
     rows = read_results(results_path) if results_path.exists() else []
     last = int(run_config.get("num-server-rounds", 0))
-    if not rows or rows[-1].get("round") != last or "accuracy" not in rows[-1]:
-        raise FlwrRunError(f"{results_path} lacks the accuracy of round {last}")
+    # Every split reports its test loss; accuracy or perplexity only where its objective has them.
+    if not rows or rows[-1].get("round") != last or "loss" not in rows[-1]:
+        raise FlwrRunError(f"{results_path} lacks the test loss of round {last}")
     return FlwrRunOutcome(status, results_path, rows, wall, log)
 
 
@@ -376,10 +377,18 @@ def main(argv: list[str] | None = None) -> int:
     last = outcome.rows[-1]
     print(
         f"\nrun {outcome.status} in {outcome.wall_seconds:.0f} s: round {last['round']} "
-        f"test accuracy {last['accuracy']:.4f}, {last['cumulative_bytes'] / MIB:.1f} MiB sent\n"
+        f"test {_test_figures(last)}, {last['cumulative_bytes'] / MIB:.1f} MiB sent\n"
         f"results: {outcome.results_path}"
     )
     return 0
+
+
+def _test_figures(row: dict) -> str:
+    """``accuracy 0.9123`` for a classifier, ``loss 3.2807, perplexity 26.59`` for a language model."""
+    if "accuracy" in row:
+        return f"accuracy {row['accuracy']:.4f}"
+    figures = f"loss {row['loss']:.4f}"
+    return figures + (f", perplexity {row['perplexity']:.2f}" if "perplexity" in row else "")
 
 
 def _default_rounds() -> int:

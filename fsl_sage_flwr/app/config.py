@@ -29,6 +29,7 @@ from fsl_sage_flwr.core.settings import (
     setting,
 )
 from fsl_sage_flwr.data import DATASETS, PARTITIONINGS
+from fsl_sage_flwr.lm_specs import GPT_AUX_VARIANTS, LANGUAGE_MODELS, TEXT_DATASETS
 from fsl_sage_flwr.strategies.fsl_sage import FSLSage
 from fsl_sage_flwr.strategies.model_privacy import ModelPrivacy
 from fsl_sage_flwr.strategies.robust_average import AGGREGATIONS
@@ -75,10 +76,12 @@ class RunSettings:
     fraction_train: float = setting("fraction-train", 1.0, "share of nodes trained per round")
     min_train_nodes: int = setting("min-train-nodes", 1, "fewest nodes trained per round")
     min_available_nodes: int = setting("min-available-nodes", 2, "nodes to wait for at start")
-    dataset: str = setting("dataset", "digits", "digits, mnist, fashion-mnist, cifar10, cifar100")
+    dataset: str = setting(
+        "dataset", "digits", "digits, mnist, fashion-mnist, cifar10, cifar100; bible (text, model gpt)"
+    )
     data_dir: str = setting("data-dir", "", "folder holding the dataset files")
     train_subset: int = setting("train-subset", 0, "stratified train subsample size, 0 = all")
-    model: str = setting("model", "cnn", "split model: cnn or resnet18")
+    model: str = setting("model", "cnn", "split model: cnn, resnet18; gpt (GPT-2 on dataset bible)")
     aux_variant: str = setting("aux-variant", "default", "auxiliary model: linear, half, default, full")
     split_spec: str = setting(
         "split-spec", "", "own split network: 'module:function' returning a SplitSpec; empty = the built-in 'model'"
@@ -198,9 +201,9 @@ class RunSettings:
         require_choice(self, "partitioning", PARTITIONINGS)
         require_choice(self, "server_order", SERVER_ORDERS)
         require_choice(self, "warm_up", WARM_UP_MODES)
-        require_choice(self, "dataset", tuple(DATASETS))
-        require_choice(self, "model", tuple(SPLIT_MODELS))
-        require_choice(self, "aux_variant", aux_variants(self.model))
+        require_choice(self, "dataset", (*DATASETS, *TEXT_DATASETS))
+        require_choice(self, "model", (*SPLIT_MODELS, *LANGUAGE_MODELS))
+        self._check_language_model()
         for name in ("split_spec", "node_data", "test_data"):
             require(
                 not getattr(self, name) or REFERENCE.fullmatch(getattr(self, name)) is not None,
@@ -261,6 +264,17 @@ class RunSettings:
             **record_config(self.alignment),
             **record_config(self.privacy),
         }
+
+    def _check_language_model(self) -> None:
+        """A language model trains on text and an image model on images; the own-code keys are for images only."""
+        if self.model not in LANGUAGE_MODELS:
+            require_choice(self, "aux_variant", aux_variants(self.model))
+            require(self.dataset not in TEXT_DATASETS, self, "dataset", f"an image dataset for model {self.model!r}")
+            return
+        require_choice(self, "aux_variant", tuple(GPT_AUX_VARIANTS))
+        require(self.dataset in TEXT_DATASETS, self, "dataset", f"one of {TEXT_DATASETS} for model {self.model!r}")
+        for name in ("split_spec", "node_data", "test_data"):
+            require(not getattr(self, name), self, name, f"empty for the built-in model {self.model!r}")
 
     def check_data(self, num_train: int, num_classes: int) -> None:
         """Check the settings against the loaded training split, before any message.

@@ -25,6 +25,7 @@ import numpy as np
 from fsl_sage_flwr.app.config import RunSettings
 from fsl_sage_flwr.core.models import required_input_shape
 from fsl_sage_flwr.data import ArrayDataset, adapt_images, load_dataset_cached, load_partition
+from fsl_sage_flwr.lm_specs import TEXT_DATASETS, bible_partition
 
 #: Node-config keys.
 PARTITION_ID = "partition-id"
@@ -59,6 +60,13 @@ def load_node_data(node_config: Mapping[str, Any], settings: RunSettings) -> Arr
         Naming the key and path, when ``data-dir`` is not a folder.
     """
     _node_int(node_config, PARTITION_ID)
+    if settings.dataset in TEXT_DATASETS:
+        return bible_partition(
+            _node_int(node_config, PARTITION_ID),
+            _node_int(node_config, NUM_PARTITIONS),
+            train_subset=settings.train_subset,
+            seed=settings.training.seed,
+        )
     input_shape = required_input_shape(settings.model)
     data_dir = str(node_config.get(DATA_DIR, "") or "")
     if data_dir:

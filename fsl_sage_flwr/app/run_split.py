@@ -19,6 +19,7 @@ from fsl_sage_flwr.app.node_data import load_node_data
 from fsl_sage_flwr.app.user_code import UserCodeError, call_reference
 from fsl_sage_flwr.core.models import SplitModel, required_input_shape
 from fsl_sage_flwr.data import ArrayDataset, DatasetSplits, load_dataset, load_dataset_cached
+from fsl_sage_flwr.lm_specs import APP_TEST_WINDOWS, LANGUAGE_MODELS, app_gpt_spec, bible_testset, bible_train_size
 from fsl_sage_flwr.plugin import SplitSpec, as_dataset
 from fsl_sage_flwr.specs import builtin_spec
 from fsl_sage_flwr.split_algorithms import node_parts
@@ -61,6 +62,9 @@ def server_split(settings: RunSettings, context: Context | None = None) -> RunSp
     ValueError
         When the settings do not fit the data (see :meth:`RunSettings.check_data`).
     """
+    if settings.model in LANGUAGE_MODELS:
+        spec = app_gpt_spec(settings.aux_variant, testset=bible_testset(max_windows=APP_TEST_WINDOWS))
+        return RunSplit(spec, bible_train_size(train_subset=settings.train_subset, seed=settings.training.seed))
     if not settings.split_spec:
         data = _dataset(settings, required_input_shape(settings.model))
         spec = builtin_spec(
@@ -113,7 +117,9 @@ def node_split(context: Context, settings: RunSettings) -> tuple[SplitModel, int
 
 
 def _build_node_split(context: Context, settings: RunSettings) -> tuple[SplitModel, int]:
-    if settings.split_spec:
+    if settings.model in LANGUAGE_MODELS:
+        spec = app_gpt_spec(settings.aux_variant)
+    elif settings.split_spec:
         spec = user_spec(settings, context)
     else:
         data = load_dataset_cached(settings.dataset, **_dataset_args(settings, required_input_shape(settings.model)))
