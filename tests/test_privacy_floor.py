@@ -34,15 +34,19 @@ def test_the_floor_is_read_from_the_node_config_and_a_bad_value_is_a_privacy_fau
 @pytest.mark.parametrize(
     ("floor", "asked", "named"),
     [
-        (PrivacyFloor(min_noise_multiplier=1.0), UploadPrivacy(), "without differential privacy"),
+        (
+            PrivacyFloor(min_noise_multiplier=1.0),
+            UploadPrivacy(),
+            "dp-min-noise-multiplier: the server asks for uploads without differential privacy",
+        ),
         (
             PrivacyFloor(min_noise_multiplier=3.0),
             STRONG,
-            "noise multiplier 2, below this node's dp-min-noise-multiplier",
+            "dp-min-noise-multiplier: the server asks for dp noise multiplier 2",
         ),
-        (PrivacyFloor(epsilon_max=0.5), STRONG, "above its dp-epsilon-max"),
-        (PrivacyFloor(label_epsilon_max=2.0), UploadPrivacy(), "true labels (label-epsilon 0)"),
-        (PrivacyFloor(label_epsilon_max=0.5), STRONG, "label-epsilon 1, above this node's label-epsilon-max"),
+        (PrivacyFloor(epsilon_max=0.5), STRONG, "dp-epsilon-max: the server's settings reach dp epsilon"),
+        (PrivacyFloor(label_epsilon_max=2.0), UploadPrivacy(), "label-epsilon-max: the server asks for true labels"),
+        (PrivacyFloor(label_epsilon_max=0.5), STRONG, "label-epsilon-max: the server asks for label-epsilon 1"),
     ],
 )
 def test_a_request_weaker_than_the_floor_is_refused_naming_the_setting(floor, asked, named):
@@ -57,7 +61,7 @@ def test_a_request_at_or_above_the_floor_is_accepted_until_the_node_has_spent_it
     floor = PrivacyFloor(min_noise_multiplier=2.0, epsilon_max=50.0, label_epsilon_max=1.0)
     # Execute / Assert: within the plan; then a node whose past uploads already cost more
     floor.check(STRONG, TRAINING, num_examples=100, releases_this_round=7, spent=0)
-    with pytest.raises(SetupError, match="above its dp-epsilon-max"):
+    with pytest.raises(SetupError, match="below its dp-epsilon-max"):
         floor.check(STRONG, TRAINING, num_examples=100, releases_this_round=7, spent=100000)
 
 
@@ -73,6 +77,7 @@ def test_the_app_client_refuses_and_the_server_fails_the_run_naming_the_node_and
     )
     client, _ = build_client(context)
     strategy, split = two_node_fsl_sage()
+    strategy.min_available_nodes = 1  # the one node of this exchange
     request = request_content(ArrayRecord(split.client.state_dict()), server_round=0, training=TRAINING, warmup=True)
     # Execute: the client's answer, and the server's warm-up exchange with that answer as the error reply
     with pytest.raises(SetupError) as refusal:

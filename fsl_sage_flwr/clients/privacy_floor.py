@@ -74,7 +74,8 @@ class PrivacyFloor:
     def refuse_unsupported(self, algorithm: str) -> None:
         """Raise SetupError (privacy) if this floor asks for anything: ``algorithm`` uploads without privacy."""
         if self.demands_dp or self.demands_label_privacy:
-            self._refuse(f"{algorithm} uploads activations and labels without noise; this node's floor")
+            key = MIN_NOISE_KEY if self.demands_dp else LABEL_EPSILON_MAX_KEY
+            self._refuse(key, f"{algorithm} uploads activations and labels without noise")
 
     def check(
         self, privacy: UploadPrivacy, training: LocalTraining, num_examples: int, releases_this_round: int, spent: int
@@ -97,31 +98,30 @@ class PrivacyFloor:
         if self.demands_label_privacy:
             asked = privacy.label_epsilon
             if asked == 0:
-                self._refuse(f"the server asks for true labels (label-epsilon 0); this node's {LABEL_EPSILON_MAX_KEY}")
+                self._refuse(LABEL_EPSILON_MAX_KEY, "the server asks for true labels (label-epsilon 0)")
             if asked > self.label_epsilon_max:
-                self._refuse(f"the server asks for label-epsilon {asked:g}, above this node's {LABEL_EPSILON_MAX_KEY}")
+                self._refuse(LABEL_EPSILON_MAX_KEY, f"the server asks for label-epsilon {asked:g}")
 
     def _check_dp(self, privacy: UploadPrivacy, training: LocalTraining, num_examples: int, releases: int) -> None:
         if not privacy.dp_on:
-            self._refuse("the server asks for uploads without differential privacy (dp-clip 0); this node's floor")
+            self._refuse(MIN_NOISE_KEY, "the server asks for uploads without differential privacy (dp-clip 0)")
         sigma = privacy.noise_multiplier(num_examples, training)
         if sigma < self.min_noise_multiplier:
-            self._refuse(f"the server asks for dp noise multiplier {sigma:.4g}, below this node's {MIN_NOISE_KEY}")
+            self._refuse(MIN_NOISE_KEY, f"the server asks for dp noise multiplier {sigma:.4g}")
         if math.isinf(self.epsilon_max):
             return
         if privacy.dp_rounds == 0:
-            self._refuse(f"the request plans no 'dp-rounds', so this node cannot bound its {EPSILON_MAX_KEY}")
+            self._refuse(EPSILON_MAX_KEY, "the request plans no 'dp-rounds', so the epsilon cannot be bounded")
         planned = privacy.epsilon(num_examples, training, privacy.planned_releases(num_examples, training))
         after = privacy.epsilon(num_examples, training, releases)
         worst = max(planned, after)
         if worst > self.epsilon_max:
-            self._refuse(
-                f"the server's settings reach dp epsilon {worst:.3g} on this node, above its {EPSILON_MAX_KEY}"
-            )
+            self._refuse(EPSILON_MAX_KEY, f"the server's settings reach dp epsilon {worst:.3g} on this node")
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, key: str, reason: str) -> None:
+        # The floor's key first: a run's failure message may cut a long reason short.
         floor = (
             f"(floor: {MIN_NOISE_KEY}={self.min_noise_multiplier:g}, {EPSILON_MAX_KEY}={self.epsilon_max:g}, "
             f"{LABEL_EPSILON_MAX_KEY}={self.label_epsilon_max:g})"
         )
-        raise SetupError("privacy", f"this node refuses to train: {reason} {floor}")
+        raise SetupError("privacy", f"this node refuses to train below its {key}: {reason} {floor}")
