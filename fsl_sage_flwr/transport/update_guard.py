@@ -35,7 +35,7 @@ class UpdateLimits:
     Each array is also measured on its own: its update may not exceed
     ``factor`` times the lower median of that array's update norms in the
     round (scaled down with the whole reference when the running one stands
-    in; never taken below that array's share of ``min_norm``). A swap of two
+    in; never taken below that array's size share of the whole reference). A swap of two
     arrays of equal shape moves each of them far more than any honest reply
     moves it, while the whole update can stay within bounds.
 
@@ -237,7 +237,9 @@ class UpdateGuard:
         for name in names:
             values = [arrays[name] for arrays in per_array if math.isfinite(arrays[name])]
             median = statistics.median_low(values) if values else 0.0
-            floor = self.limits.min_norm * math.sqrt(base[name].size / total)
+            # An array that honest replies leave unmoved (a median of 0) still gets its size's
+            # share of the whole reference, or any honest change to it would be refused.
+            floor = max(self.limits.min_norm, reference) * math.sqrt(base[name].size / total)
             references[name] = max(median * shrink, floor)
         return references
 
