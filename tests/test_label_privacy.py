@@ -32,11 +32,12 @@ def test_a_node_uploads_the_same_randomized_label_for_a_sample_in_every_round():
     privacy = UploadPrivacy(label_epsilon=0.5)
     labels = torch.arange(50) % 10
     # Execute: one node's uploads of two rounds, and another partition's
-    first = PrivateUploads(privacy, LocalTraining(seed=3), 1, labels, 10).batch_labels
+    uploads = PrivateUploads(privacy, LocalTraining(seed=3), 1, labels, 10)
+    first = uploads.batch_labels
     again = PrivateUploads(privacy, LocalTraining(seed=3), 1, labels, 10).batch_labels
     other = PrivateUploads(privacy, LocalTraining(seed=3), 2, labels, 10).batch_labels
     # Assert: the local step still reads the true labels; the upload column is fixed per sample
-    assert torch.equal(PrivateUploads.true_labels(first), labels)
+    assert torch.equal(uploads.true_labels(first), labels)
     assert torch.equal(first, again) and not torch.equal(first[:, 1], other[:, 1])
     released = PrivateUploads(privacy, LocalTraining(seed=3), 1, labels, 10).release(
         [(torch.zeros(5, 2), first[:5])], 1

@@ -50,23 +50,24 @@ class PrivateUploads:
         self.training = training
         self.partition_id = partition_id
         self.num_examples = int(labels.shape[0])
-        if privacy.label_epsilon > 0:
+        # Decided by the setting, not by the labels' rank: a per-token label is 2-D already.
+        self.paired = privacy.label_epsilon > 0
+        if self.paired:
             generator = torch.Generator().manual_seed(derive_seed(training.seed, partition_id, "label-privacy"))
             noisy = randomized_labels(labels, privacy.label_epsilon, num_classes, generator)
             self.batch_labels = torch.stack([labels, noisy], dim=1)
         else:
             self.batch_labels = labels
 
-    @staticmethod
-    def true_labels(batch_labels: torch.Tensor) -> torch.Tensor:
+    def true_labels(self, batch_labels: torch.Tensor) -> torch.Tensor:
         """The true labels of a minibatch drawn from :attr:`batch_labels`."""
-        return batch_labels[:, 0] if batch_labels.dim() == 2 else batch_labels
+        return batch_labels[:, 0] if self.paired else batch_labels
 
     def release(
         self, uploads: Sequence[tuple[torch.Tensor, torch.Tensor]], server_round: int
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The kept ``(z, labels)`` batches as the server may see them: noised ``z``, uploaded labels."""
-        labelled = [(z, yb[:, 1] if yb.dim() == 2 else yb) for z, yb in uploads]
+        labelled = [(z, yb[:, 1] if self.paired else yb) for z, yb in uploads]
         if not self.privacy.dp_on:
             return labelled
         sigma = self.privacy.noise_multiplier(self.num_examples, self.training)
