@@ -179,7 +179,9 @@ def _read_checkpoint(folder: Path, settings: RunSettings) -> dict[str, Any]:
     if checkpoint.get("format") != FORMAT_VERSION:
         raise RunFolderError(f"{path} has format {checkpoint.get('format')}, this version reads {FORMAT_VERSION}")
     saved, now = checkpoint["settings"], settings.to_config()
-    differing = sorted(k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k])
+    # With upload DP off, ``dp-rounds`` (resolved to the run's length when 0) plans nothing.
+    ignored = {"dp-rounds"} if not now.get("dp-clip") and not saved.get("dp-clip") else set()
+    differing = sorted(k for k in now if k not in RESUMABLE_KEYS | ignored and saved.get(k) != now[k])
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differing)
         raise RunFolderError(f"resume: the run config differs from the checkpoint's in {details}")

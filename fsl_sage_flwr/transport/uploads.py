@@ -51,6 +51,9 @@ def read_labels(array: Array, n: int, labels: LabelSpec) -> np.ndarray:
     the body is read.
     """
     declared = read_npy_header("y", array)
+    if declared[0][1:] == labels.shape and declared[1] == labels.dtype and declared[0][:1] != (n,):
+        # The right labels, the wrong count: a damaged reply, not a setup that can never fit.
+        raise MalformedReplyError(f"'y' holds {declared[0][:1]} labels, expected {n}")
     if declared[0][:1] != (n,) or declared[0][1:] != labels.shape or declared[1] != labels.dtype:
         raise MalformedReplyError(
             f"labels have shape {declared[0][1:]} and dtype {declared[1]} per sample, "
