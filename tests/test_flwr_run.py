@@ -161,6 +161,14 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _survivors(pids: set[int], settle: float = 10.0) -> list[int]:
+    """The processes of ``pids`` still running once those already killed had ``settle`` seconds to exit."""
+    deadline = time.monotonic() + settle
+    while (left := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 def test_sigterm_stops_the_wrapper_with_every_process_it_started_and_removes_its_home(tmp_path, request):
     # Prepare: a long run through the wrapper, its temporary Flower home in a folder of
     # this test's (a short path: Ray's socket paths must stay under 108 bytes)
@@ -210,7 +218,7 @@ def test_sigterm_stops_the_wrapper_with_every_process_it_started_and_removes_its
     assert "STOPPED" in err
     seen.discard(wrapper.pid)
     assert len(seen) >= 3  # flwr run, SuperLink and more were seen running
-    survivors = [p for p in seen | _with_marker(str(temp).encode()) if _running(p)]
+    survivors = _survivors(seen | _with_marker(str(temp).encode()))
     assert not survivors, [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in survivors]
     assert not homes[0].exists()
     assert "SIGTERM" in json.loads((tmp_path / "s" / "interrupted.json").read_text())["reason"]
