@@ -82,17 +82,24 @@ def gpt_spec(
     )
 
 
-def app_gpt_spec(aux_variant: str = "default", *, testset: DataLike | None = None) -> SplitSpec:
-    """The run config's ``model="gpt"``: :data:`APP_GPT` with the aux of ``aux_variant``, no LoRA.
+def app_gpt_spec(aux_variant: str = "default", *, lora_rank: int = 0, testset: DataLike | None = None) -> SplitSpec:
+    """The run config's ``model="gpt"``: :data:`APP_GPT` with the aux of ``aux_variant``, LoRA of ``lora_rank``.
+
+    With a positive ``lora_rank`` the client's attention projections get adapters of that
+    rank over frozen weights of :class:`LoRASettings`' fixed seed (no checkpoint in the
+    app): only the adapters train on the client and travel in the client-model average.
 
     Raises
     ------
     ValueError
-        For an aux variant not in :data:`GPT_AUX_VARIANTS`.
+        For an aux variant not in :data:`GPT_AUX_VARIANTS`, or a negative rank.
     """
     if aux_variant not in GPT_AUX_VARIANTS:
         raise ValueError(f"unknown aux variant {aux_variant!r} for model 'gpt'; choose one of {list(GPT_AUX_VARIANTS)}")
-    return gpt_spec(dataclasses.replace(APP_GPT, aux_blocks=GPT_AUX_VARIANTS[aux_variant]), testset=testset)
+    if lora_rank < 0:
+        raise ValueError(f"lora-rank must be 0 (off) or positive, got {lora_rank}")
+    config = dataclasses.replace(APP_GPT, aux_blocks=GPT_AUX_VARIANTS[aux_variant])
+    return gpt_spec(config, testset=testset, lora=LoRASettings(rank=lora_rank) if lora_rank else None)
 
 
 @functools.lru_cache(maxsize=4)

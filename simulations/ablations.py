@@ -43,7 +43,7 @@ from fsl_sage_flwr.app.results import read_results
 from fsl_sage_flwr.core.devices import AUTOCAST_CHOICES
 from fsl_sage_flwr.data import find_idx_folder
 from fsl_sage_flwr.transport.compression import UPLOAD_DTYPES
-from simulations.compare_report import plot_accuracy
+from simulations.compare_report import plot_metric
 from simulations.flower_cli import parse_run_config
 from simulations.paths import PROJECT_DIR, SHARED_DATA
 
@@ -248,7 +248,7 @@ def write_outputs(output_dir: Path, rows_by_variant: Mapping[str, list[dict[str,
         writer.writeheader()
         for summary in summaries:
             writer.writerow(asdict(summary))
-    plot_accuracy(output_dir, dict(rows_by_variant))
+    plot_metric(output_dir, dict(rows_by_variant))
     return table
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from fsl_sage_flwr.app.results import ResultsWriter
 from fsl_sage_flwr.app.user_code import UserCodeError, import_reference
 from simulations.compare_options import parse_options, strategy_names
-from simulations.compare_report import markdown_table, write_outputs
+from simulations.compare_report import HEADLINE_METRICS, headline_metric, markdown_table, target_value, write_outputs
 from simulations.flower_cli import parse_run_config
 from simulations.flwr_run import FlwrRunError, run_app
 
@@ -111,17 +111,17 @@ class Progress:
             if round_no > self._last_round:
                 self._last_round = round_no
                 self.done_rounds = self.current * self.rounds + round_no
-                self._show(round_no, float(row["accuracy"]))
+                metric = next((name for name in HEADLINE_METRICS if name in row), "loss")
+                self._show(round_no, f", {metric} {float(row[metric]):.4f}")
 
-    def _show(self, round_no: int, accuracy: float | None = None) -> None:
+    def _show(self, round_no: int, figure: str = "") -> None:
         elapsed = time.monotonic() - self.start
         total = len(self.strategies) * self.rounds
         left = elapsed / self.done_rounds * (total - self.done_rounds) if self.done_rounds else math.nan
-        acc = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
         left_text = f"~{left / 60:.1f} min left" if left == left else "estimating time left"
         print(
             f"[{self.current + 1}/{len(self.strategies)} {self.strategies[self.current]}] "
-            f"round {round_no}/{self.rounds}{acc}; {elapsed / 60:.1f} min elapsed, {left_text}",
+            f"round {round_no}/{self.rounds}{figure}; {elapsed / 60:.1f} min elapsed, {left_text}",
             flush=True,
         )
 
@@ -199,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"strategy {name} FAILED: {err}", file=sys.stderr, flush=True)
             failed.append(name)
     if rows_by_strategy:
-        best = max(max(r["accuracy"] for r in rows) for rows in rows_by_strategy.values())
-        target = float(options["target_accuracy"]) or float(options["target_fraction"]) * best
+        accuracy = headline_metric(rows_by_strategy) == "accuracy"
+        given = float(options["target_accuracy"]) if accuracy else 0.0
+        target = given or target_value(rows_by_strategy, float(options["target_fraction"]))
         command = "python -m simulations.compare " + " ".join(argv if argv is not None else sys.argv[1:])
         summaries = write_outputs(output_dir, rows_by_strategy, target, command.strip())
         print("\n" + markdown_table(summaries, target))

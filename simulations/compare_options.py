@@ -150,7 +150,11 @@ def _option_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--partitioning")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--output-dir")
-    parser.add_argument("--target-accuracy", type=float, help="absolute target; default: 95%% of the best")
+    parser.add_argument(
+        "--target-accuracy",
+        type=float,
+        help="absolute accuracy target (classifiers); default: 95%% of the best (perplexity, loss: the best / 0.95)",
+    )
     parser.add_argument("--target-fraction", type=float, help="target as a share of the best accuracy")
     parser.add_argument("--run-config", help="extra run-config overrides for every strategy; win over a preset's")
     parser.add_argument("--timeout", type=float, help="seconds allowed per strategy")

@@ -30,6 +30,8 @@ def _settings(**overrides: object) -> RunSettings:
         ({"model": "cnn"}, "dataset"),
         ({"aux-variant": "half"}, "aux-variant"),
         ({"split-spec": "my_app:spec"}, "split-spec"),
+        ({"model": "cnn", "dataset": "digits", "lora-rank": 4}, "lora-rank"),
+        ({"lora-rank": -1}, "lora-rank"),
     ],
 )
 def test_gpt_and_bible_go_together_and_take_only_their_own_aux(overrides, key):
@@ -73,6 +75,20 @@ def test_with_lora_the_client_model_the_server_sends_is_the_adapters():
     adapter = "blocks.0.attn.c_attn.lora_{}.default.weight"
     assert sorted(arrays) == [adapter.format("A"), adapter.format("B")]
     assert [arrays[key].shape for key in sorted(arrays)] == [(2, 16), (48, 2)]
+
+
+def test_the_run_configs_lora_rank_puts_adapters_of_that_rank_on_the_app_gpt():
+    # Prepare
+    settings = _settings(**{"lora-rank": 4})
+
+    # Execute
+    arrays = app_gpt_spec(lora_rank=settings.lora_rank).strategy().initial_arrays()
+    plain = app_gpt_spec().strategy().initial_arrays()
+
+    # Assert: only the adapters of the one client block travel, a small share of the plain client
+    assert sorted(arrays) == ["blocks.0.attn.c_attn.lora_A.default.weight", "blocks.0.attn.c_attn.lora_B.default.weight"]
+    assert arrays["blocks.0.attn.c_attn.lora_A.default.weight"].shape == (4, APP_GPT.width)
+    assert sum(a.numpy().size for a in arrays.values()) * 10 < sum(a.numpy().size for a in plain.values())
 
 
 def test_nodes_share_the_training_windows_by_whole_books():

@@ -83,6 +83,7 @@ class RunSettings:
     train_subset: int = setting("train-subset", 0, "stratified train subsample size, 0 = all")
     model: str = setting("model", "cnn", "split model: cnn, resnet18; gpt (GPT-2 on dataset bible)")
     aux_variant: str = setting("aux-variant", "default", "auxiliary model: linear, half, default, full")
+    lora_rank: int = setting("lora-rank", 0, "model gpt: rank of LoRA adapters on the client's attention; 0 = off")
     split_spec: str = setting(
         "split-spec", "", "own split network: 'module:function' returning a SplitSpec; empty = the built-in 'model'"
     )
@@ -176,7 +177,7 @@ class RunSettings:
             "max_rounds_without_replies",
             "max_cached_clients",
         )
-        require_at_least(self, 0, "train_subset", "fidelity_samples", "checkpoint_interval")
+        require_at_least(self, 0, "train_subset", "fidelity_samples", "checkpoint_interval", "lora_rank")
         require(0.0 < self.fraction_train <= 1.0, self, "fraction_train", "in (0, 1]")
         require_positive(self, "alpha", "round_timeout", "node_wait_timeout")
         require_non_negative(self, "run_timeout")
@@ -269,6 +270,7 @@ class RunSettings:
         """A language model trains on text and an image model on images; the own-code keys are for images only."""
         if self.model not in LANGUAGE_MODELS:
             require_choice(self, "aux_variant", aux_variants(self.model))
+            require(not self.lora_rank, self, "lora_rank", f"0: LoRA adapters are for model 'gpt', not {self.model!r}")
             require(self.dataset not in TEXT_DATASETS, self, "dataset", f"an image dataset for model {self.model!r}")
             return
         require_choice(self, "aux_variant", tuple(GPT_AUX_VARIANTS))

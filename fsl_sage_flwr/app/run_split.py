@@ -63,7 +63,9 @@ def server_split(settings: RunSettings, context: Context | None = None) -> RunSp
         When the settings do not fit the data (see :meth:`RunSettings.check_data`).
     """
     if settings.model in LANGUAGE_MODELS:
-        spec = app_gpt_spec(settings.aux_variant, testset=bible_testset(max_windows=APP_TEST_WINDOWS))
+        spec = app_gpt_spec(
+            settings.aux_variant, lora_rank=settings.lora_rank, testset=bible_testset(max_windows=APP_TEST_WINDOWS)
+        )
         return RunSplit(spec, bible_train_size(train_subset=settings.train_subset, seed=settings.training.seed))
     if not settings.split_spec:
         data = _dataset(settings, required_input_shape(settings.model))
@@ -118,7 +120,7 @@ def node_split(context: Context, settings: RunSettings) -> tuple[SplitModel, int
 
 def _build_node_split(context: Context, settings: RunSettings) -> tuple[SplitModel, int]:
     if settings.model in LANGUAGE_MODELS:
-        spec = app_gpt_spec(settings.aux_variant)
+        spec = app_gpt_spec(settings.aux_variant, lora_rank=settings.lora_rank)
     elif settings.split_spec:
         spec = user_spec(settings, context)
     else:
