@@ -88,7 +88,10 @@ def summarise(rows_by_strategy: dict[str, list[dict[str, Any]]], target: float) 
 
 
 def target_value(rows_by_strategy: dict[str, list[dict[str, Any]]], fraction: float) -> float:
-    """The target from the best value any strategy reached: ``fraction`` of it, or for a lower-is-better metric it over ``fraction``."""
+    """The target from the best value any strategy reached.
+
+    ``fraction`` of it for accuracy; for a lower-is-better metric (perplexity, loss) it divided by ``fraction``.
+    """
     metric = headline_metric(rows_by_strategy)
     best = best_value(metric, [r[metric] for rows in rows_by_strategy.values() for r in rows])
     return fraction * best if metric in HIGHER_IS_BETTER else best / fraction
