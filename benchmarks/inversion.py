@@ -21,9 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +33,7 @@ from benchmarks.leak_setup import (
     add_setting_arguments,
     build_setting,
     client_activations,
-    resolve_data_dir,
+    run_leak_benchmark,
     train_classifier,
 )
 from fsl_sage_flwr.core.estimation import preserved_buffers
@@ -161,16 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tv", type=float, default=0.05, help="weight of the total-variation prior")
     p.add_argument("--decoder-epochs", type=int, default=10)
     p.add_argument("--classifier-epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="", help="write the figures as JSON here")
     return p
 
 
-def main() -> None:
-    """Run and print one line per attack."""
-    args = resolve_data_dir(build_parser().parse_args())
-    torch.set_num_threads(args.threads)
-    figures = run_inversion(args)
+def report(args: argparse.Namespace, figures: dict) -> None:
+    """Print one line per attack."""
     print(
         f"{figures['samples']} uploaded samples attacked after {args.rounds} rounds; the fixed classifier "
         f"scores {figures['classifier_accuracy_on_true_inputs']:.3f} on the true inputs"
@@ -181,8 +174,11 @@ def main() -> None:
             f"classifier accuracy {row['classifier_accuracy']:.3f}",
             flush=True,
         )
-    if args.out:
-        Path(args.out).write_text(json.dumps(figures, indent=2))
+
+
+def main() -> None:
+    """Run the attacks and print their figures."""
+    run_leak_benchmark(build_parser(), run_inversion, report)
 
 
 if __name__ == "__main__":

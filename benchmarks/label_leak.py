@@ -17,9 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +28,7 @@ from benchmarks.leak_setup import (
     add_setting_arguments,
     build_setting,
     client_activations,
-    resolve_data_dir,
+    run_leak_benchmark,
 )
 from fsl_sage_flwr.core.training import minibatches
 
@@ -104,16 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-epochs", type=int, default=20)
     p.add_argument("--upload-interval", type=int, default=5)
     p.add_argument("--client-samples", type=int, default=0, help="a client's samples (0: train subset / clients)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="", help="write the figures as JSON here")
     return p
 
 
-def main() -> None:
-    """Run and print the figures."""
-    args = resolve_data_dir(build_parser().parse_args())
-    torch.set_num_threads(args.threads)
-    figures = run_label_leak(args)
+def report(args: argparse.Namespace, figures: dict) -> None:
+    """Print what the server learns of the labels."""
     print(f"{figures['samples']} uploaded samples after {args.rounds} rounds")
     print(f"labels received with the uploads: {figures['uploaded_label_share']:.1%} of uploaded samples")
     print(
@@ -123,8 +116,11 @@ def main() -> None:
     print(f"from activations alone, server model: {figures['server_model_accuracy']:.1%}")
     print(f"from activations alone, linear probe on public data: {figures['probe_accuracy']:.1%}")
     print(f"majority-class guess: {figures['majority_guess']:.1%}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(figures, indent=2))
+
+
+def main() -> None:
+    """Run and print the figures."""
+    run_leak_benchmark(build_parser(), run_label_leak, report)
 
 
 if __name__ == "__main__":

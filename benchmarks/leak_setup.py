@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -181,7 +184,23 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--victims", type=int, default=64, help="uploaded samples attacked")
     parser.add_argument("--public", type=int, default=1000, help="public samples (from the test split)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="", help="write the figures as JSON here")
     return parser
+
+
+def run_leak_benchmark(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict],
+    report: Callable[[argparse.Namespace, dict], None],
+) -> None:
+    """A leak benchmark's command line: parse, set the torch threads, run, print with ``report``, write ``--out``."""
+    args = resolve_data_dir(parser.parse_args())
+    torch.set_num_threads(args.threads)
+    figures = run(args)
+    report(args, figures)
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
 
 
 def resolve_data_dir(args: argparse.Namespace) -> argparse.Namespace:
